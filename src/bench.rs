@@ -1,0 +1,169 @@
+//! Speed measurements of a loaded model: prefill and decode throughput at several lengths,
+//! time to first token of a real question, and peak memory. Greedy decoding on fixed text, so
+//! runs are comparable.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::answer::{self, AnswerError, AskOptions, Prompts};
+use crate::model::{Model, ModelError, ModelInfo, SamplingConfig};
+use crate::retrieval::Index;
+
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub prompt_lengths: Vec<usize>,
+    pub decode_depths: Vec<usize>,
+    pub decode_tokens: usize,
+    pub repetitions: usize,
+    /// Question for the time-to-first-token measurement through the whole answer pipeline.
+    pub question: String,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self {
+            prompt_lengths: vec![128, 512, 1024],
+            decode_depths: vec![0, 1024],
+            decode_tokens: 64,
+            repetitions: 3,
+            question: "What did Altman say about agents?".to_string(),
+        }
+    }
+}
+
+/// Median and spread of repeated measurements.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stat {
+    pub fn of(mut samples: Vec<f64>) -> Self {
+        samples.sort_by(f64::total_cmp);
+        let n = samples.len();
+        let median = match n {
+            0 => 0.0,
+            _ if n % 2 == 1 => samples[n / 2],
+            _ => (samples[n / 2 - 1] + samples[n / 2]) / 2.0,
+        };
+        Self {
+            median,
+            min: samples.first().copied().unwrap_or(0.0),
+            max: samples.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PrefillResult {
+    pub tokens: usize,
+    pub tokens_per_s: Stat,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DecodeResult {
+    pub depth: usize,
+    pub tokens: usize,
+    pub tokens_per_s: Stat,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub model: ModelInfo,
+    pub repetitions: usize,
+    pub prefill: Vec<PrefillResult>,
+    pub decode: Vec<DecodeResult>,
+    pub time_to_first_token_ms: Stat,
+    pub ask_prompt_tokens: usize,
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// Runs every measurement. `text` supplies the tokens for prefill and decode context (the
+/// transcript itself, so the token mix is the real one); lengths beyond the model's context are
+/// skipped.
+pub fn run(
+    model: &mut Model,
+    index: &Index,
+    text: &str,
+    config: &BenchConfig,
+) -> Result<BenchReport, AnswerError> {
+    let source = model.encode(text)?;
+    let context = model.info.context_length;
+    let fits = |n: usize| n <= source.len() && n + config.decode_tokens < context;
+
+    let mut prefill = Vec::new();
+    for &n in config.prompt_lengths.iter().filter(|&&n| fits(n)) {
+        let samples = repeat(config.repetitions, || {
+            let start = Instant::now();
+            model.forward(&source[..n], 0)?;
+            Ok::<_, ModelError>(per_second(n, start.elapsed()))
+        })?;
+        prefill.push(PrefillResult { tokens: n, tokens_per_s: Stat::of(samples) });
+    }
+
+    let mut decode = Vec::new();
+    for &depth in config.decode_depths.iter().filter(|&&d| fits(d.max(1))) {
+        let samples = repeat(config.repetitions, || {
+            decode_tokens_per_s(model, &source[..depth.max(1)], config.decode_tokens)
+        })?;
+        decode.push(DecodeResult {
+            depth,
+            tokens: config.decode_tokens,
+            tokens_per_s: Stat::of(samples),
+        });
+    }
+
+    let ask_options = AskOptions {
+        sampling: SamplingConfig { max_new_tokens: 1, ..SamplingConfig::default() },
+        ..AskOptions::default()
+    };
+    let mut ask_prompt_tokens = 0;
+    let ttft = repeat(config.repetitions, || {
+        let answer = answer::ask(index, model, &Prompts::default(), &config.question, &ask_options, &mut |_| {})
+?;
+        ask_prompt_tokens = answer.timings.prompt_tokens;
+        Ok::<_, AnswerError>(answer.timings.time_to_first_token_ms)
+    })?;
+
+    Ok(BenchReport {
+        model: model.info.clone(),
+        repetitions: config.repetitions,
+        prefill,
+        decode,
+        time_to_first_token_ms: Stat::of(ttft),
+        ask_prompt_tokens,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+fn repeat<E>(times: usize, mut measure: impl FnMut() -> Result<f64, E>) -> Result<Vec<f64>, E> {
+    (0..times.max(1)).map(|_| measure()).collect()
+}
+
+/// Decode speed after a context of `context.len()` tokens: greedy, ignoring end tokens, so every
+/// run decodes exactly `tokens` tokens.
+fn decode_tokens_per_s(model: &mut Model, context: &[u32], tokens: usize) -> Result<f64, ModelError> {
+    let logits = model.forward(context, 0)?;
+    let mut next = logits.argmax(0)?.to_scalar::<u32>()?;
+    let start = Instant::now();
+    for pos in context.len()..context.len() + tokens {
+        let logits = model.forward(&[next], pos)?;
+        next = logits.argmax(0)?.to_scalar::<u32>()?;
+    }
+    Ok(per_second(tokens, start.elapsed()))
+}
+
+fn per_second(count: usize, time: Duration) -> f64 {
+    count as f64 / time.as_secs_f64().max(f64::EPSILON)
+}
+
+/// High-water mark of resident memory, from /proc (Linux only).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

@@ -1,0 +1,89 @@
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+use tqa::answer::{self, Answer, AskOptions, Prompts};
+
+use super::{ModelArgs, SamplingArgs, TranscriptArgs};
+
+#[derive(Args, Debug)]
+pub struct AskArgs {
+    pub question: String,
+    /// How many best-matching turns to give the model (each brings its question/answer partner).
+    #[arg(short, default_value_t = AskOptions::default().k)]
+    pub k: usize,
+    /// Print one JSON object (answer, citations, retrieved turns, timings) instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+    /// Read the prompt files from this folder instead of the built-in `prompts/`.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    #[command(flatten)]
+    pub transcript: TranscriptArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+pub async fn run(args: AskArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !args.question.trim().is_empty(),
+        answer::AnswerError::EmptyQuestion
+    );
+    let index = args.transcript.index()?;
+    let prompts = match &args.prompts {
+        Some(dir) => Prompts::from_dir(dir)?,
+        None => Prompts::default(),
+    };
+    let mut model = args.model.load().await?;
+    let options = AskOptions {
+        k: args.k,
+        sampling: args.sampling.config(),
+    };
+    let mut stdout = std::io::stdout();
+    let mut stream = |text: &str| {
+        if !args.json {
+            let _ = write!(stdout, "{text}");
+            let _ = stdout.flush();
+        }
+    };
+    let answer = answer::ask(&index, &mut model, &prompts, &args.question, &options, &mut stream)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        print_sources(&answer);
+    }
+    Ok(())
+}
+
+/// Length of a cited turn shown under the answer: enough to check the claim against.
+const SOURCE_CHARS: usize = 240;
+
+fn print_sources(answer: &Answer) {
+    println!("\n");
+    if answer.citations.is_empty() {
+        println!("(no turns cited)");
+    } else {
+        println!("Sources:");
+    }
+    for turn in &answer.citations {
+        let text = answer::truncate_chars(&turn.text.replace('\n', " "), SOURCE_CHARS);
+        println!("  [{}] {}: {}", turn.id, turn.speaker, text);
+    }
+    if !answer.invalid_citations.is_empty() {
+        println!(
+            "  (ignored citations of turns the model was not given: {})",
+            answer.invalid_citations.join(", ")
+        );
+    }
+    let t = &answer.timings;
+    eprintln!(
+        "\n{} prompt tokens, {} generated · first token after {:.2} s · prefill {:.1} tok/s · decode {:.1} tok/s",
+        t.prompt_tokens,
+        t.generated_tokens,
+        t.time_to_first_token_ms / 1000.0,
+        t.prefill_tokens_per_s,
+        t.decode_tokens_per_s
+    );
+}

@@ -1,0 +1,63 @@
+use clap::Args;
+use tqa::bench::{self, BenchConfig, BenchReport, Stat};
+
+use super::{ModelArgs, TranscriptArgs};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Repetitions of each measurement (median and spread are reported).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Prompt lengths for prefill, in tokens.
+    #[arg(long, value_delimiter = ',', default_values_t = [128, 512, 1024])]
+    pub prefill: Vec<usize>,
+    /// Context depths at which decode speed is measured.
+    #[arg(long, value_delimiter = ',', default_values_t = [0, 1024])]
+    pub depths: Vec<usize>,
+    /// Tokens decoded per decode measurement.
+    #[arg(long, default_value_t = 64)]
+    pub decode_tokens: usize,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub transcript: TranscriptArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let transcript = args.transcript.load()?;
+    let index = args.transcript.index()?;
+    let text: String = transcript.turns.iter().map(|t| t.text.as_str()).collect::<Vec<_>>().join("\n");
+    let mut model = args.model.load().await?;
+    let config = BenchConfig {
+        prompt_lengths: args.prefill,
+        decode_depths: args.depths,
+        decode_tokens: args.decode_tokens,
+        repetitions: args.reps,
+        ..BenchConfig::default()
+    };
+    let report = bench::run(&mut model, &index, &text, &config)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn print_table(r: &BenchReport) {
+    let spread = |s: &Stat| format!("{:>8.1}  ({:.1}–{:.1})", s.median, s.min, s.max);
+    println!("model {} ({}), {} repetitions, medians (min–max)", r.model.path.display(), r.model.arch, r.repetitions);
+    println!("load                      {:>8.0} ms", r.model.load_time.as_secs_f64() * 1000.0);
+    for p in &r.prefill {
+        println!("prefill {:>5} tokens       {} tok/s", p.tokens, spread(&p.tokens_per_s));
+    }
+    for d in &r.decode {
+        println!("decode at depth {:>5}     {} tok/s", d.depth, spread(&d.tokens_per_s));
+    }
+    println!("time to first token       {} ms ({} prompt tokens)", spread(&r.time_to_first_token_ms), r.ask_prompt_tokens);
+    if let Some(rss) = r.peak_rss_mib {
+        println!("peak memory               {rss:>8.0} MiB");
+    }
+}

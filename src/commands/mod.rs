@@ -1,0 +1,128 @@
+//! One file per command; this module holds the options they share.
+
+pub mod ask;
+pub mod bench;
+pub mod eval;
+pub mod models;
+pub mod search;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use tqa::model::{self, DeviceChoice, Model, SamplingConfig};
+use tqa::model::registry::Registry;
+use tqa::retrieval::dense::default_cache_dir;
+use tqa::retrieval::embed::Embedder;
+use tqa::retrieval::{DenseIndex, Index};
+use tqa::transcript::{self, Transcript};
+
+pub use ask::AskArgs;
+pub use bench::BenchArgs;
+pub use eval::EvalCommand;
+pub use models::ModelsCommand;
+pub use search::SearchArgs;
+
+#[derive(Args, Debug, Clone)]
+pub struct TranscriptArgs {
+    /// Transcript file (article with **Speaker：** labels, or `Speaker: text` paragraphs).
+    #[arg(long, default_value_os_t = transcript::default_path())]
+    pub transcript: PathBuf,
+    /// Keyword (BM25) retrieval only: no embedding model, no cross-language matching.
+    #[arg(long)]
+    pub lexical: bool,
+}
+
+impl TranscriptArgs {
+    pub fn load(&self) -> anyhow::Result<Transcript> {
+        Ok(Transcript::load(&self.transcript)?)
+    }
+
+    /// The retrieval index: BM25, plus the multilingual embedder unless `--lexical`.
+    pub fn index(&self) -> anyhow::Result<Index> {
+        let transcript = self.load()?;
+        let index = Index::build(&transcript);
+        if self.lexical {
+            return Ok(index);
+        }
+        let start = std::time::Instant::now();
+        let entry = Registry::builtin()?.embedder;
+        let embedder = Embedder::load(&model::resolve::locate_embedder(&entry)?)?;
+        let dense = DenseIndex::build(&transcript.turns, embedder, &entry.package.sha256, default_cache_dir().as_deref())?;
+        if !dense.from_cache {
+            eprintln!("embedded the transcript in {:.1} s (cached for next time)", start.elapsed().as_secs_f64());
+        }
+        Ok(index.with_dense(dense))
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Registry name (`tqa models list`) or path to a .gguf file. Default: the registry's default.
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// A tokenizer.json to use instead of the tokenizer embedded in the GGUF.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// CPU threads for the model.
+    #[arg(long, default_value_t = default_threads())]
+    pub threads: usize,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl ModelArgs {
+    /// Resolves, fetches if needed, and loads the model, reporting on stderr.
+    pub async fn load(&self) -> anyhow::Result<Model> {
+        model::set_cpu_threads(self.threads);
+        let device = self.device.open()?;
+        let mut source = model::resolve(self.model.as_deref()).await?;
+        source.tokenizer_json = self.tokenizer.clone();
+        let model = Model::load(&source, &device)
+            .with_context(|| format!("loading model `{}`", source.name))?;
+        eprintln!(
+            "model {} ({}, {:.0} MiB) on {} loaded in {:.2} s",
+            source.name,
+            model.info.arch,
+            model.info.file_bytes as f64 / (1024.0 * 1024.0),
+            if device.is_cuda() { "CUDA" } else { "CPU" },
+            model.info.load_time.as_secs_f64()
+        );
+        Ok(model)
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+    /// 0 = greedy (deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus sampling threshold (with --temperature > 0).
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    #[arg(long, default_value_t = 299_792_458)]
+    pub seed: u64,
+    /// 1.0 disables the penalty.
+    #[arg(long, default_value_t = 1.1)]
+    pub repeat_penalty: f32,
+}
+
+impl SamplingArgs {
+    pub fn config(&self) -> SamplingConfig {
+        SamplingConfig {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            repeat_penalty: self.repeat_penalty,
+            max_new_tokens: self.max_tokens,
+            ..SamplingConfig::default()
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! `tqa`: argument parsing only; each command lives in `commands/`.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use commands::{AskArgs, BenchArgs, EvalCommand, ModelsCommand, SearchArgs};
+
+#[derive(Parser)]
+#[command(name = "tqa", version, about = "Ask an interview transcript questions, offline, with a local model that cites the turns it used")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer a question from the transcript, citing the turns used.
+    Ask(AskArgs),
+    /// Show the turns that best match a query.
+    Search(SearchArgs),
+    /// Measure retrieval or answers against a question set.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Measure model load, prefill, decode and time to first token.
+    Bench(BenchArgs),
+    /// List, locate or fetch the known models.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Ask(args) => commands::ask::run(args).await,
+        Command::Search(args) => commands::search::run(args),
+        Command::Eval(cmd) => commands::eval::run(cmd).await,
+        Command::Bench(args) => commands::bench::run(args).await,
+        Command::Models(cmd) => commands::models::run(cmd).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

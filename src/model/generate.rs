@@ -1,0 +1,222 @@
+//! The generation loop: prefill the prompt once, then one token at a time through the KV cache.
+
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use serde::Serialize;
+
+use super::{Model, ModelError};
+
+#[derive(Debug, Clone)]
+pub struct SamplingConfig {
+    /// 0 means greedy decoding.
+    pub temperature: f64,
+    pub top_p: Option<f64>,
+    pub seed: u64,
+    /// 1.0 disables the penalty.
+    pub repeat_penalty: f32,
+    /// How many of the latest tokens the repeat penalty looks at.
+    pub repeat_last_n: usize,
+    pub max_new_tokens: usize,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_p: None,
+            seed: 299_792_458,
+            repeat_penalty: 1.1,
+            repeat_last_n: 64,
+            max_new_tokens: 512,
+        }
+    }
+}
+
+impl SamplingConfig {
+    fn logits_processor(&self) -> LogitsProcessor {
+        let sampling = match (self.temperature, self.top_p) {
+            (t, _) if t <= 0.0 => Sampling::ArgMax,
+            (temperature, None) => Sampling::All { temperature },
+            (temperature, Some(p)) => Sampling::TopP { p, temperature },
+        };
+        LogitsProcessor::from_sampling(self.seed, sampling)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    EndOfTurn,
+    TokenLimit,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub stop: StopReason,
+    pub prompt_tokens: usize,
+    /// Prompt through the model and the first token sampled.
+    #[serde(serialize_with = "crate::serialize_ms")]
+    pub prefill_time: Duration,
+    /// Every token after the first.
+    #[serde(serialize_with = "crate::serialize_ms")]
+    pub decode_time: Duration,
+}
+
+impl Generation {
+    pub fn prefill_tokens_per_s(&self) -> f64 {
+        per_second(self.prompt_tokens, self.prefill_time)
+    }
+
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        per_second(self.tokens.len().saturating_sub(1), self.decode_time)
+    }
+}
+
+fn per_second(count: usize, time: Duration) -> f64 {
+    if time.is_zero() {
+        0.0
+    } else {
+        count as f64 / time.as_secs_f64()
+    }
+}
+
+/// Generates a reply to `prompt` (already tokenized, chat template applied), handing each piece
+/// of text to `on_text` as soon as it forms whole characters.
+pub fn generate(
+    model: &mut Model,
+    prompt: &[u32],
+    config: &SamplingConfig,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Generation, ModelError> {
+    let context = model.info.context_length;
+    if prompt.len() + config.max_new_tokens > context {
+        return Err(ModelError::ContextOverflow {
+            prompt: prompt.len(),
+            max_new: config.max_new_tokens,
+            context,
+        });
+    }
+    let mut sampler = config.logits_processor();
+    let mut stream = TextStream::default();
+    let mut generated: Vec<u32> = Vec::with_capacity(config.max_new_tokens);
+
+    let start = Instant::now();
+    let logits = model.forward(prompt, 0)?;
+    let mut next = sample(&mut sampler, &logits, &[], config)?;
+    let prefill_time = start.elapsed();
+
+    let decode_start = Instant::now();
+    let stop = loop {
+        if model.is_stop_token(next) {
+            break StopReason::EndOfTurn;
+        }
+        generated.push(next);
+        if let Some(text) = stream.push(next, |t| model.decode(t))? {
+            on_text(&text);
+        }
+        if generated.len() >= config.max_new_tokens {
+            break StopReason::TokenLimit;
+        }
+        let logits = model.forward(&[next], prompt.len() + generated.len() - 1)?;
+        next = sample(&mut sampler, &logits, &generated, config)?;
+    };
+    if let Some(rest) = stream.finish(|t| model.decode(t))? {
+        on_text(&rest);
+    }
+    Ok(Generation {
+        text: model.decode(&generated)?,
+        tokens: generated,
+        stop,
+        prompt_tokens: prompt.len(),
+        prefill_time,
+        decode_time: decode_start.elapsed(),
+    })
+}
+
+/// The repeat penalty looks at the answer only: an answer is expected to repeat the prompt's
+/// turn ids and names, and penalising them pushes the model away from citing.
+fn sample(
+    sampler: &mut LogitsProcessor,
+    logits: &Tensor,
+    generated: &[u32],
+    config: &SamplingConfig,
+) -> Result<u32, ModelError> {
+    let logits = if config.repeat_penalty == 1.0 || generated.is_empty() {
+        logits.clone()
+    } else {
+        let recent = &generated[generated.len().saturating_sub(config.repeat_last_n)..];
+        candle_transformers::utils::apply_repeat_penalty(logits, config.repeat_penalty, recent)?
+    };
+    Ok(sampler.sample(&logits)?)
+}
+
+/// Turns a token stream into printable text. Byte-level tokenizers split a Chinese character
+/// over several tokens; until the bytes form a whole character the decoder yields U+FFFD, so
+/// those tokens are held back and decoded together with the ones that complete them.
+#[derive(Default)]
+pub struct TextStream {
+    pending: Vec<u32>,
+}
+
+/// A UTF-8 character has at most 4 bytes; a longer incomplete run is not going to complete.
+const MAX_PENDING: usize = 4;
+
+impl TextStream {
+    pub fn push<E>(
+        &mut self,
+        token: u32,
+        decode: impl Fn(&[u32]) -> Result<String, E>,
+    ) -> Result<Option<String>, E> {
+        self.pending.push(token);
+        let text = decode(&self.pending)?;
+        if text.ends_with('\u{FFFD}') && self.pending.len() < MAX_PENDING {
+            return Ok(None);
+        }
+        self.pending.clear();
+        Ok(Some(text).filter(|t| !t.is_empty()))
+    }
+
+    pub fn finish<E>(
+        &mut self,
+        decode: impl Fn(&[u32]) -> Result<String, E>,
+    ) -> Result<Option<String>, E> {
+        let text = decode(&std::mem::take(&mut self.pending))?;
+        Ok(Some(text).filter(|t| !t.is_empty()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes token ids as raw bytes, the way a byte-level tokenizer decodes byte tokens.
+    fn bytes(ids: &[u32]) -> Result<String, ()> {
+        let raw: Vec<u8> = ids.iter().map(|&i| i as u8).collect();
+        Ok(String::from_utf8_lossy(&raw).into_owned())
+    }
+
+    #[test]
+    fn split_characters_are_held_until_whole() {
+        let mut stream = TextStream::default();
+        let mut out = Vec::new();
+        for b in "a智能".bytes() {
+            out.extend(stream.push(b as u32, bytes).unwrap());
+        }
+        out.extend(stream.finish(bytes).unwrap());
+        assert_eq!(out, ["a", "智", "能"]);
+    }
+
+    #[test]
+    fn invalid_bytes_are_flushed_not_held_forever() {
+        let mut stream = TextStream::default();
+        let pieces: Vec<String> = [0xE6u32, 0x99, 0xFF, 0xFF, b'x' as u32]
+            .into_iter()
+            .filter_map(|t| stream.push(t, bytes).unwrap())
+            .collect();
+        assert!(pieces.concat().ends_with('x'));
+    }
+}

