@@ -31,6 +31,7 @@ pub struct ModelSource {
 /// The folder holding model weights: `$TQA_MODELS_DIR`, else the project's `models/`.
 pub fn models_dir() -> PathBuf {
     std::env::var_os("TQA_MODELS_DIR")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
 }
