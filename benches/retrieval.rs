@@ -10,7 +10,7 @@ use tqa::transcript::{self, Transcript};
 fn hybrid(transcript: &Transcript, cache: &Path) -> Index {
     let entry = Registry::builtin().expect("registry").embedder;
     let embedder = Embedder::load(&locate_embedder(&entry).expect("embedder")).expect("load embedder");
-    let dense = DenseIndex::build(&transcript.turns, embedder, &entry.package.sha256, Some(cache)).expect("dense");
+    let dense = DenseIndex::build(&transcript.turns, embedder, &entry.package.sha256, Some(cache), &|| {}).expect("dense");
     Index::build(transcript).with_dense(dense)
 }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::answer::{Answer, Language};
 use crate::retrieval::{DenseError, Index, Retrieved};
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +167,136 @@ fn metrics_of(ranks: &[Option<usize>]) -> RetrievalMetrics {
     }
 }
 
+/// Case-insensitive substring match of every fact (any of its alternatives), as the dev set's
+/// README defines it.
+pub fn mentions_all(answer: &str, facts: &[Vec<String>]) -> bool {
+    let a = answer.to_lowercase();
+    facts
+        .iter()
+        .all(|fact| fact.iter().any(|alt| a.contains(&alt.to_lowercase())))
+}
+
+/// Phrases that say "the transcript does not cover this": the set's own refusal facts.
+pub fn refusal_markers(items: &[EvalItem]) -> Vec<String> {
+    let mut markers: Vec<String> = items
+        .iter()
+        .filter(|i| !i.answerable)
+        .flat_map(|i| i.must_mention.iter().flatten().cloned())
+        .collect();
+    markers.sort();
+    markers.dedup();
+    markers
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AnswerRecord {
+    pub id: String,
+    pub lang: String,
+    pub question: String,
+    pub answerable: bool,
+    pub answer: String,
+    /// Answerable: every fact is mentioned. Unanswerable: the answer refuses.
+    pub correct: bool,
+    pub refused: bool,
+    pub cited: Vec<String>,
+    /// Cited ids that were not among the turns given to the model.
+    pub invalid_citations: Vec<String>,
+    pub in_question_language: bool,
+    pub time_to_first_token_ms: f64,
+    pub total_ms: f64,
+}
+
+/// Scores one answer against its item.
+pub fn score_answer(item: &EvalItem, answer: &Answer, markers: &[String]) -> AnswerRecord {
+    let lower = answer.answer.to_lowercase();
+    let refused = markers.iter().any(|m| lower.contains(&m.to_lowercase()));
+    let correct = if item.answerable {
+        mentions_all(&answer.answer, &item.must_mention)
+    } else {
+        refused
+    };
+    AnswerRecord {
+        id: item.id.clone(),
+        lang: item.lang.clone(),
+        question: item.question.clone(),
+        answerable: item.answerable,
+        answer: answer.answer.clone(),
+        correct,
+        refused,
+        cited: answer.citations.iter().map(|t| t.id.clone()).collect(),
+        invalid_citations: answer.invalid_citations.clone(),
+        in_question_language: Language::of(&answer.answer) == Language::of(&item.question),
+        time_to_first_token_ms: answer.timings.time_to_first_token_ms,
+        total_ms: answer.timings.total_ms,
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AnswerMetrics {
+    pub answerable: usize,
+    pub unanswerable: usize,
+    /// Share of answerable items whose answer mentions every fact.
+    pub answer_accuracy: f64,
+    /// Share of unanswerable items whose answer says the transcript does not cover it.
+    pub refusal_accuracy: f64,
+    /// Share of answerable items whose answer refuses.
+    pub false_refusal_rate: f64,
+    /// Share of answers whose every citation points to a turn given to the model.
+    pub citation_validity: f64,
+    /// Share of answers written in the question's language.
+    pub in_question_language: f64,
+    pub median_time_to_first_token_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AnswerReport {
+    pub overall: AnswerMetrics,
+    pub by_language: BTreeMap<String, AnswerMetrics>,
+    pub items: Vec<AnswerRecord>,
+}
+
+pub fn summarize_answers(records: Vec<AnswerRecord>) -> AnswerReport {
+    let mut langs: Vec<String> = records.iter().map(|r| r.lang.clone()).collect();
+    langs.sort();
+    langs.dedup();
+    let by_language = langs
+        .into_iter()
+        .map(|lang| {
+            let subset: Vec<&AnswerRecord> = records.iter().filter(|r| r.lang == lang).collect();
+            (lang, answer_metrics(&subset))
+        })
+        .collect();
+    AnswerReport {
+        overall: answer_metrics(&records.iter().collect::<Vec<_>>()),
+        by_language,
+        items: records,
+    }
+}
+
+fn answer_metrics(records: &[&AnswerRecord]) -> AnswerMetrics {
+    let share = |subset: &[&&AnswerRecord], pred: &dyn Fn(&AnswerRecord) -> bool| {
+        if subset.is_empty() {
+            0.0
+        } else {
+            subset.iter().filter(|r| pred(r)).count() as f64 / subset.len() as f64
+        }
+    };
+    let answerable: Vec<&&AnswerRecord> = records.iter().filter(|r| r.answerable).collect();
+    let unanswerable: Vec<&&AnswerRecord> = records.iter().filter(|r| !r.answerable).collect();
+    let all: Vec<&&AnswerRecord> = records.iter().collect();
+    let ttft = crate::bench::Stat::of(records.iter().map(|r| r.time_to_first_token_ms).collect());
+    AnswerMetrics {
+        answerable: answerable.len(),
+        unanswerable: unanswerable.len(),
+        answer_accuracy: share(&answerable, &|r| r.correct),
+        refusal_accuracy: share(&unanswerable, &|r| r.correct),
+        false_refusal_rate: share(&answerable, &|r| r.refused),
+        citation_validity: share(&all, &|r| r.invalid_citations.is_empty()),
+        in_question_language: share(&all, &|r| r.in_question_language),
+        median_time_to_first_token_ms: ttft.median,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +308,71 @@ mod tests {
         assert_eq!(m.hit_at_3, 0.5);
         assert_eq!(m.hit_at_5, 0.5);
         assert!((m.mrr - (1.0 + 1.0 / 3.0 + 1.0 / 6.0) / 4.0).abs() < 1e-9);
+    }
+
+    fn item(answerable: bool, facts: &[&[&str]]) -> EvalItem {
+        EvalItem {
+            id: "x".into(),
+            lang: "en".into(),
+            question: "What did he say about agents?".into(),
+            answerable,
+            gold_quotes: vec![],
+            speaker: None,
+            must_mention: facts
+                .iter()
+                .map(|f| f.iter().map(|s| s.to_string()).collect())
+                .collect(),
+            note: String::new(),
+        }
+    }
+
+    fn answer(text: &str, cited: &[&str], invalid: &[&str]) -> Answer {
+        let turn = |id: &str| crate::transcript::Turn {
+            id: id.into(),
+            speaker: "Sam Altman".into(),
+            text: "…".into(),
+        };
+        Answer {
+            question: "What did he say about agents?".into(),
+            language: Language::En,
+            answer: text.into(),
+            citations: cited.iter().map(|id| turn(id)).collect(),
+            invalid_citations: invalid.iter().map(|s| s.to_string()).collect(),
+            retrieved: vec![],
+            timings: crate::answer::Timings {
+                retrieval_ms: 1.0,
+                time_to_first_token_ms: 100.0,
+                prompt_tokens: 10,
+                generated_tokens: 5,
+                prefill_tokens_per_s: 1.0,
+                decode_tokens_per_s: 1.0,
+                total_ms: 200.0,
+            },
+        }
+    }
+
+    #[test]
+    fn answers_are_scored_on_facts_refusals_citations_and_language() {
+        let markers = vec!["not mention".to_string(), "未提及".to_string()];
+        let facts: &[&[&str]] = &[&["long task", "长期任务"], &["supervision", "监督"]];
+        let good = score_answer(&item(true, facts), &answer("Agents take long tasks with little supervision [T12].", &["T12"], &[]), &markers);
+        assert!(good.correct && !good.refused && good.in_question_language);
+        let partial = score_answer(&item(true, facts), &answer("Agents take long tasks [T12].", &["T12"], &[]), &markers);
+        assert!(!partial.correct);
+        let refusal = score_answer(&item(true, facts), &answer("The transcript does not mention this.", &[], &[]), &markers);
+        assert!(!refusal.correct && refusal.refused);
+        let proper_refusal = score_answer(&item(false, &[&["not mention", "未提及"]]), &answer("The transcript does not mention this.", &[], &[]), &markers);
+        assert!(proper_refusal.correct);
+        let chinese = score_answer(&item(true, facts), &answer("他说智能体可以在很少监督的情况下完成长期任务。", &[], &["T99"]), &markers);
+        assert!(chinese.correct && !chinese.in_question_language);
+
+        let report = summarize_answers(vec![good, partial, refusal, proper_refusal, chinese]);
+        let m = &report.overall;
+        assert_eq!((m.answerable, m.unanswerable), (4, 1));
+        assert_eq!(m.answer_accuracy, 0.5);
+        assert_eq!(m.refusal_accuracy, 1.0);
+        assert_eq!(m.false_refusal_rate, 0.25);
+        assert_eq!(m.citation_validity, 0.8);
+        assert_eq!(m.in_question_language, 0.8);
     }
 }

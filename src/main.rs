@@ -33,6 +33,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    exit_quietly_on_closed_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ask(args) => commands::ask::run(args).await,
@@ -47,5 +48,15 @@ async fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `tqa search … | head` closes stdout early; like other Unix tools, tqa should then stop
+/// quietly instead of reporting a failed write. Rust ignores SIGPIPE by default.
+fn exit_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread writes to a pipe.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -10,6 +10,7 @@ fn load(path: &std::path::Path) -> Model {
         path: path.to_path_buf(),
         tokenizer_json: None,
         chat_template: None,
+        optimize: false,
     };
     Model::load(&source, &candle_core::Device::Cpu).unwrap()
 }
@@ -107,6 +108,7 @@ fn truncated_and_foreign_files_are_refused_with_a_reason() {
         path: p.to_path_buf(),
         tokenizer_json: None,
         chat_template: None,
+        optimize: false,
     };
     let err = Model::load(&source(&cut), &candle_core::Device::Cpu).err().unwrap();
     assert!(matches!(err, ModelError::Truncated { .. }), "{err}");

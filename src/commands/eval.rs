@@ -1,20 +1,28 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use tqa::eval::{self, RetrievalMetrics};
+use indicatif::{ProgressBar, ProgressStyle};
+use tqa::answer::{self, AskOptions, Prompts};
+use tqa::eval::{self, AnswerMetrics, RetrievalMetrics};
 
-use super::TranscriptArgs;
+use super::{ModelArgs, SamplingArgs, TranscriptArgs};
 
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
     /// hit@1/3/5 and MRR of retrieval over a question set.
     Retrieval(EvalRetrievalArgs),
+    /// Answer every question of a set end to end and score the answers.
+    Answers(EvalAnswersArgs),
+}
+
+fn default_set() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/eval/dev.jsonl")
 }
 
 #[derive(Args, Debug)]
 pub struct EvalRetrievalArgs {
     /// Question set in the dev-set format (data/eval/README.md).
-    #[arg(long, default_value_os_t = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/eval/dev.jsonl"))]
+    #[arg(long, default_value_os_t = default_set())]
     pub set: PathBuf,
     #[arg(long)]
     pub json: bool,
@@ -22,10 +30,77 @@ pub struct EvalRetrievalArgs {
     pub transcript: TranscriptArgs,
 }
 
+#[derive(Args, Debug)]
+pub struct EvalAnswersArgs {
+    /// Question set in the dev-set format (data/eval/README.md).
+    #[arg(long, default_value_os_t = default_set())]
+    pub set: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+    /// Best-matching turns per question (each brings its question/answer partner).
+    #[arg(short, default_value_t = AskOptions::default().k)]
+    pub k: usize,
+    #[command(flatten)]
+    pub transcript: TranscriptArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
 pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
         EvalCommand::Retrieval(args) => retrieval(args),
+        EvalCommand::Answers(args) => answers(args).await,
     }
+}
+
+async fn answers(args: EvalAnswersArgs) -> anyhow::Result<()> {
+    let items = eval::load_set(&args.set)?;
+    let markers = eval::refusal_markers(&items);
+    let index = args.transcript.index()?;
+    let mut model = args.model.load().await?;
+    let options = AskOptions { k: args.k, sampling: args.sampling.config() };
+    let prompts = Prompts::default();
+    let bar = ProgressBar::new(items.len() as u64).with_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")?.progress_chars("=> "),
+    );
+    let mut records = Vec::with_capacity(items.len());
+    for item in &items {
+        bar.set_message(item.id.clone());
+        let answer = answer::ask(&index, &mut model, &prompts, &item.question, &options, &mut |_| {})?;
+        records.push(eval::score_answer(item, &answer, &markers));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let report = eval::summarize_answers(records);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    for r in &report.items {
+        let mark = if r.correct { "ok  " } else { "MISS" };
+        println!("{mark} {} [{}] {}\n     → {}", r.id, r.lang, r.question, r.answer.replace('\n', " "));
+    }
+    println!("\n{:<10} {:>6} {:>8} {:>8} {:>8} {:>9} {:>6} {:>9}", "", "items", "answer", "refusal", "false-r", "citations", "lang", "TTFT ms");
+    print_answer_row("overall", &report.overall);
+    for (lang, m) in &report.by_language {
+        print_answer_row(lang, m);
+    }
+    Ok(())
+}
+
+fn print_answer_row(label: &str, m: &AnswerMetrics) {
+    println!(
+        "{label:<10} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>6.3} {:>9.0}",
+        m.answerable + m.unanswerable,
+        m.answer_accuracy,
+        m.refusal_accuracy,
+        m.false_refusal_rate,
+        m.citation_validity,
+        m.in_question_language,
+        m.median_time_to_first_token_ms
+    );
 }
 
 fn retrieval(args: EvalRetrievalArgs) -> anyhow::Result<()> {

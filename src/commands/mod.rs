@@ -45,13 +45,15 @@ impl TranscriptArgs {
         if self.lexical {
             return Ok(index);
         }
-        let start = std::time::Instant::now();
         let entry = Registry::builtin()?.embedder;
         let embedder = Embedder::load(&model::resolve::locate_embedder(&entry)?)?;
-        let dense = DenseIndex::build(&transcript.turns, embedder, &entry.package.sha256, default_cache_dir().as_deref())?;
-        if !dense.from_cache {
-            eprintln!("embedded the transcript in {:.1} s (cached for next time)", start.elapsed().as_secs_f64());
-        }
+        let dense = DenseIndex::build(
+            &transcript.turns,
+            embedder,
+            &entry.package.sha256,
+            default_cache_dir().as_deref(),
+            &|| eprintln!("embedding the transcript's passages (once; cached for later runs)…"),
+        )?;
         Ok(index.with_dense(dense))
     }
 }
@@ -69,6 +71,9 @@ pub struct ModelArgs {
     pub threads: usize,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
+    /// Load the GGUF as it is, without converting slow tensor types (Q4_1, Q5_0, Q5_1) to Q8_0.
+    #[arg(long)]
+    pub no_optimize: bool,
 }
 
 fn default_threads() -> usize {
@@ -82,6 +87,7 @@ impl ModelArgs {
         let device = self.device.open()?;
         let mut source = model::resolve(self.model.as_deref()).await?;
         source.tokenizer_json = self.tokenizer.clone();
+        source.optimize = !self.no_optimize;
         let model = Model::load(&source, &device)
             .with_context(|| format!("loading model `{}`", source.name))?;
         eprintln!(

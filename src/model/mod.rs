@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod fetch;
 pub mod generate;
+pub mod optimize;
 pub mod registry;
 pub mod resolve;
 
@@ -126,18 +127,23 @@ impl Model {
     /// the GGUF's own metadata, so that a single `.gguf` file is enough.
     pub fn load(source: &ModelSource, device: &Device) -> Result<Self, ModelError> {
         let start = Instant::now();
-        let path = source.path.as_path();
-        let io_err = |source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
+        let (file, content) = open_checked(&source.path)?;
+        let file_bytes = file_len(&file, &source.path)?;
+        let (path, mut file, content) = if source.optimize && optimize::has_slow_tensors(&content) {
+            let fast = optimize::optimized_path(&source.path, &resolve::models_dir().join(".optimized"))?;
+            if !fast.is_file() {
+                eprintln!(
+                    "converting {} to Q8_0 once (candle has no fast kernels for its tensor types)…",
+                    source.path.display()
+                );
+                optimize::write_optimized_copy(&source.path, &fast)?;
+            }
+            let (file, content) = open_checked(&fast)?;
+            (fast, file, content)
+        } else {
+            (source.path.clone(), file, content)
         };
-        let mut file = File::open(path).map_err(io_err)?;
-        let file_bytes = file.metadata().map_err(io_err)?.len();
-        let content = gguf_file::Content::read(&mut file).map_err(|e| ModelError::NotGguf {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        check_complete(&content, file_bytes, path)?;
+        let path = path.as_path();
 
         let arch = metadata_string(&content, "general.architecture").unwrap_or_default();
         let context_length = content
@@ -215,6 +221,27 @@ impl Model {
     pub fn device(&self) -> &Device {
         &self.device
     }
+}
+
+/// Opens a GGUF and checks that it is complete.
+fn open_checked(path: &Path) -> Result<(File, gguf_file::Content), ModelError> {
+    let mut file = File::open(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let content = gguf_file::Content::read(&mut file).map_err(|e| ModelError::NotGguf {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    check_complete(&content, file_len(&file, path)?, path)?;
+    Ok((file, content))
+}
+
+fn file_len(file: &File, path: &Path) -> Result<u64, ModelError> {
+    file.metadata().map(|m| m.len()).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn metadata_string(content: &gguf_file::Content, key: &str) -> Option<String> {

@@ -26,6 +26,8 @@ pub struct ModelSource {
     pub tokenizer_json: Option<PathBuf>,
     /// `None`: recognise the template from the GGUF's metadata.
     pub chat_template: Option<ChatTemplate>,
+    /// Convert tensor types without fast kernels to Q8_0 (once, cached) before loading.
+    pub optimize: bool,
 }
 
 /// The folder holding model weights: `$TQA_MODELS_DIR`, else the project's `models/`.
@@ -60,6 +62,7 @@ pub async fn resolve(spec: Option<&str>) -> Result<ModelSource, ModelError> {
         path,
         tokenizer_json: None,
         chat_template: Some(ChatTemplate::from_name(&entry.chat_template)?),
+        optimize: true,
     })
 }
 
@@ -78,6 +81,7 @@ fn resolve_path(path: &Path) -> Result<ModelSource, ModelError> {
         path: path.to_path_buf(),
         tokenizer_json: None,
         chat_template: None,
+        optimize: true,
     })
 }
 

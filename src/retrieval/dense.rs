@@ -43,12 +43,13 @@ pub struct DenseIndex {
 impl DenseIndex {
     /// Embeds the passages of `turns`, or reads them from `cache_dir` when an earlier run
     /// embedded the same passages with the same model (`model_id`). A damaged cache file is
-    /// rebuilt with a warning.
+    /// rebuilt with a warning. `on_embed` is called before the slow path, to tell the user.
     pub fn build(
         turns: &[Turn],
         embedder: Embedder,
         model_id: &str,
         cache_dir: Option<&Path>,
+        on_embed: &dyn Fn(),
     ) -> Result<Self, DenseError> {
         let (passage_turn, passages): (Vec<usize>, Vec<String>) = turns
             .iter()
@@ -63,6 +64,7 @@ impl DenseIndex {
         let vectors = match cached {
             Some(v) => v,
             None => {
+                on_embed();
                 let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
                 let v = embedder.embed(&refs, TextKind::Passage)?;
                 if let Some(path) = &cache_file {
@@ -173,7 +175,7 @@ fn write_cache(path: &Path, vectors: &[Vec<f32>]) -> Result<(), DenseError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let tmp = crate::unique_temp_sibling(path);
     let mut file = std::fs::File::create(&tmp).map_err(err)?;
     file.write_all(CACHE_MAGIC).map_err(err)?;
     file.write_all(&(vectors.len() as u32).to_le_bytes()).map_err(err)?;

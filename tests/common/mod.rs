@@ -160,7 +160,7 @@ pub fn hybrid_index(cache_dir: &Path) -> tqa::retrieval::Index {
     let transcript = tqa::transcript::Transcript::load(&shipped_transcript()).expect("shipped transcript");
     let entry = Registry::builtin().expect("registry").embedder;
     let embedder = Embedder::load(&locate_embedder(&entry).expect("embedder")).expect("load embedder");
-    let dense = DenseIndex::build(&transcript.turns, embedder, &entry.package.sha256, Some(cache_dir))
+    let dense = DenseIndex::build(&transcript.turns, embedder, &entry.package.sha256, Some(cache_dir), &|| {})
         .expect("dense index");
     Index::build(&transcript).with_dense(dense)
 }
