@@ -20,10 +20,10 @@ fn retrieval(c: &mut Criterion) {
     let index = hybrid(&transcript, &cache);
 
     c.bench_function("query/hybrid/en", |b| {
-        b.iter(|| index.search("What did Altman say about agents?", 3).expect("search"))
+        b.iter(|| index.search(&["What did Altman say about agents?"], 3).expect("search"))
     });
     c.bench_function("query/hybrid/zh", |b| {
-        b.iter(|| index.search("Altman 怎么看 SaaS 的定价？", 3).expect("search"))
+        b.iter(|| index.search(&["Altman 怎么看 SaaS 的定价？"], 3).expect("search"))
     });
     c.bench_function("index/lexical", |b| b.iter(|| Index::build(&transcript)));
     let mut group = c.benchmark_group("index");

@@ -7,7 +7,8 @@ use regex::Regex;
 use serde::Serialize;
 
 use crate::model::{generate, Message, Model, ModelError, Role, SamplingConfig};
-use crate::retrieval::{is_cjk_char, DenseError, Index, Retrieved};
+use crate::retrieval::{DenseError, Index, Retrieved};
+pub use crate::transcript::Language;
 use crate::transcript::Turn;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,30 +30,6 @@ pub enum AnswerError {
 /// point of a long answer is usually made in its first paragraphs.
 const MAX_TURN_CHARS: usize = 700;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Language {
-    En,
-    Zh,
-}
-
-impl Language {
-    /// Chinese when CJK characters outweigh the Latin words: a Chinese question often names
-    /// "OpenAI" or "GPT", an English one rarely carries more than a quoted term.
-    pub fn of(text: &str) -> Self {
-        let cjk = text.chars().filter(|&c| is_cjk_char(c)).count();
-        let latin_words = text
-            .split(|c: char| !c.is_ascii_alphabetic())
-            .filter(|w| !w.is_empty())
-            .count();
-        if cjk > 2 * latin_words {
-            Language::Zh
-        } else {
-            Language::En
-        }
-    }
-}
-
 /// The prompt texts; the defaults are the files in `prompts/`, compiled in.
 #[derive(Debug, Clone)]
 pub struct Prompts {
@@ -60,6 +37,7 @@ pub struct Prompts {
     pub user: String,
     pub language_en: String,
     pub language_zh: String,
+    pub translate: String,
 }
 
 impl Default for Prompts {
@@ -69,6 +47,7 @@ impl Default for Prompts {
             user: include_str!("../prompts/user.txt").to_string(),
             language_en: include_str!("../prompts/language-en.txt").to_string(),
             language_zh: include_str!("../prompts/language-zh.txt").to_string(),
+            translate: include_str!("../prompts/translate.txt").to_string(),
         }
     }
 }
@@ -85,6 +64,7 @@ impl Prompts {
             user: read("user.txt")?,
             language_en: read("language-en.txt")?,
             language_zh: read("language-zh.txt")?,
+            translate: read("translate.txt")?,
         })
     }
 
@@ -111,6 +91,54 @@ impl Prompts {
             Message::new(Role::User, user.trim()),
         ]
     }
+}
+
+/// Most tokens a question's translation may take; a question is a sentence or two.
+const MAX_TRANSLATION_TOKENS: usize = 96;
+
+/// The question in `to`, the transcript's language, by the answering model: keyword search needs
+/// the transcript's own words, and the embedder matches same-language text more closely.
+pub fn translate_question(
+    model: &mut Model,
+    prompts: &Prompts,
+    question: &str,
+    to: Language,
+) -> Result<String, AnswerError> {
+    let language = match to {
+        Language::En => "English",
+        Language::Zh => "Simplified Chinese",
+    };
+    let messages = [
+        Message::new(Role::System, prompts.translate.replace("{language}", language).trim()),
+        Message::new(Role::User, question.trim()),
+    ];
+    let prompt = model.encode(&model.template().render(&messages))?;
+    let config = SamplingConfig {
+        max_new_tokens: MAX_TRANSLATION_TOKENS,
+        repeat_penalty: 1.0,
+        ..SamplingConfig::default()
+    };
+    let generation = generate(model, &prompt, &config, &mut |_| {})?;
+    Ok(generation.text.lines().next().unwrap_or_default().trim().to_string())
+}
+
+/// The wordings of `question` to retrieve with: the question itself and, when it is not in the
+/// transcript's language and `translate` is on, its translation.
+pub fn search_queries(
+    index: &Index,
+    model: &mut Model,
+    prompts: &Prompts,
+    question: &str,
+    translate: bool,
+) -> Result<Vec<String>, AnswerError> {
+    let mut queries = vec![question.trim().to_string()];
+    if translate && Language::of(question) != index.language() {
+        let translated = translate_question(model, prompts, question, index.language())?;
+        if !translated.is_empty() {
+            queries.push(translated);
+        }
+    }
+    Ok(queries)
 }
 
 /// Turns in transcript order, so that a question reads before its answer.
@@ -158,6 +186,7 @@ pub fn extract_citations(answer: &str) -> Vec<String> {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Timings {
+    /// Translating the question (when needed) and ranking the turns.
     pub retrieval_ms: f64,
     /// From the question to the first generated token: retrieval, prompt and prefill.
     pub time_to_first_token_ms: f64,
@@ -171,6 +200,8 @@ pub struct Timings {
 #[derive(Debug, Clone, Serialize)]
 pub struct Answer {
     pub question: String,
+    /// What retrieval searched for: the question, and its translation when there is one.
+    pub search_queries: Vec<String>,
     pub language: Language,
     pub answer: String,
     /// Cited turns that were given to the model, in order of first citation.
@@ -185,6 +216,8 @@ pub struct Answer {
 pub struct AskOptions {
     /// Best-matching turns to retrieve (each brings its question/answer partner).
     pub k: usize,
+    /// Translate a question that is not in the transcript's language before retrieval.
+    pub translate: bool,
     pub sampling: SamplingConfig,
 }
 
@@ -192,6 +225,7 @@ impl Default for AskOptions {
     fn default() -> Self {
         Self {
             k: 3,
+            translate: true,
             sampling: SamplingConfig::default(),
         }
     }
@@ -210,7 +244,9 @@ pub fn ask(
         return Err(AnswerError::EmptyQuestion);
     }
     let start = Instant::now();
-    let retrieved = index.search(question, options.k)?;
+    let search_queries = search_queries(index, model, prompts, question, options.translate)?;
+    let query_refs: Vec<&str> = search_queries.iter().map(String::as_str).collect();
+    let retrieved = index.search(&query_refs, options.k)?;
     let retrieval = start.elapsed();
 
     let language = Language::of(question);
@@ -222,6 +258,7 @@ pub fn ask(
     let (citations, invalid_citations) = check_citations(&generation.text, &retrieved);
     Ok(Answer {
         question: question.to_string(),
+        search_queries,
         language,
         answer: generation.text.trim().to_string(),
         citations,

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::answer::{Answer, Language};
-use crate::retrieval::{DenseError, Index, Retrieved};
+use crate::answer::{Answer, AnswerError, Language};
+use crate::retrieval::{Index, Retrieved};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -108,12 +108,20 @@ pub fn gold_rank(ranking: &[Retrieved], item: &EvalItem) -> Option<usize> {
 }
 
 /// hit@1/3/5 and MRR over the answerable items, overall and split by language and speaker.
-pub fn evaluate_retrieval(index: &Index, items: &[EvalItem]) -> Result<RetrievalReport, DenseError> {
+/// `queries` gives the wordings retrieval searches with for an item (see
+/// [`crate::answer::search_queries`]).
+pub fn evaluate_retrieval(
+    index: &Index,
+    items: &[EvalItem],
+    queries: &mut dyn FnMut(&EvalItem) -> Result<Vec<String>, AnswerError>,
+) -> Result<RetrievalReport, AnswerError> {
     let answerable: Vec<&EvalItem> = items.iter().filter(|i| i.answerable).collect();
-    let rankings: Vec<Vec<Retrieved>> = answerable
-        .iter()
-        .map(|i| index.rank(&i.question))
-        .collect::<Result<_, _>>()?;
+    let mut rankings: Vec<Vec<Retrieved>> = Vec::with_capacity(answerable.len());
+    for item in &answerable {
+        let wordings = queries(item)?;
+        let refs: Vec<&str> = wordings.iter().map(String::as_str).collect();
+        rankings.push(index.rank(&refs)?);
+    }
     let ranks: Vec<Option<usize>> = answerable
         .iter()
         .zip(&rankings)
@@ -334,6 +342,7 @@ mod tests {
         };
         Answer {
             question: "What did he say about agents?".into(),
+            search_queries: vec![],
             language: Language::En,
             answer: text.into(),
             citations: cited.iter().map(|id| turn(id)).collect(),

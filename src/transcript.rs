@@ -95,6 +95,16 @@ impl Transcript {
         self.turns.iter().find(|t| t.id == id)
     }
 
+    /// The language most turns are written in.
+    pub fn language(&self) -> Language {
+        let zh = self.turns.iter().filter(|t| Language::of(&t.text) == Language::Zh).count();
+        if zh * 2 > self.turns.len() {
+            Language::Zh
+        } else {
+            Language::En
+        }
+    }
+
     /// Speaker names in order of first appearance.
     pub fn speakers(&self) -> Vec<&str> {
         let mut names: Vec<&str> = Vec::new();
@@ -105,6 +115,34 @@ impl Transcript {
         }
         names
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    En,
+    Zh,
+}
+
+impl Language {
+    /// Chinese when CJK characters outweigh the Latin words: a Chinese question often names
+    /// "OpenAI" or "GPT", an English one rarely carries more than a quoted term.
+    pub fn of(text: &str) -> Self {
+        let cjk = text.chars().filter(|&c| is_cjk_char(c)).count();
+        let latin_words = text
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .filter(|w| !w.is_empty())
+            .count();
+        if cjk > 2 * latin_words {
+            Language::Zh
+        } else {
+            Language::En
+        }
+    }
+}
+
+pub fn is_cjk_char(c: char) -> bool {
+    matches!(c as u32, 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF | 0x20000..=0x2FA1F)
 }
 
 fn bold_label_regex() -> Regex {

@@ -122,7 +122,7 @@ fn bench_json_on_a_tiny_model_emits_every_field() {
     let model = common::tiny_model(dir.path(), Behaviour::Random(6));
     let out = tqa(&[
         "bench", "--model", model.to_str().unwrap(), "--reps", "2", "--prefill", "16,64",
-        "--depths", "0,32", "--decode-tokens", "8", "--json",
+        "--depths", "0,32", "--decode-tokens", "8", "--json", "--transcript", &small_transcript(dir.path()),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

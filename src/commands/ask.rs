@@ -15,6 +15,9 @@ pub struct AskArgs {
     /// Print one JSON object (answer, citations, retrieved turns, timings) instead of streaming.
     #[arg(long)]
     pub json: bool,
+    /// Retrieve with the question as asked, without translating it into the transcript's language.
+    #[arg(long)]
+    pub no_translate: bool,
     /// Read the prompt files from this folder instead of the built-in `prompts/`.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
@@ -39,6 +42,7 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
     let mut model = args.model.load().await?;
     let options = AskOptions {
         k: args.k,
+        translate: !args.no_translate,
         sampling: args.sampling.config(),
     };
     let mut stdout = std::io::stdout();

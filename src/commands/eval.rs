@@ -26,8 +26,14 @@ pub struct EvalRetrievalArgs {
     pub set: PathBuf,
     #[arg(long)]
     pub json: bool,
+    /// Also search with the answering model's translation of questions that are not in the
+    /// transcript's language, as `tqa ask` does.
+    #[arg(long)]
+    pub translate: bool,
     #[command(flatten)]
     pub transcript: TranscriptArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 #[derive(Args, Debug)]
@@ -40,6 +46,9 @@ pub struct EvalAnswersArgs {
     /// Best-matching turns per question (each brings its question/answer partner).
     #[arg(short, default_value_t = AskOptions::default().k)]
     pub k: usize,
+    /// Retrieve with the question as asked, without translating it.
+    #[arg(long)]
+    pub no_translate: bool,
     #[command(flatten)]
     pub transcript: TranscriptArgs,
     #[command(flatten)]
@@ -50,7 +59,7 @@ pub struct EvalAnswersArgs {
 
 pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
-        EvalCommand::Retrieval(args) => retrieval(args),
+        EvalCommand::Retrieval(args) => retrieval(args).await,
         EvalCommand::Answers(args) => answers(args).await,
     }
 }
@@ -60,7 +69,7 @@ async fn answers(args: EvalAnswersArgs) -> anyhow::Result<()> {
     let markers = eval::refusal_markers(&items);
     let index = args.transcript.index()?;
     let mut model = args.model.load().await?;
-    let options = AskOptions { k: args.k, sampling: args.sampling.config() };
+    let options = AskOptions { k: args.k, translate: !args.no_translate, sampling: args.sampling.config() };
     let prompts = Prompts::default();
     let bar = ProgressBar::new(items.len() as u64).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")?.progress_chars("=> "),
@@ -103,10 +112,18 @@ fn print_answer_row(label: &str, m: &AnswerMetrics) {
     );
 }
 
-fn retrieval(args: EvalRetrievalArgs) -> anyhow::Result<()> {
+async fn retrieval(args: EvalRetrievalArgs) -> anyhow::Result<()> {
     let items = eval::load_set(&args.set)?;
     let index = args.transcript.index()?;
-    let report = eval::evaluate_retrieval(&index, &items)?;
+    let report = if args.translate {
+        let mut model = args.model.load().await?;
+        let prompts = Prompts::default();
+        eval::evaluate_retrieval(&index, &items, &mut |item| {
+            answer::search_queries(&index, &mut model, &prompts, &item.question, true)
+        })?
+    } else {
+        eval::evaluate_retrieval(&index, &items, &mut |item| Ok(vec![item.question.clone()]))?
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

@@ -17,7 +17,7 @@ pub struct SearchArgs {
 pub fn run(args: SearchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!args.query.trim().is_empty(), "the query is empty; give words to search for");
     let index = args.transcript.index()?;
-    let hits = index.search(&args.query, args.k)?;
+    let hits = index.search(&[&args.query], args.k)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&hits)?);
         return Ok(());

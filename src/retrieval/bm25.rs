@@ -8,6 +8,8 @@ use std::collections::HashMap;
 
 use jieba_rs::Jieba;
 
+use crate::transcript::is_cjk_char;
+
 /// BM25 parameters: the usual defaults, which suit turns of a few sentences to a few paragraphs.
 const K1: f32 = 1.2;
 const B: f32 = 0.75;
@@ -139,9 +141,6 @@ fn stem(word: &str) -> String {
     }
 }
 
-pub fn is_cjk_char(c: char) -> bool {
-    matches!(c as u32, 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF | 0x20000..=0x2FA1F)
-}
 
 /// Splits text into maximal runs of CJK and non-CJK characters.
 fn script_runs(text: &str) -> Vec<(bool, String)> {

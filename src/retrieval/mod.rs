@@ -12,11 +12,10 @@ pub mod embed;
 
 use serde::Serialize;
 
-pub use bm25::is_cjk_char;
 use bm25::Bm25;
 pub use dense::{DenseError, DenseIndex};
 
-use crate::transcript::{Transcript, Turn};
+use crate::transcript::{Language, Transcript, Turn};
 
 /// Reciprocal-rank-fusion constant: the usual 60 keeps one scorer's top rank from drowning out
 /// agreement between both.
@@ -43,6 +42,8 @@ pub struct Index {
     partners: Vec<Option<usize>>,
     /// The speaker who asks the questions.
     host: Option<String>,
+    /// The language most of the transcript is written in.
+    language: Language,
     /// Each speaker with the terms of their name: "what did Altman say" names who spoke, not
     /// what about, so these terms select a speaker instead of matching text.
     speaker_terms: Vec<(String, Vec<String>)>,
@@ -65,6 +66,7 @@ impl Index {
             dense: None,
             partners,
             host,
+            language: transcript.language(),
             speaker_terms,
         }
     }
@@ -82,13 +84,18 @@ impl Index {
         &self.turns
     }
 
+    pub fn language(&self) -> Language {
+        self.language
+    }
+
     pub fn host(&self) -> Option<&str> {
         self.host.as_deref()
     }
 
-    /// Every turn that matches the query, best first.
-    pub fn rank(&self, query: &str) -> Result<Vec<Retrieved>, DenseError> {
-        let scores = self.scores(query)?;
+    /// Every turn that matches the query, best first. `queries` are one question in several
+    /// wordings (the question, and its translation into the transcript's language).
+    pub fn rank(&self, queries: &[&str]) -> Result<Vec<Retrieved>, DenseError> {
+        let scores = self.scores(queries)?;
         let mut ranked: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] > 0.0).collect();
         ranked.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
         Ok(ranked
@@ -99,9 +106,9 @@ impl Index {
 
     /// The `k` best-matching turns, best first, each followed by its partner turn unless that is
     /// already in the list.
-    pub fn search(&self, query: &str, k: usize) -> Result<Vec<Retrieved>, DenseError> {
+    pub fn search(&self, queries: &[&str], k: usize) -> Result<Vec<Retrieved>, DenseError> {
         let mut out: Vec<Retrieved> = Vec::new();
-        for hit in self.rank(query)?.into_iter().take(k) {
+        for hit in self.rank(queries)?.into_iter().take(k) {
             if let Some(seen) = out.iter_mut().find(|r| r.turn.id == hit.turn.id) {
                 // Already present as a partner: it is a match in its own right.
                 *seen = hit;
@@ -118,21 +125,28 @@ impl Index {
     }
 
     /// Fused score of every turn, in turn order; 0 means no match at all.
-    fn scores(&self, query: &str) -> Result<Vec<f32>, DenseError> {
-        let terms = self.lexical.terms(query);
-        let named = self.named_speakers(&terms);
-        let content_terms: Vec<String> = terms
-            .into_iter()
-            .filter(|t| !self.speaker_terms.iter().any(|(_, name)| name.contains(t)))
-            .collect();
-        let lexical = self.lexical.scores(&content_terms);
-        let mut fused = match &self.dense {
-            None => lexical,
-            Some(dense) => {
-                let lexical_weight = self.lexical.known_share(&content_terms);
-                reciprocal_rank_fusion(&[(lexical, lexical_weight), (dense.scores(query)?, 1.0)])
+    fn scores(&self, queries: &[&str]) -> Result<Vec<f32>, DenseError> {
+        let mut rankings: Vec<(Vec<f32>, f32)> = Vec::new();
+        let mut named: Vec<&str> = Vec::new();
+        for query in queries {
+            let terms = self.lexical.terms(query);
+            named.extend(self.named_speakers(&terms));
+            let content_terms: Vec<String> = terms
+                .into_iter()
+                .filter(|t| !self.speaker_terms.iter().any(|(_, name)| name.contains(t)))
+                .collect();
+            let lexical_weight = self.lexical.known_share(&content_terms);
+            rankings.push((self.lexical.scores(&content_terms), lexical_weight));
+            if let Some(dense) = &self.dense {
+                rankings.push((dense.scores(query)?, 1.0));
             }
+        }
+        let mut fused = match rankings.as_slice() {
+            [(lexical, _)] => lexical.clone(),
+            _ => reciprocal_rank_fusion(&rankings),
         };
+        named.sort_unstable();
+        named.dedup();
         if named.len() == 1 {
             for (score, turn) in fused.iter_mut().zip(&self.turns) {
                 if named.contains(&turn.speaker.as_str()) {
@@ -229,7 +243,7 @@ mod tests {
             "Host: What about pricing?\n\nGuest: Pricing will follow compute.\n\nHost: And agents?\n\nGuest: Agents run long tasks.",
         );
         let index = Index::build(&t);
-        let hits = index.search("long tasks", 1).unwrap();
+        let hits = index.search(&["long tasks"], 1).unwrap();
         let ids: Vec<_> = hits.iter().map(|r| r.turn.id.as_str()).collect();
         assert_eq!(ids, ["T4", "T3"]);
         assert_eq!(hits[1].partner_of.as_deref(), Some("T4"));
@@ -239,7 +253,7 @@ mod tests {
     #[test]
     fn unrelated_queries_retrieve_nothing_lexically() {
         let t = transcript("Host: What about pricing?\n\nGuest: Pricing will follow compute.");
-        assert!(Index::build(&t).search("zebra", 3).unwrap().is_empty());
+        assert!(Index::build(&t).search(&["zebra"], 3).unwrap().is_empty());
     }
 
     #[test]
@@ -248,8 +262,8 @@ mod tests {
             "Ann Lee: Do you like tea?\n\nBob Stone: I like tea a lot.\n\nAnn Lee: Tea is fine by me, tea is good.",
         );
         let index = Index::build(&t);
-        assert_eq!(index.rank("Bob Stone tea").unwrap()[0].turn.speaker, "Bob Stone");
-        assert_eq!(index.rank("what did Ann say about tea").unwrap()[0].turn.speaker, "Ann Lee");
+        assert_eq!(index.rank(&["Bob Stone tea"]).unwrap()[0].turn.speaker, "Bob Stone");
+        assert_eq!(index.rank(&["what did Ann say about tea"]).unwrap()[0].turn.speaker, "Ann Lee");
     }
 
     #[test]
