@@ -38,6 +38,7 @@ pub struct Prompts {
     pub language_en: String,
     pub language_zh: String,
     pub translate: String,
+    pub rewrite: String,
 }
 
 impl Default for Prompts {
@@ -48,6 +49,7 @@ impl Default for Prompts {
             language_en: include_str!("../prompts/language-en.txt").to_string(),
             language_zh: include_str!("../prompts/language-zh.txt").to_string(),
             translate: include_str!("../prompts/translate.txt").to_string(),
+            rewrite: include_str!("../prompts/rewrite.txt").to_string(),
         }
     }
 }
@@ -65,6 +67,7 @@ impl Prompts {
             language_en: read("language-en.txt")?,
             language_zh: read("language-zh.txt")?,
             translate: read("translate.txt")?,
+            rewrite: read("rewrite.txt")?,
         })
     }
 
@@ -93,8 +96,45 @@ impl Prompts {
     }
 }
 
-/// Most tokens a question's translation may take; a question is a sentence or two.
-const MAX_TRANSLATION_TOKENS: usize = 96;
+/// Most tokens a rewritten or translated question may take; a question is a sentence or two.
+const MAX_QUESTION_TOKENS: usize = 96;
+
+/// Generates one short line from a system instruction and a user message.
+fn one_line(model: &mut Model, instruction: &str, input: &str) -> Result<String, AnswerError> {
+    let messages = [
+        Message::new(Role::System, instruction.trim()),
+        Message::new(Role::User, input.trim()),
+    ];
+    let prompt = model.encode(&model.template().render(&messages))?;
+    let config = SamplingConfig {
+        max_new_tokens: MAX_QUESTION_TOKENS,
+        repeat_penalty: 1.0,
+        ..SamplingConfig::default()
+    };
+    let generation = generate(model, &prompt, &config, &mut |_| {})?;
+    let line = generation.text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    Ok(line.trim().to_string())
+}
+
+/// A follow-up question ("and what about pricing?") rewritten, with the earlier questions of the
+/// conversation, into one that retrieval can use on its own.
+pub fn standalone_question(
+    model: &mut Model,
+    prompts: &Prompts,
+    earlier_questions: &[String],
+    follow_up: &str,
+) -> Result<String, AnswerError> {
+    if earlier_questions.is_empty() {
+        return Ok(follow_up.trim().to_string());
+    }
+    let input = format!(
+        "Earlier questions:\n{}\n\nFollow-up question: {}",
+        earlier_questions.iter().map(|q| format!("- {q}")).collect::<Vec<_>>().join("\n"),
+        follow_up.trim()
+    );
+    let rewritten = one_line(model, &prompts.rewrite, &input)?;
+    Ok(if rewritten.is_empty() { follow_up.trim().to_string() } else { rewritten })
+}
 
 /// The question in `to`, the transcript's language, by the answering model: keyword search needs
 /// the transcript's own words, and the embedder matches same-language text more closely.
@@ -108,18 +148,7 @@ pub fn translate_question(
         Language::En => "English",
         Language::Zh => "Simplified Chinese",
     };
-    let messages = [
-        Message::new(Role::System, prompts.translate.replace("{language}", language).trim()),
-        Message::new(Role::User, question.trim()),
-    ];
-    let prompt = model.encode(&model.template().render(&messages))?;
-    let config = SamplingConfig {
-        max_new_tokens: MAX_TRANSLATION_TOKENS,
-        repeat_penalty: 1.0,
-        ..SamplingConfig::default()
-    };
-    let generation = generate(model, &prompt, &config, &mut |_| {})?;
-    Ok(generation.text.lines().next().unwrap_or_default().trim().to_string())
+    one_line(model, &prompts.translate.replace("{language}", language), question)
 }
 
 /// The wordings of `question` to retrieve with: the question itself and, when it is not in the

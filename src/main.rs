@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{AskArgs, BenchArgs, EvalCommand, ModelsCommand, SearchArgs};
+use commands::{AskArgs, BenchArgs, ChatArgs, EvalCommand, ModelsCommand, SearchArgs};
 
 #[derive(Parser)]
 #[command(name = "tqa", version, about = "Ask an interview transcript questions, offline, with a local model that cites the turns it used")]
@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Answer a question from the transcript, citing the turns used.
     Ask(AskArgs),
+    /// A conversation: one question per line, follow-ups understood in context.
+    Chat(ChatArgs),
     /// Show the turns that best match a query.
     Search(SearchArgs),
     /// Measure retrieval or answers against a question set.
@@ -37,6 +39,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ask(args) => commands::ask::run(args).await,
+        Command::Chat(args) => commands::chat::run(args).await,
         Command::Search(args) => commands::search::run(args),
         Command::Eval(cmd) => commands::eval::run(cmd).await,
         Command::Bench(args) => commands::bench::run(args).await,

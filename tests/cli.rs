@@ -136,3 +136,25 @@ fn bench_json_on_a_tiny_model_emits_every_field() {
     assert!(v["ask_prompt_tokens"].as_u64().unwrap() > 0);
     assert!(v["peak_rss_mib"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn chat_answers_each_line_with_the_model_loaded_once() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path(), Behaviour::Random(8));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tqa"))
+        .args(["chat", "--model", model.to_str().unwrap(), "--transcript", &small_transcript(dir.path()), "--max-tokens", "4"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"What about agents?\nAnd about tasks?\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("loaded in").count(), 1, "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let answers = stdout.matches("Sources:").count() + stdout.matches("(no turns cited)").count();
+    assert_eq!(answers, 2, "{stdout}");
+}

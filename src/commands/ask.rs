@@ -64,7 +64,7 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
 /// Length of a cited turn shown under the answer: enough to check the claim against.
 const SOURCE_CHARS: usize = 240;
 
-fn print_sources(answer: &Answer) {
+pub fn print_sources(answer: &Answer) {
     println!("\n");
     if answer.citations.is_empty() {
         println!("(no turns cited)");

@@ -2,6 +2,7 @@
 
 pub mod ask;
 pub mod bench;
+pub mod chat;
 pub mod eval;
 pub mod models;
 pub mod search;
@@ -19,6 +20,7 @@ use tqa::transcript::{self, Transcript};
 
 pub use ask::AskArgs;
 pub use bench::BenchArgs;
+pub use chat::ChatArgs;
 pub use eval::EvalCommand;
 pub use models::ModelsCommand;
 pub use search::SearchArgs;

@@ -217,10 +217,6 @@ impl Model {
     pub fn template(&self) -> ChatTemplate {
         self.template
     }
-
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
 }
 
 /// Opens a GGUF and checks that it is complete.

@@ -80,10 +80,6 @@ impl Index {
         self.dense.as_ref()
     }
 
-    pub fn turns(&self) -> &[Turn] {
-        &self.turns
-    }
-
     pub fn language(&self) -> Language {
         self.language
     }

@@ -1,0 +1,58 @@
+use std::io::{BufRead, IsTerminal, Write};
+
+use clap::Args;
+use tqa::answer::{self, AskOptions, Prompts};
+
+use super::ask::print_sources;
+use super::{ModelArgs, SamplingArgs, TranscriptArgs};
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    /// How many best-matching turns to give the model per question.
+    #[arg(short, default_value_t = AskOptions::default().k)]
+    pub k: usize,
+    #[command(flatten)]
+    pub transcript: TranscriptArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// A conversation on stdin: one question per line, follow-ups understood in context; the model
+/// and index are loaded once.
+pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
+    let index = args.transcript.index()?;
+    let mut model = args.model.load().await?;
+    let prompts = Prompts::default();
+    let options = AskOptions { k: args.k, sampling: args.sampling.config(), ..AskOptions::default() };
+    let interactive = std::io::stdin().is_terminal();
+    let mut earlier: Vec<String> = Vec::new();
+    let mut stdout = std::io::stdout();
+    if interactive {
+        eprintln!("Ask about the transcript; an empty line or Ctrl-D ends the conversation.");
+        eprint!("> ");
+    }
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            break;
+        }
+        let question = answer::standalone_question(&mut model, &prompts, &earlier, &line)?;
+        if question != line.trim() {
+            eprintln!("(understood as: {question})");
+        }
+        let mut stream = |text: &str| {
+            let _ = write!(stdout, "{text}");
+            let _ = stdout.flush();
+        };
+        let answer = answer::ask(&index, &mut model, &prompts, &question, &options, &mut stream)?;
+        print_sources(&answer);
+        println!();
+        earlier.push(question);
+        if interactive {
+            eprint!("> ");
+        }
+    }
+    Ok(())
+}
