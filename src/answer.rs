@@ -85,10 +85,11 @@ impl Prompts {
             Language::Zh => &self.language_zh,
         };
         let system = self.system.replace("{answer_language}", answer_language.trim());
+        // Transcript text goes in last, so that braces inside it are never taken for placeholders.
         let user = self
             .user
-            .replace("{turns}", &format_turns(turns, host))
-            .replace("{question}", question.trim());
+            .replace("{question}", question.trim())
+            .replace("{turns}", &format_turns(turns, host));
         vec![
             Message::new(Role::System, system.trim()),
             Message::new(Role::User, user.trim()),
