@@ -2,22 +2,16 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use tqa::answer::{self, Answer, AskOptions, Prompts};
+use tqa::answer::{self, Answer, Prompts};
 
-use super::{ModelArgs, SamplingArgs, TranscriptArgs};
+use super::{AnswerArgs, ModelArgs, TranscriptArgs};
 
 #[derive(Args, Debug)]
 pub struct AskArgs {
     pub question: String,
-    /// How many best-matching turns to give the model (each brings its question/answer partner).
-    #[arg(short, default_value_t = AskOptions::default().k)]
-    pub k: usize,
     /// Print one JSON object (answer, citations, retrieved turns, timings) instead of streaming.
     #[arg(long)]
     pub json: bool,
-    /// Retrieve with the question as asked, without translating it into the transcript's language.
-    #[arg(long)]
-    pub no_translate: bool,
     /// Read the prompt files from this folder instead of the built-in `prompts/`.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
@@ -26,7 +20,7 @@ pub struct AskArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
-    pub sampling: SamplingArgs,
+    pub answer: AnswerArgs,
 }
 
 pub async fn run(args: AskArgs) -> anyhow::Result<()> {
@@ -40,11 +34,7 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
         None => Prompts::default(),
     };
     let mut model = args.model.load().await?;
-    let options = AskOptions {
-        k: args.k,
-        translate: !args.no_translate,
-        sampling: args.sampling.config(),
-    };
+    let options = args.answer.options();
     let mut stdout = std::io::stdout();
     let mut stream = |text: &str| {
         if !args.json {

@@ -1,22 +1,19 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use clap::Args;
-use tqa::answer::{self, AskOptions, Prompts};
+use tqa::answer::{self, Prompts};
 
 use super::ask::print_sources;
-use super::{ModelArgs, SamplingArgs, TranscriptArgs};
+use super::{AnswerArgs, ModelArgs, TranscriptArgs};
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
-    /// How many best-matching turns to give the model per question.
-    #[arg(short, default_value_t = AskOptions::default().k)]
-    pub k: usize,
     #[command(flatten)]
     pub transcript: TranscriptArgs,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
-    pub sampling: SamplingArgs,
+    pub answer: AnswerArgs,
 }
 
 /// A conversation on stdin: one question per line, follow-ups understood in context; the model
@@ -25,7 +22,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let index = args.transcript.index()?;
     let mut model = args.model.load().await?;
     let prompts = Prompts::default();
-    let options = AskOptions { k: args.k, sampling: args.sampling.config(), ..AskOptions::default() };
+    let options = args.answer.options();
     let interactive = std::io::stdin().is_terminal();
     let mut earlier: Vec<String> = Vec::new();
     let mut stdout = std::io::stdout();

@@ -2,10 +2,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use tqa::answer::{self, AskOptions, Prompts};
+use tqa::answer::{self, Prompts};
 use tqa::eval::{self, AnswerMetrics, RetrievalMetrics};
 
-use super::{ModelArgs, SamplingArgs, TranscriptArgs};
+use super::{AnswerArgs, ModelArgs, TranscriptArgs};
 
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
@@ -43,18 +43,12 @@ pub struct EvalAnswersArgs {
     pub set: PathBuf,
     #[arg(long)]
     pub json: bool,
-    /// Best-matching turns per question (each brings its question/answer partner).
-    #[arg(short, default_value_t = AskOptions::default().k)]
-    pub k: usize,
-    /// Retrieve with the question as asked, without translating it.
-    #[arg(long)]
-    pub no_translate: bool,
     #[command(flatten)]
     pub transcript: TranscriptArgs,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
-    pub sampling: SamplingArgs,
+    pub answer: AnswerArgs,
 }
 
 pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
@@ -69,7 +63,7 @@ async fn answers(args: EvalAnswersArgs) -> anyhow::Result<()> {
     let markers = eval::refusal_markers(&items);
     let index = args.transcript.index()?;
     let mut model = args.model.load().await?;
-    let options = AskOptions { k: args.k, translate: !args.no_translate, sampling: args.sampling.config() };
+    let options = args.answer.options();
     let prompts = Prompts::default();
     let bar = ProgressBar::new(items.len() as u64).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")?.progress_chars("=> "),

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use tqa::model::{self, DeviceChoice, Model, SamplingConfig};
+use tqa::answer::AskOptions;
 use tqa::model::registry::Registry;
 use tqa::retrieval::dense::default_cache_dir;
 use tqa::retrieval::embed::Embedder;
@@ -101,6 +102,29 @@ impl ModelArgs {
             model.info.load_time.as_secs_f64()
         );
         Ok(model)
+    }
+}
+
+/// What every answering command shares: retrieval breadth, translation and sampling.
+#[derive(Args, Debug, Clone)]
+pub struct AnswerArgs {
+    /// How many best-matching turns to give the model (each brings its question/answer partner).
+    #[arg(short, default_value_t = AskOptions::default().k)]
+    pub k: usize,
+    /// Retrieve with the question as asked, without translating it into the transcript's language.
+    #[arg(long)]
+    pub no_translate: bool,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+impl AnswerArgs {
+    pub fn options(&self) -> AskOptions {
+        AskOptions {
+            k: self.k,
+            translate: !self.no_translate,
+            sampling: self.sampling.config(),
+        }
     }
 }
 
