@@ -14,7 +14,7 @@ prefix="${TQA_CUDA_TOOLKIT:-$HOME/.cache/tqa/cuda-12}"
 packages=(nvidia-cuda-nvcc-cu12 nvidia-cuda-runtime-cu12 nvidia-cuda-cccl-cu12
           nvidia-cuda-nvrtc-cu12 nvidia-cublas-cu12 nvidia-curand-cu12)
 
-if [ ! -e "$prefix/.assembled" ]; then
+if [ ! -e "$prefix/.assembled" ] && [ ! -x "$prefix/bin/nvcc" ]; then
   echo "assembling a CUDA toolkit from PyPI in $prefix …" >&2
   python3 -m pip install --quiet --disable-pip-version-check --target "$prefix/py" "${packages[@]}"
   mkdir -p "$prefix/include" "$prefix/lib64"
