@@ -67,8 +67,10 @@ impl DenseIndex {
                 on_embed();
                 let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
                 let v = embedder.embed(&refs, TextKind::Passage)?;
-                if let Some(path) = &cache_file {
-                    write_cache(path, &v)?;
+                // The cache only saves time: a folder that cannot be written costs the next run
+                // another embedding pass, not this answer.
+                if let Some(Err(e)) = cache_file.as_deref().map(|path| write_cache(path, &v)) {
+                    eprintln!("warning: {e}");
                 }
                 v
             }
