@@ -7,6 +7,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -31,7 +32,8 @@ pub enum DenseError {
 }
 
 pub struct DenseIndex {
-    embedder: Embedder,
+    /// Shared, so that one loaded embedder can serve several indexes (and benchmarks).
+    embedder: Arc<Embedder>,
     /// For each passage, the index of its turn.
     passage_turn: Vec<usize>,
     vectors: Vec<Vec<f32>>,
@@ -46,7 +48,7 @@ impl DenseIndex {
     /// rebuilt with a warning. `on_embed` is called before the slow path, to tell the user.
     pub fn build(
         turns: &[Turn],
-        embedder: Embedder,
+        embedder: impl Into<Arc<Embedder>>,
         model_id: &str,
         cache_dir: Option<&Path>,
         on_embed: &dyn Fn(),
@@ -56,6 +58,7 @@ impl DenseIndex {
             .enumerate()
             .flat_map(|(i, t)| split_passages(&t.text, PASSAGE_CHARS).into_iter().map(move |p| (i, p)))
             .unzip();
+        let embedder = embedder.into();
         let cache_file = cache_dir.map(|dir| dir.join(cache_name(model_id, &passages)));
         let cached = cache_file
             .as_deref()
