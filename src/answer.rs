@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 use serde::Serialize;
 
-use crate::model::{generate, Message, Model, ModelError, Role, SamplingConfig};
+use candle_core::Tensor;
+
+use crate::model::generate::{check_context, continue_generation, Prefilled};
+use crate::model::{generate, Generation, Message, Model, ModelError, Role, SamplingConfig};
 use crate::retrieval::{DenseError, Index, Retrieved};
 pub use crate::transcript::Language;
 use crate::transcript::Turn;
@@ -30,26 +33,50 @@ pub enum AnswerError {
 /// point of a long answer is usually made in its first paragraphs.
 const MAX_TURN_CHARS: usize = 700;
 
+/// A text that exists once per answer language.
+#[derive(Debug, Clone)]
+pub struct PerLanguage {
+    pub en: String,
+    pub zh: String,
+}
+
+impl PerLanguage {
+    pub fn get(&self, language: Language) -> &str {
+        match language {
+            Language::En => &self.en,
+            Language::Zh => &self.zh,
+        }
+    }
+}
+
 /// The prompt texts; the defaults are the files in `prompts/`, compiled in.
 #[derive(Debug, Clone)]
 pub struct Prompts {
-    pub system: String,
+    /// Instructions and example, written in the language the answer is to be in: a small model
+    /// follows the language of its instructions more reliably than an order to switch.
+    pub system: PerLanguage,
     pub user: String,
-    pub language_en: String,
-    pub language_zh: String,
+    /// What the user sees when the model judges that the excerpts do not answer the question.
+    pub refusal: PerLanguage,
     pub translate: String,
     pub rewrite: String,
 }
 
 impl Default for Prompts {
     fn default() -> Self {
+        let text = |s: &str| s.trim().to_string();
         Self {
-            system: include_str!("../prompts/system.txt").to_string(),
-            user: include_str!("../prompts/user.txt").to_string(),
-            language_en: include_str!("../prompts/language-en.txt").to_string(),
-            language_zh: include_str!("../prompts/language-zh.txt").to_string(),
-            translate: include_str!("../prompts/translate.txt").to_string(),
-            rewrite: include_str!("../prompts/rewrite.txt").to_string(),
+            system: PerLanguage {
+                en: text(include_str!("../prompts/system-en.txt")),
+                zh: text(include_str!("../prompts/system-zh.txt")),
+            },
+            user: text(include_str!("../prompts/user.txt")),
+            refusal: PerLanguage {
+                en: text(include_str!("../prompts/refusal-en.txt")),
+                zh: text(include_str!("../prompts/refusal-zh.txt")),
+            },
+            translate: text(include_str!("../prompts/translate.txt")),
+            rewrite: text(include_str!("../prompts/rewrite.txt")),
         }
     }
 }
@@ -59,13 +86,20 @@ impl Prompts {
     pub fn from_dir(dir: &Path) -> Result<Self, AnswerError> {
         let read = |name: &str| {
             let path = dir.join(name);
-            std::fs::read_to_string(&path).map_err(|source| AnswerError::Prompt { path, source })
+            std::fs::read_to_string(&path)
+                .map(|s| s.trim().to_string())
+                .map_err(|source| AnswerError::Prompt { path, source })
         };
         Ok(Self {
-            system: read("system.txt")?,
+            system: PerLanguage {
+                en: read("system-en.txt")?,
+                zh: read("system-zh.txt")?,
+            },
             user: read("user.txt")?,
-            language_en: read("language-en.txt")?,
-            language_zh: read("language-zh.txt")?,
+            refusal: PerLanguage {
+                en: read("refusal-en.txt")?,
+                zh: read("refusal-zh.txt")?,
+            },
             translate: read("translate.txt")?,
             rewrite: read("rewrite.txt")?,
         })
@@ -80,18 +114,13 @@ impl Prompts {
         host: Option<&str>,
         language: Language,
     ) -> Vec<Message> {
-        let answer_language = match language {
-            Language::En => &self.language_en,
-            Language::Zh => &self.language_zh,
-        };
-        let system = self.system.replace("{answer_language}", answer_language.trim());
         // Transcript text goes in last, so that braces inside it are never taken for placeholders.
         let user = self
             .user
             .replace("{question}", question.trim())
             .replace("{turns}", &format_turns(turns, host));
         vec![
-            Message::new(Role::System, system.trim()),
+            Message::new(Role::System, self.system.get(language)),
             Message::new(Role::User, user.trim()),
         ]
     }
@@ -233,6 +262,12 @@ pub struct Answer {
     /// What retrieval searched for: the question, and its translation when there is one.
     pub search_queries: Vec<String>,
     pub language: Language,
+    /// The model's verdict that the retrieved turns answer the question; when false, `answer`
+    /// is the refusal.
+    pub answered: bool,
+    /// The verdict's logit for "yes" minus that for "no"; absent for a vocabulary whose first
+    /// tokens of the two words are the same, where the answer goes ahead unjudged.
+    pub answered_log_odds: Option<f32>,
     pub answer: String,
     /// Cited turns that were given to the model, in order of first citation.
     pub citations: Vec<Turn>,
@@ -248,6 +283,8 @@ pub struct AskOptions {
     pub k: usize,
     /// Translate a question that is not in the transcript's language before retrieval.
     pub translate: bool,
+    /// Refuse when the model's verdict says the retrieved turns do not answer the question.
+    pub judge: bool,
     pub sampling: SamplingConfig,
 }
 
@@ -256,7 +293,12 @@ impl Default for AskOptions {
         Self {
             k: 3,
             translate: true,
-            sampling: SamplingConfig::default(),
+            judge: true,
+            // One to three short bullets; a longer reply is a model that has lost its way.
+            sampling: SamplingConfig {
+                max_new_tokens: 320,
+                ..SamplingConfig::default()
+            },
         }
     }
 }
@@ -281,29 +323,97 @@ pub fn ask(
 
     let language = Language::of(question);
     let messages = prompts.messages(question, &retrieved, index.host(), language);
-    let prompt = model.encode(&model.template().render(&messages))?;
-    let before_prefill = start.elapsed();
-    let generation = generate(model, &prompt, &options.sampling, on_text)?;
+    let mut prompt_text = model.template().render(&messages);
+    prompt_text.push_str(VERDICT_PREFIX);
+    let prompt = model.encode(&prompt_text)?;
+    check_context(model, prompt.len() + VERDICT_TOKENS, &options.sampling)?;
 
-    let (citations, invalid_citations) = check_citations(&generation.text, &retrieved);
+    let prefill_start = Instant::now();
+    let before_prefill = prefill_start - start;
+    let judged = judge_and_generate(model, &prompt, options, prefill_start, on_text)?;
+    if judged.generation.is_none() {
+        on_text(prompts.refusal.get(language));
+    }
+    let prefill_time = judged.generation.as_ref().map_or(judged.verdict_time, |g| g.prefill_time);
+
+    let text = judged.generation.as_ref().map_or(prompts.refusal.get(language), |g| g.text.trim());
+    let (citations, invalid_citations) = check_citations(text, &retrieved);
     Ok(Answer {
         question: question.to_string(),
         search_queries,
         language,
-        answer: generation.text.trim().to_string(),
+        answered: judged.generation.is_some(),
+        answered_log_odds: judged.log_odds,
+        answer: text.to_string(),
         citations,
         invalid_citations,
         retrieved,
         timings: Timings {
             retrieval_ms: ms(retrieval),
-            time_to_first_token_ms: ms(before_prefill + generation.prefill_time),
-            prompt_tokens: generation.prompt_tokens,
-            generated_tokens: generation.tokens.len(),
-            prefill_tokens_per_s: generation.prefill_tokens_per_s(),
-            decode_tokens_per_s: generation.decode_tokens_per_s(),
+            time_to_first_token_ms: ms(before_prefill + prefill_time),
+            prompt_tokens: prompt.len(),
+            generated_tokens: judged.generation.as_ref().map_or(0, |g| g.tokens.len()),
+            prefill_tokens_per_s: prompt.len() as f64 / prefill_time.as_secs_f64().max(f64::EPSILON),
+            decode_tokens_per_s: judged.generation.as_ref().map_or(0.0, Generation::decode_tokens_per_s),
             total_ms: ms(start.elapsed()),
         },
     })
+}
+
+struct Judged {
+    log_odds: Option<f32>,
+    /// From the start of the prefill to the verdict.
+    verdict_time: Duration,
+    /// `None` when the verdict was "no".
+    generation: Option<Generation>,
+}
+
+/// Prefills `prompt` (which ends with the verdict prefix), reads the verdict and, when it is "yes"
+/// or judging is off, generates the answer after it.
+fn judge_and_generate(
+    model: &mut Model,
+    prompt: &[u32],
+    options: &AskOptions,
+    prefill_start: Instant,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Judged, AnswerError> {
+    let logits = model.forward(prompt, 0)?;
+    let log_odds = answered_log_odds(model, &logits)?;
+    let verdict_time = prefill_start.elapsed();
+    let threshold = model.info.min_answered_log_odds;
+    if options.judge && log_odds.is_some_and(|odds| odds < threshold) {
+        return Ok(Judged { log_odds, verdict_time, generation: None });
+    }
+    let verdict = model.encode(VERDICT_YES)?;
+    let logits = model.forward(&verdict, prompt.len())?;
+    let prefilled = Prefilled { logits, context: prompt.len() + verdict.len(), start: prefill_start };
+    let generation = continue_generation(model, prefilled, &options.sampling, on_text)?;
+    Ok(Judged { log_odds, verdict_time, generation: Some(generation) })
+}
+
+/// The model's reply is made to begin with a verdict line, as the system prompts ask: whether the
+/// excerpts answer the question. Reading the verdict from the logits of its first word costs one
+/// token; a "no" ends the answer with the refusal, so the model never gets to invent one.
+const VERDICT_PREFIX: &str = "Answered:";
+const VERDICT_YES: &str = " yes\n";
+const VERDICT_NO: &str = " no";
+/// Room for the verdict's own tokens, on top of the prompt and the answer.
+const VERDICT_TOKENS: usize = 4;
+
+/// How much likelier the model finds "yes" than "no" at the verdict.
+fn answered_log_odds(model: &Model, logits: &Tensor) -> Result<Option<f32>, AnswerError> {
+    let first_token = |text: &str| -> Result<u32, AnswerError> {
+        model.encode(text)?.first().copied().ok_or_else(|| {
+            AnswerError::Model(ModelError::Tokenizer(format!("{text:?} encodes to no token")))
+        })
+    };
+    let (yes, no) = (first_token(VERDICT_YES)?, first_token(VERDICT_NO)?);
+    if yes == no {
+        return Ok(None);
+    }
+    let logits = logits.to_vec1::<f32>().map_err(ModelError::from)?;
+    let weight = |id: u32| logits.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY);
+    Ok(Some(weight(yes) - weight(no)))
 }
 
 /// Splits the cited ids into turns that were in the prompt and ids that were not.

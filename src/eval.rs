@@ -206,6 +206,10 @@ pub struct AnswerRecord {
     /// Answerable: every fact is mentioned. Unanswerable: the answer refuses.
     pub correct: bool,
     pub refused: bool,
+    /// The model's confidence that the given turns answer the question (see `Answer`).
+    pub answered_log_odds: Option<f32>,
+    /// Turns given to the model, best first.
+    pub given: Vec<String>,
     pub cited: Vec<String>,
     /// Cited ids that were not among the turns given to the model.
     pub invalid_citations: Vec<String>,
@@ -231,6 +235,8 @@ pub fn score_answer(item: &EvalItem, answer: &Answer, markers: &[String]) -> Ans
         answer: answer.answer.clone(),
         correct,
         refused,
+        answered_log_odds: answer.answered_log_odds,
+        given: answer.retrieved.iter().map(|r| r.turn.id.clone()).collect(),
         cited: answer.citations.iter().map(|t| t.id.clone()).collect(),
         invalid_citations: answer.invalid_citations.clone(),
         in_question_language: Language::of(&answer.answer) == Language::of(&item.question),
@@ -344,6 +350,8 @@ mod tests {
             question: "What did he say about agents?".into(),
             search_queries: vec![],
             language: Language::En,
+            answered: !cited.is_empty(),
+            answered_log_odds: None,
             answer: text.into(),
             citations: cited.iter().map(|id| turn(id)).collect(),
             invalid_citations: invalid.iter().map(|s| s.to_string()).collect(),

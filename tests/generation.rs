@@ -11,6 +11,7 @@ fn load(path: &std::path::Path) -> Model {
         tokenizer_json: None,
         chat_template: None,
         optimize: false,
+        min_answered_log_odds: 0.0,
     };
     Model::load(&source, &candle_core::Device::Cpu).unwrap()
 }
@@ -109,6 +110,7 @@ fn truncated_and_foreign_files_are_refused_with_a_reason() {
         tokenizer_json: None,
         chat_template: None,
         optimize: false,
+        min_answered_log_odds: 0.0,
     };
     let err = Model::load(&source(&cut), &candle_core::Device::Cpu).err().unwrap();
     assert!(matches!(err, ModelError::Truncated { .. }), "{err}");

@@ -28,12 +28,11 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
         !args.question.trim().is_empty(),
         answer::AnswerError::EmptyQuestion
     );
-    let index = args.transcript.index()?;
     let prompts = match &args.prompts {
         Some(dir) => Prompts::from_dir(dir)?,
         None => Prompts::default(),
     };
-    let mut model = args.model.load().await?;
+    let (index, mut model) = super::load_index_and_model(&args.transcript, &args.model).await?;
     let options = args.answer.options();
     let mut stdout = std::io::stdout();
     let mut stream = |text: &str| {
@@ -56,7 +55,11 @@ const SOURCE_CHARS: usize = 240;
 
 pub fn print_sources(answer: &Answer) {
     println!("\n");
-    if answer.citations.is_empty() {
+    if !answer.answered {
+        // A refusal is a claim about the transcript too: show where it looked.
+        let searched: Vec<String> = answer.retrieved.iter().map(|r| format!("{} ({})", r.turn.id, r.turn.speaker)).collect();
+        println!("(closest turns, judged not to answer it: {})", searched.join(", "));
+    } else if answer.citations.is_empty() {
         println!("(no turns cited)");
     } else {
         println!("Sources:");

@@ -19,8 +19,7 @@ pub struct ChatArgs {
 /// A conversation on stdin: one question per line, follow-ups understood in context; the model
 /// and index are loaded once.
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
-    let index = args.transcript.index()?;
-    let mut model = args.model.load().await?;
+    let (index, mut model) = super::load_index_and_model(&args.transcript, &args.model).await?;
     let prompts = Prompts::default();
     let options = args.answer.options();
     let interactive = std::io::stdin().is_terminal();

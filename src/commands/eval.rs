@@ -61,8 +61,7 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
 async fn answers(args: EvalAnswersArgs) -> anyhow::Result<()> {
     let items = eval::load_set(&args.set)?;
     let markers = eval::refusal_markers(&items);
-    let index = args.transcript.index()?;
-    let mut model = args.model.load().await?;
+    let (index, mut model) = super::load_index_and_model(&args.transcript, &args.model).await?;
     let options = args.answer.options();
     let prompts = Prompts::default();
     let bar = ProgressBar::new(items.len() as u64).with_style(

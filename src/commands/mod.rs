@@ -61,6 +61,19 @@ impl TranscriptArgs {
     }
 }
 
+/// The index and the answering model, loaded side by side: the embedder's vocabulary and the
+/// model's weights take about the same time to read, and neither waits for the other.
+pub async fn load_index_and_model(
+    transcript: &TranscriptArgs,
+    model: &ModelArgs,
+) -> anyhow::Result<(Index, Model)> {
+    let transcript = transcript.clone();
+    let index = tokio::task::spawn_blocking(move || transcript.index());
+    let model = model.load().await?;
+    let index = index.await.context("the index-building thread failed")??;
+    Ok((index, model))
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Registry name (`tqa models list`) or path to a .gguf file. Default: the registry's default.
@@ -114,6 +127,10 @@ pub struct AnswerArgs {
     /// Retrieve with the question as asked, without translating it into the transcript's language.
     #[arg(long)]
     pub no_translate: bool,
+    /// Let the model answer even when its verdict is that the retrieved turns do not hold the
+    /// answer (the verdict is still reported in --json).
+    #[arg(long)]
+    pub no_judge: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -123,6 +140,7 @@ impl AnswerArgs {
         AskOptions {
             k: self.k,
             translate: !self.no_translate,
+            judge: !self.no_judge,
             sampling: self.sampling.config(),
         }
     }
@@ -131,7 +149,7 @@ impl AnswerArgs {
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
     /// Most tokens to generate.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = AskOptions::default().sampling.max_new_tokens)]
     pub max_tokens: usize,
     /// 0 = greedy (deterministic).
     #[arg(long, default_value_t = 0.0)]

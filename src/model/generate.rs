@@ -92,20 +92,45 @@ pub fn generate(
     config: &SamplingConfig,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation, ModelError> {
+    check_context(model, prompt.len(), config)?;
+    let start = Instant::now();
+    let logits = model.forward(prompt, 0)?;
+    continue_generation(model, Prefilled { logits, context: prompt.len(), start }, config, on_text)
+}
+
+/// A prompt that has been run through the model: the logits for the next token, how many tokens
+/// the KV cache holds, and when the prefill began (for time to first token).
+pub struct Prefilled {
+    pub logits: Tensor,
+    pub context: usize,
+    pub start: Instant,
+}
+
+/// Fails before any work when the prompt and the longest reply would not fit the context.
+pub fn check_context(model: &Model, prompt: usize, config: &SamplingConfig) -> Result<(), ModelError> {
     let context = model.info.context_length;
-    if prompt.len() + config.max_new_tokens > context {
+    if prompt + config.max_new_tokens > context {
         return Err(ModelError::ContextOverflow {
-            prompt: prompt.len(),
+            prompt,
             max_new: config.max_new_tokens,
             context,
         });
     }
+    Ok(())
+}
+
+/// The token loop, from a prompt already in the KV cache: sample, stop or feed the token back.
+pub fn continue_generation(
+    model: &mut Model,
+    prefilled: Prefilled,
+    config: &SamplingConfig,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Generation, ModelError> {
+    let Prefilled { logits, context, start } = prefilled;
     let mut sampler = config.logits_processor();
     let mut stream = TextStream::default();
     let mut generated: Vec<u32> = Vec::with_capacity(config.max_new_tokens);
 
-    let start = Instant::now();
-    let logits = model.forward(prompt, 0)?;
     let mut next = sample(&mut sampler, &logits, &[], config)?;
     let prefill_time = start.elapsed();
 
@@ -121,7 +146,7 @@ pub fn generate(
         if generated.len() >= config.max_new_tokens {
             break StopReason::TokenLimit;
         }
-        let logits = model.forward(&[next], prompt.len() + generated.len() - 1)?;
+        let logits = model.forward(&[next], context + generated.len() - 1)?;
         next = sample(&mut sampler, &logits, &generated, config)?;
     };
     if let Some(rest) = stream.finish(|t| model.decode(t))? {
@@ -131,7 +156,7 @@ pub fn generate(
         text: model.decode(&generated)?,
         tokens: generated,
         stop,
-        prompt_tokens: prompt.len(),
+        prompt_tokens: context,
         prefill_time,
         decode_time: decode_start.elapsed(),
     })

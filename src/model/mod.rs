@@ -111,6 +111,8 @@ pub struct ModelInfo {
     pub file_bytes: u64,
     #[serde(serialize_with = "crate::serialize_ms")]
     pub load_time: Duration,
+    /// From the registry; see `ModelSource`.
+    pub min_answered_log_odds: f32,
 }
 
 pub struct Model {
@@ -182,6 +184,7 @@ impl Model {
                 context_length,
                 file_bytes,
                 load_time: start.elapsed(),
+                min_answered_log_odds: source.min_answered_log_odds,
             },
         })
     }

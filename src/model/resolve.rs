@@ -28,6 +28,9 @@ pub struct ModelSource {
     pub chat_template: Option<ChatTemplate>,
     /// Convert tensor types without fast kernels to Q8_0 (once, cached) before loading.
     pub optimize: bool,
+    /// How sure the model must be that the turns answer a question before it answers (see
+    /// `answer::ask`); 0 (even odds) for a model that has not been calibrated.
+    pub min_answered_log_odds: f32,
 }
 
 /// The folder holding model weights: `$TQA_MODELS_DIR`, else the project's `models/`.
@@ -63,6 +66,7 @@ pub async fn resolve(spec: Option<&str>) -> Result<ModelSource, ModelError> {
         tokenizer_json: None,
         chat_template: Some(ChatTemplate::from_name(&entry.chat_template)?),
         optimize: true,
+        min_answered_log_odds: entry.min_answered_log_odds.unwrap_or(0.0),
     })
 }
 
@@ -82,6 +86,7 @@ fn resolve_path(path: &Path) -> Result<ModelSource, ModelError> {
         tokenizer_json: None,
         chat_template: None,
         optimize: true,
+        min_answered_log_odds: 0.0,
     })
 }
 
