@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use candle_core::Tensor;
 
-use crate::model::generate::{check_context, continue_generation, Prefilled};
+use crate::model::generate::{check_context, continue_generation, per_second, Prefilled};
 use crate::model::{generate, Generation, Message, Model, ModelError, Role, SamplingConfig};
 use crate::retrieval::{DenseError, Index, Retrieved};
 pub use crate::transcript::Language;
@@ -353,7 +353,7 @@ pub fn ask(
             time_to_first_token_ms: ms(before_prefill + prefill_time),
             prompt_tokens: prompt.len(),
             generated_tokens: judged.generation.as_ref().map_or(0, |g| g.tokens.len()),
-            prefill_tokens_per_s: prompt.len() as f64 / prefill_time.as_secs_f64().max(f64::EPSILON),
+            prefill_tokens_per_s: per_second(prompt.len(), prefill_time),
             decode_tokens_per_s: judged.generation.as_ref().map_or(0.0, Generation::decode_tokens_per_s),
             total_ms: ms(start.elapsed()),
         },

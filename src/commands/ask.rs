@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use clap::Args;
 use tqa::answer::{self, Answer, Prompts};
 
-use super::{AnswerArgs, ModelArgs, TranscriptArgs};
+use super::PipelineArgs;
 
 #[derive(Args, Debug)]
 pub struct AskArgs {
@@ -16,11 +16,7 @@ pub struct AskArgs {
     #[arg(long)]
     pub prompts: Option<PathBuf>,
     #[command(flatten)]
-    pub transcript: TranscriptArgs,
-    #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub answer: AnswerArgs,
+    pub pipeline: PipelineArgs,
 }
 
 pub async fn run(args: AskArgs) -> anyhow::Result<()> {
@@ -32,8 +28,8 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
         Some(dir) => Prompts::from_dir(dir)?,
         None => Prompts::default(),
     };
-    let (index, mut model) = super::load_index_and_model(&args.transcript, &args.model).await?;
-    let options = args.answer.options();
+    let (index, mut model) = args.pipeline.load().await?;
+    let options = args.pipeline.answer.options();
     let mut stdout = std::io::stdout();
     let mut stream = |text: &str| {
         if !args.json {

@@ -4,24 +4,20 @@ use clap::Args;
 use tqa::answer::{self, Prompts};
 
 use super::ask::print_sources;
-use super::{AnswerArgs, ModelArgs, TranscriptArgs};
+use super::PipelineArgs;
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
     #[command(flatten)]
-    pub transcript: TranscriptArgs,
-    #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub answer: AnswerArgs,
+    pub pipeline: PipelineArgs,
 }
 
 /// A conversation on stdin: one question per line, follow-ups understood in context; the model
 /// and index are loaded once.
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
-    let (index, mut model) = super::load_index_and_model(&args.transcript, &args.model).await?;
+    let (index, mut model) = args.pipeline.load().await?;
     let prompts = Prompts::default();
-    let options = args.answer.options();
+    let options = args.pipeline.answer.options();
     let interactive = std::io::stdin().is_terminal();
     let mut earlier: Vec<String> = Vec::new();
     let mut stdout = std::io::stdout();

@@ -5,7 +5,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tqa::answer::{self, Prompts};
 use tqa::eval::{self, AnswerMetrics, RetrievalMetrics};
 
-use super::{AnswerArgs, ModelArgs, TranscriptArgs};
+use super::{ModelArgs, PipelineArgs, TranscriptArgs};
 
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
@@ -44,11 +44,7 @@ pub struct EvalAnswersArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub transcript: TranscriptArgs,
-    #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub answer: AnswerArgs,
+    pub pipeline: PipelineArgs,
 }
 
 pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
@@ -61,8 +57,8 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
 async fn answers(args: EvalAnswersArgs) -> anyhow::Result<()> {
     let items = eval::load_set(&args.set)?;
     let markers = eval::refusal_markers(&items);
-    let (index, mut model) = super::load_index_and_model(&args.transcript, &args.model).await?;
-    let options = args.answer.options();
+    let (index, mut model) = args.pipeline.load().await?;
+    let options = args.pipeline.answer.options();
     let prompts = Prompts::default();
     let bar = ProgressBar::new(items.len() as u64).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")?.progress_chars("=> "),

@@ -61,17 +61,28 @@ impl TranscriptArgs {
     }
 }
 
-/// The index and the answering model, loaded side by side: the embedder's vocabulary and the
-/// model's weights take about the same time to read, and neither waits for the other.
-pub async fn load_index_and_model(
-    transcript: &TranscriptArgs,
-    model: &ModelArgs,
-) -> anyhow::Result<(Index, Model)> {
-    let transcript = transcript.clone();
-    let index = tokio::task::spawn_blocking(move || transcript.index());
-    let model = model.load().await?;
-    let index = index.await.context("the index-building thread failed")??;
-    Ok((index, model))
+/// What the answering commands (ask, chat, eval answers) share: transcript, model and answer
+/// options.
+#[derive(Args, Debug, Clone)]
+pub struct PipelineArgs {
+    #[command(flatten)]
+    pub transcript: TranscriptArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub answer: AnswerArgs,
+}
+
+impl PipelineArgs {
+    /// The index and the answering model, loaded side by side: the embedder's vocabulary and the
+    /// model's weights take about the same time to read, and neither waits for the other.
+    pub async fn load(&self) -> anyhow::Result<(Index, Model)> {
+        let transcript = self.transcript.clone();
+        let index = tokio::task::spawn_blocking(move || transcript.index());
+        let model = self.model.load().await?;
+        let index = index.await.context("the index-building thread failed")??;
+        Ok((index, model))
+    }
 }
 
 #[derive(Args, Debug, Clone)]

@@ -76,7 +76,7 @@ impl Generation {
     }
 }
 
-fn per_second(count: usize, time: Duration) -> f64 {
+pub(crate) fn per_second(count: usize, time: Duration) -> f64 {
     if time.is_zero() {
         0.0
     } else {

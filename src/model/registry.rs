@@ -20,10 +20,6 @@ pub struct EmbedderEntry {
     pub description: String,
     pub file: String,
     pub package: PackageSource,
-    /// The model's calibrated threshold for its yes/no verdict on whether the retrieved turns
-    /// answer a question, as a difference of logits.
-    #[serde(default)]
-    pub min_answered_log_odds: Option<f32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
