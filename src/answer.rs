@@ -9,7 +9,7 @@ use serde::Serialize;
 use candle_core::Tensor;
 
 use crate::model::generate::{check_context, continue_generation, per_second, Prefilled};
-use crate::model::{generate, Generation, Message, Model, ModelError, Role, SamplingConfig};
+use crate::model::{generate, ChatTemplate, Generation, Message, Model, ModelError, Role, SamplingConfig};
 use crate::retrieval::{DenseError, Index, Retrieved};
 pub use crate::transcript::Language;
 use crate::transcript::Turn;
@@ -22,6 +22,12 @@ pub enum AnswerError {
     Prompt {
         path: std::path::PathBuf,
         source: std::io::Error,
+    },
+    #[error("prompt file {file} lacks the placeholder {placeholder}; put it where the {what} go")]
+    PromptPlaceholder {
+        file: std::path::PathBuf,
+        placeholder: &'static str,
+        what: &'static str,
     },
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -90,12 +96,18 @@ impl Prompts {
                 .map(|s| s.trim().to_string())
                 .map_err(|source| AnswerError::Prompt { path, source })
         };
+        let user = read("user.txt")?;
+        for (placeholder, what) in [("{turns}", "transcript turns"), ("{question}", "question")] {
+            if !user.contains(placeholder) {
+                return Err(AnswerError::PromptPlaceholder { file: dir.join("user.txt"), placeholder, what });
+            }
+        }
         Ok(Self {
             system: PerLanguage {
                 en: read("system-en.txt")?,
                 zh: read("system-zh.txt")?,
             },
-            user: read("user.txt")?,
+            user,
             refusal: PerLanguage {
                 en: read("refusal-en.txt")?,
                 zh: read("refusal-zh.txt")?,
@@ -105,24 +117,74 @@ impl Prompts {
         })
     }
 
-    /// `host` is the interviewer's name, marked in the turns so that questions are not taken for
-    /// the guest's views.
-    pub fn messages(
+    /// The answer prompt, ending where the model's reply begins with its verdict. `host` is the
+    /// interviewer's name, marked in the turns so that questions are not taken for the guest's
+    /// views.
+    pub fn answer_prompt(
         &self,
+        template: ChatTemplate,
         question: &str,
         turns: &[Retrieved],
         host: Option<&str>,
         language: Language,
-    ) -> Vec<Message> {
-        // Transcript text goes in last, so that braces inside it are never taken for placeholders.
-        let user = self
-            .user
-            .replace("{question}", question.trim())
-            .replace("{turns}", &format_turns(turns, host));
-        vec![
+    ) -> PromptText {
+        let messages = [
             Message::new(Role::System, self.system.get(language)),
-            Message::new(Role::User, user.trim()),
-        ]
+            Message::new(Role::User, self.user.as_str()),
+        ];
+        let rendered = template.render(&messages);
+        // `from_dir` and the shipped file guarantee the placeholder; the question goes in after
+        // the split, so that a question quoting "{turns}" stays a question.
+        let (head, tail) = rendered.rsplit_once("{turns}").unwrap_or((rendered.as_str(), ""));
+        PromptText {
+            head: head.to_string(),
+            turns: format_turns(turns, host),
+            tail: format!("{}{VERDICT_PREFIX}", tail.replace("{question}", question.trim())),
+        }
+    }
+}
+
+/// A prompt in the parts `Model::prefill_pieces` takes: everything before the transcript turns,
+/// one piece per turn, and everything after.
+#[derive(Debug, Clone)]
+pub struct PromptText {
+    pub head: String,
+    pub turns: Vec<String>,
+    pub tail: String,
+}
+
+impl PromptText {
+    pub fn text(&self) -> String {
+        format!("{}{}{}", self.head, self.turns.concat(), self.tail)
+    }
+}
+
+/// A `PromptText` tokenized part by part, so that each turn's tokens are the same in every
+/// prompt it appears in.
+struct PromptTokens {
+    head: Vec<u32>,
+    turns: Vec<Vec<u32>>,
+    tail: Vec<u32>,
+}
+
+impl PromptTokens {
+    fn encode(model: &Model, text: &PromptText) -> Result<Self, ModelError> {
+        Ok(Self {
+            head: model.encode(&text.head)?,
+            turns: text.turns.iter().map(|t| model.encode(t)).collect::<Result<_, _>>()?,
+            tail: model.encode(&text.tail)?,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.head.len() + self.turns.iter().map(Vec::len).sum::<usize>() + self.tail.len()
+    }
+
+    fn concat(&self) -> Vec<u32> {
+        let mut all = self.head.clone();
+        all.extend(self.turns.iter().flatten());
+        all.extend(&self.tail);
+        all
     }
 }
 
@@ -200,8 +262,9 @@ pub fn search_queries(
     Ok(queries)
 }
 
-/// Turns in transcript order, so that a question reads before its answer.
-fn format_turns(turns: &[Retrieved], host: Option<&str>) -> String {
+/// Turns in transcript order, so that a question reads before its answer; each ends with a
+/// blank line.
+fn format_turns(turns: &[Retrieved], host: Option<&str>) -> Vec<String> {
     let mut ordered: Vec<&Turn> = turns.iter().map(|r| &r.turn).collect();
     ordered.sort_by_key(|t| turn_number(&t.id));
     ordered
@@ -209,10 +272,9 @@ fn format_turns(turns: &[Retrieved], host: Option<&str>) -> String {
         .map(|t| {
             let role = if Some(t.speaker.as_str()) == host { " (interviewer)" } else { "" };
             let text = truncate_chars(&t.text, MAX_TURN_CHARS);
-            format!("[{}] {}{role}: {text}", t.id, t.speaker)
+            format!("[{}] {}{role}: {text}\n\n", t.id, t.speaker)
         })
-        .collect::<Vec<_>>()
-        .join("\n\n")
+        .collect()
 }
 
 fn turn_number(id: &str) -> usize {
@@ -250,6 +312,9 @@ pub struct Timings {
     /// From the question to the first generated token: retrieval, prompt and prefill.
     pub time_to_first_token_ms: f64,
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values were not computed for this answer: a system turn or
+    /// (with `reuse_turns`) transcript turns computed before.
+    pub reused_prompt_tokens: usize,
     pub generated_tokens: usize,
     pub prefill_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
@@ -285,6 +350,10 @@ pub struct AskOptions {
     pub translate: bool,
     /// Refuse when the model's verdict says the retrieved turns do not answer the question.
     pub judge: bool,
+    /// Compute each transcript turn once, attending to the instructions only, and reuse it in
+    /// every later prompt (see `Model::prefill_pieces`). Off by default: the turns then do not
+    /// see each other, which changes the answers.
+    pub reuse_turns: bool,
     pub sampling: SamplingConfig,
 }
 
@@ -294,6 +363,7 @@ impl Default for AskOptions {
             k: 3,
             translate: true,
             judge: true,
+            reuse_turns: false,
             // One to three short bullets; a longer reply is a model that has lost its way.
             sampling: SamplingConfig {
                 max_new_tokens: 320,
@@ -322,10 +392,8 @@ pub fn ask(
     let retrieval = start.elapsed();
 
     let language = Language::of(question);
-    let messages = prompts.messages(question, &retrieved, index.host(), language);
-    let mut prompt_text = model.template().render(&messages);
-    prompt_text.push_str(VERDICT_PREFIX);
-    let prompt = model.encode(&prompt_text)?;
+    let text = prompts.answer_prompt(model.template(), question, &retrieved, index.host(), language);
+    let prompt = PromptTokens::encode(model, &text)?;
     check_context(model, prompt.len() + VERDICT_TOKENS, &options.sampling)?;
 
     let prefill_start = Instant::now();
@@ -352,6 +420,7 @@ pub fn ask(
             retrieval_ms: ms(retrieval),
             time_to_first_token_ms: ms(before_prefill + prefill_time),
             prompt_tokens: prompt.len(),
+            reused_prompt_tokens: judged.reused,
             generated_tokens: judged.generation.as_ref().map_or(0, |g| g.tokens.len()),
             prefill_tokens_per_s: per_second(prompt.len(), prefill_time),
             decode_tokens_per_s: judged.generation.as_ref().map_or(0.0, Generation::decode_tokens_per_s),
@@ -361,6 +430,7 @@ pub fn ask(
 }
 
 struct Judged {
+    reused: usize,
     log_odds: Option<f32>,
     /// From the start of the prefill to the verdict.
     verdict_time: Duration,
@@ -372,23 +442,27 @@ struct Judged {
 /// or judging is off, generates the answer after it.
 fn judge_and_generate(
     model: &mut Model,
-    prompt: &[u32],
+    prompt: &PromptTokens,
     options: &AskOptions,
     prefill_start: Instant,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Judged, AnswerError> {
-    let logits = model.forward(prompt, 0)?;
+    let (logits, reused) = if options.reuse_turns {
+        model.prefill_pieces(&prompt.head, &prompt.turns, &prompt.tail)?
+    } else {
+        model.prefill(&prompt.concat())?
+    };
     let log_odds = answered_log_odds(model, &logits)?;
     let verdict_time = prefill_start.elapsed();
     let threshold = model.info.min_answered_log_odds;
     if options.judge && log_odds.is_some_and(|odds| odds < threshold) {
-        return Ok(Judged { log_odds, verdict_time, generation: None });
+        return Ok(Judged { reused, log_odds, verdict_time, generation: None });
     }
     let verdict = model.encode(VERDICT_YES)?;
     let logits = model.forward(&verdict, prompt.len())?;
     let prefilled = Prefilled { logits, context: prompt.len() + verdict.len(), start: prefill_start };
     let generation = continue_generation(model, prefilled, &options.sampling, on_text)?;
-    Ok(Judged { log_odds, verdict_time, generation: Some(generation) })
+    Ok(Judged { reused, log_odds, verdict_time, generation: Some(generation) })
 }
 
 /// The model's reply is made to begin with a verdict line, as the system prompts ask: whether the

@@ -76,7 +76,10 @@ pub struct BenchReport {
     pub repetitions: usize,
     pub prefill: Vec<PrefillResult>,
     pub decode: Vec<DecodeResult>,
+    /// A real question through retrieval and the answer prompt, caches warm.
     pub time_to_first_token_ms: Stat,
+    /// The same with `AskOptions::reuse_turns`.
+    pub time_to_first_token_reused_turns_ms: Stat,
     pub ask_prompt_tokens: usize,
     pub peak_rss_mib: Option<f64>,
 }
@@ -116,27 +119,39 @@ pub fn run(
         });
     }
 
-    let ask_options = AskOptions {
+    let plain = AskOptions {
         sampling: SamplingConfig { max_new_tokens: 1, ..SamplingConfig::default() },
         ..AskOptions::default()
     };
-    let mut ask_prompt_tokens = 0;
-    let ttft = repeat(config.repetitions, || {
-        let answer = answer::ask(index, model, &Prompts::default(), &config.question, &ask_options, &mut |_| {})
-?;
-        ask_prompt_tokens = answer.timings.prompt_tokens;
-        Ok::<_, AnswerError>(answer.timings.time_to_first_token_ms)
-    })?;
+    let (time_to_first_token_ms, ask_prompt_tokens) = time_to_first_token(model, index, config, &plain)?;
+    let reusing = AskOptions { reuse_turns: true, ..plain };
+    let (time_to_first_token_reused_turns_ms, _) = time_to_first_token(model, index, config, &reusing)?;
 
     Ok(BenchReport {
         model: model.info.clone(),
         repetitions: config.repetitions,
         prefill,
         decode,
-        time_to_first_token_ms: Stat::of(ttft),
+        time_to_first_token_ms,
+        time_to_first_token_reused_turns_ms,
         ask_prompt_tokens,
         peak_rss_mib: peak_rss_mib(),
     })
+}
+
+/// Time to first token of the benchmark question with warm caches: one untimed run first, so
+/// that what tqa keeps between runs (the system turn; the turns, with `reuse_turns`) is there.
+fn time_to_first_token(
+    model: &mut Model,
+    index: &Index,
+    config: &BenchConfig,
+    options: &AskOptions,
+) -> Result<(Stat, usize), AnswerError> {
+    let prompts = Prompts::default();
+    let mut ask = || answer::ask(index, model, &prompts, &config.question, options, &mut |_| {});
+    let prompt_tokens = ask()?.timings.prompt_tokens;
+    let samples = repeat(config.repetitions, || Ok::<_, AnswerError>(ask()?.timings.time_to_first_token_ms))?;
+    Ok((Stat::of(samples), prompt_tokens))
 }
 
 fn repeat<E>(times: usize, mut measure: impl FnMut() -> Result<f64, E>) -> Result<Vec<f64>, E> {

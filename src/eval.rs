@@ -360,6 +360,7 @@ mod tests {
                 retrieval_ms: 1.0,
                 time_to_first_token_ms: 100.0,
                 prompt_tokens: 10,
+                reused_prompt_tokens: 0,
                 generated_tokens: 5,
                 prefill_tokens_per_s: 1.0,
                 decode_tokens_per_s: 1.0,

@@ -110,7 +110,7 @@ fn ask_json_on_a_tiny_model_reports_every_field() {
     assert!(v["citations"].is_array());
     let ids: Vec<&str> = v["retrieved"].as_array().unwrap().iter().map(|r| r["turn"]["id"].as_str().unwrap()).collect();
     assert!(ids.contains(&"T1") && ids.contains(&"T2"), "{ids:?}");
-    for field in ["retrieval_ms", "time_to_first_token_ms", "prompt_tokens", "generated_tokens", "prefill_tokens_per_s", "decode_tokens_per_s"] {
+    for field in ["retrieval_ms", "time_to_first_token_ms", "prompt_tokens", "reused_prompt_tokens", "generated_tokens", "prefill_tokens_per_s", "decode_tokens_per_s"] {
         assert!(v["timings"][field].is_number(), "timings.{field} missing");
     }
     assert_eq!(v["timings"]["generated_tokens"], 6);
@@ -133,6 +133,7 @@ fn bench_json_on_a_tiny_model_emits_every_field() {
         assert!(p["tokens_per_s"]["median"].as_f64().unwrap() > 0.0);
     }
     assert!(v["time_to_first_token_ms"]["median"].as_f64().unwrap() > 0.0);
+    assert!(v["time_to_first_token_reused_turns_ms"]["median"].as_f64().unwrap() > 0.0);
     assert!(v["ask_prompt_tokens"].as_u64().unwrap() > 0);
     assert!(v["peak_rss_mib"].as_f64().unwrap() > 0.0);
 }

@@ -1,8 +1,7 @@
 use std::io::Write;
-use std::path::PathBuf;
 
 use clap::Args;
-use tqa::answer::{self, Answer, Prompts};
+use tqa::answer::{self, Answer};
 
 use super::PipelineArgs;
 
@@ -12,9 +11,6 @@ pub struct AskArgs {
     /// Print one JSON object (answer, citations, retrieved turns, timings) instead of streaming.
     #[arg(long)]
     pub json: bool,
-    /// Read the prompt files from this folder instead of the built-in `prompts/`.
-    #[arg(long)]
-    pub prompts: Option<PathBuf>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 }
@@ -24,10 +20,7 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
         !args.question.trim().is_empty(),
         answer::AnswerError::EmptyQuestion
     );
-    let prompts = match &args.prompts {
-        Some(dir) => Prompts::from_dir(dir)?,
-        None => Prompts::default(),
-    };
+    let prompts = args.pipeline.answer.prompts()?;
     let (index, mut model) = args.pipeline.load().await?;
     let options = args.pipeline.answer.options();
     let mut stdout = std::io::stdout();

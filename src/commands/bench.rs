@@ -56,7 +56,8 @@ fn print_table(r: &BenchReport) {
     for d in &r.decode {
         println!("decode at depth {:>5}     {} tok/s", d.depth, spread(&d.tokens_per_s));
     }
-    println!("time to first token       {} ms ({} prompt tokens)", spread(&r.time_to_first_token_ms), r.ask_prompt_tokens);
+    println!("time to first token       {} ms ({} prompt tokens, warm caches)", spread(&r.time_to_first_token_ms), r.ask_prompt_tokens);
+    println!("  with --reuse-turns      {} ms", spread(&r.time_to_first_token_reused_turns_ms));
     if let Some(rss) = r.peak_rss_mib {
         println!("peak memory               {rss:>8.0} MiB");
     }

@@ -1,7 +1,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use clap::Args;
-use tqa::answer::{self, Prompts};
+use tqa::answer;
 
 use super::ask::print_sources;
 use super::PipelineArgs;
@@ -16,7 +16,7 @@ pub struct ChatArgs {
 /// and index are loaded once.
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let (index, mut model) = args.pipeline.load().await?;
-    let prompts = Prompts::default();
+    let prompts = args.pipeline.answer.prompts()?;
     let options = args.pipeline.answer.options();
     let interactive = std::io::stdin().is_terminal();
     let mut earlier: Vec<String> = Vec::new();

@@ -43,6 +43,9 @@ pub struct EvalAnswersArgs {
     pub set: PathBuf,
     #[arg(long)]
     pub json: bool,
+    /// Only these items, by id (`--ids d01,d07`): a quick check of a prompt change.
+    #[arg(long, value_delimiter = ',')]
+    pub ids: Vec<String>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 }
@@ -55,11 +58,17 @@ pub async fn run(cmd: EvalCommand) -> anyhow::Result<()> {
 }
 
 async fn answers(args: EvalAnswersArgs) -> anyhow::Result<()> {
-    let items = eval::load_set(&args.set)?;
+    let mut items = eval::load_set(&args.set)?;
+    // Refusal markers come from the whole set, so that a subset is scored as the set would be.
     let markers = eval::refusal_markers(&items);
+    if !args.ids.is_empty() {
+        let unknown: Vec<&String> = args.ids.iter().filter(|id| !items.iter().any(|i| &i.id == *id)).collect();
+        anyhow::ensure!(unknown.is_empty(), "no items {unknown:?} in {}", args.set.display());
+        items.retain(|i| args.ids.contains(&i.id));
+    }
+    let prompts = args.pipeline.answer.prompts()?;
     let (index, mut model) = args.pipeline.load().await?;
     let options = args.pipeline.answer.options();
-    let prompts = Prompts::default();
     let bar = ProgressBar::new(items.len() as u64).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")?.progress_chars("=> "),
     );

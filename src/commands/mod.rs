@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use tqa::model::{self, DeviceChoice, Model, SamplingConfig};
-use tqa::answer::AskOptions;
+use tqa::answer::{AnswerError, AskOptions, Prompts};
 use tqa::model::registry::Registry;
-use tqa::retrieval::dense::default_cache_dir;
+use tqa::cache::default_cache_dir;
 use tqa::retrieval::embed::Embedder;
 use tqa::retrieval::{DenseIndex, Index};
 use tqa::transcript::{self, Transcript};
@@ -142,16 +142,31 @@ pub struct AnswerArgs {
     /// answer (the verdict is still reported in --json).
     #[arg(long)]
     pub no_judge: bool,
+    /// Compute each transcript turn once and reuse it in later questions: a much shorter wait
+    /// for the first word once the turns have been seen, but each turn is read without the others.
+    #[arg(long)]
+    pub reuse_turns: bool,
+    /// Read the prompt files from this folder instead of the built-in `prompts/`.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
 
 impl AnswerArgs {
+    pub fn prompts(&self) -> Result<Prompts, AnswerError> {
+        match &self.prompts {
+            Some(dir) => Prompts::from_dir(dir),
+            None => Ok(Prompts::default()),
+        }
+    }
+
     pub fn options(&self) -> AskOptions {
         AskOptions {
             k: self.k,
             translate: !self.no_translate,
             judge: !self.no_judge,
+            reuse_turns: self.reuse_turns,
             sampling: self.sampling.config(),
         }
     }

@@ -69,6 +69,13 @@ impl ChatTemplate {
         }
     }
 
+    /// The token that opens every turn.
+    pub fn turn_start(&self) -> &'static str {
+        match self {
+            Self::ChatMl => "<|im_start|>",
+        }
+    }
+
     /// Tokens that close a reply in this template.
     pub fn end_markers(&self) -> &'static [&'static str] {
         match self {

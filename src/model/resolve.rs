@@ -31,6 +31,13 @@ pub struct ModelSource {
     /// How sure the model must be that the turns answer a question before it answers (see
     /// `answer::ask`); 0 (even odds) for a model that has not been calibrated.
     pub min_answered_log_odds: f32,
+    /// Where computed system turns are kept for later runs (`model::prefix`); `None` keeps them
+    /// for this process only.
+    pub prefix_cache: Option<PathBuf>,
+}
+
+fn default_prefix_cache() -> Option<PathBuf> {
+    crate::cache::default_cache_dir().map(|d| d.join("prefixes"))
 }
 
 /// The folder holding model weights: `$TQA_MODELS_DIR`, else the project's `models/`.
@@ -67,6 +74,7 @@ pub async fn resolve(spec: Option<&str>) -> Result<ModelSource, ModelError> {
         chat_template: Some(ChatTemplate::from_name(&entry.chat_template)?),
         optimize: true,
         min_answered_log_odds: entry.min_answered_log_odds.unwrap_or(0.0),
+        prefix_cache: default_prefix_cache(),
     })
 }
 
@@ -87,6 +95,7 @@ fn resolve_path(path: &Path) -> Result<ModelSource, ModelError> {
         chat_template: None,
         optimize: true,
         min_answered_log_odds: 0.0,
+        prefix_cache: default_prefix_cache(),
     })
 }
 

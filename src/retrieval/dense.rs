@@ -5,11 +5,8 @@
 //! a whole page blurs its points); a turn scores as its best passage. Passage vectors are
 //! computed once per transcript and embedder and cached on disk.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use sha2::{Digest, Sha256};
 
 use super::embed::{cosine, EmbedError, Embedder, TextKind};
 use crate::transcript::Turn;
@@ -133,70 +130,31 @@ fn sentences(text: &str) -> Vec<&str> {
 }
 
 fn cache_name(model_id: &str, passages: &[String]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(CACHE_VERSION.to_le_bytes());
-    hasher.update(model_id.as_bytes());
-    for p in passages {
-        hasher.update((p.len() as u64).to_le_bytes());
-        hasher.update(p.as_bytes());
-    }
-    let digest = hasher.finalize();
-    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    format!("passages-{hex}.bin")
+    let version = CACHE_VERSION.to_le_bytes();
+    let mut parts: Vec<&[u8]> = vec![&version, model_id.as_bytes()];
+    parts.extend(passages.iter().map(|p| p.as_bytes()));
+    crate::cache::content_name("passages", &parts)
 }
 
-/// Layout: magic, count and dim (u32 LE), the f32 LE values, then the sha256 of the values.
 fn read_cache(path: &Path, count: usize, dim: usize) -> Option<Vec<Vec<f32>>> {
-    let bytes = std::fs::read(path).ok()?;
-    let values_len = count * dim * 4;
-    let expected = 12 + values_len + 32;
-    let intact = bytes.len() == expected
-        && &bytes[..4] == CACHE_MAGIC
-        && bytes[4..8] == (count as u32).to_le_bytes()
-        && bytes[8..12] == (dim as u32).to_le_bytes()
-        && Sha256::digest(&bytes[12..12 + values_len]).as_slice() == &bytes[12 + values_len..];
-    if !intact {
-        eprintln!(
-            "warning: embedding cache {} is damaged; rebuilding it",
-            path.display()
-        );
-        return None;
+    match crate::cache::read_floats(path, CACHE_MAGIC, &[count, dim])? {
+        Some(floats) => Some(floats.chunks(dim.max(1)).map(<[f32]>::to_vec).collect()),
+        None => {
+            eprintln!("warning: embedding cache {} is damaged; rebuilding it", path.display());
+            None
+        }
     }
-    let floats: Vec<f32> = bytes[12..12 + values_len]
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    Some(floats.chunks(dim).map(<[f32]>::to_vec).collect())
 }
 
-/// Written to a temporary file and renamed, so a crash never leaves a half-written cache.
 fn write_cache(path: &Path, vectors: &[Vec<f32>]) -> Result<(), DenseError> {
-    let err = |source| DenseError::CacheWrite {
-        path: path.to_path_buf(),
-        source,
-    };
     let dim = vectors.first().map_or(0, Vec::len);
-    let values: Vec<u8> = vectors.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let tmp = crate::unique_temp_sibling(path);
-    let mut file = std::fs::File::create(&tmp).map_err(err)?;
-    file.write_all(CACHE_MAGIC).map_err(err)?;
-    file.write_all(&(vectors.len() as u32).to_le_bytes()).map_err(err)?;
-    file.write_all(&(dim as u32).to_le_bytes()).map_err(err)?;
-    file.write_all(&values).map_err(err)?;
-    file.write_all(&Sha256::digest(&values)).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
-}
-
-/// `$TQA_CACHE_DIR`, else `$XDG_CACHE_HOME/tqa`, else `~/.cache/tqa`.
-pub fn default_cache_dir() -> Option<PathBuf> {
-    let env = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    env("TQA_CACHE_DIR")
-        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("tqa")))
-        .or_else(|| env("HOME").map(|d| d.join(".cache/tqa")))
+    let values: Vec<f32> = vectors.iter().flatten().copied().collect();
+    crate::cache::write_floats(path, CACHE_MAGIC, &[vectors.len(), dim], &values).map_err(|source| {
+        DenseError::CacheWrite {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -208,20 +166,6 @@ mod tests {
         let text = "第一句话。第二句话！Third one? 第四";
         assert_eq!(split_passages(text, 6), ["第一句话。", "第二句话！", "Third one?", " 第四"]);
         assert_eq!(split_passages(text, 100), [text]);
-    }
-
-    #[test]
-    fn cache_round_trips_and_rejects_damage() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.bin");
-        let vectors = vec![vec![0.5, -1.0, 2.0], vec![3.0, 0.0, 1.5]];
-        write_cache(&path, &vectors).unwrap();
-        assert_eq!(read_cache(&path, 2, 3), Some(vectors));
-        assert_eq!(read_cache(&path, 3, 3), None);
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[14] ^= 0xFF;
-        std::fs::write(&path, bytes).unwrap();
-        assert_eq!(read_cache(&path, 2, 3), None);
     }
 
     #[test]

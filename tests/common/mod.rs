@@ -1,4 +1,4 @@
-//! Shared helpers: a tiny llama-architecture GGUF built in the test itself, and paths.
+//! Shared helpers: tiny llama- and qwen2-architecture GGUFs built in the test itself, and paths.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -11,6 +11,17 @@ pub const LAYERS: usize = 2;
 pub const HEADS: usize = 4;
 pub const FFN: usize = 128;
 pub const CONTEXT: u32 = 4096;
+/// Key/value heads of the tiny qwen2 model: two query heads share each, as in grouped-query
+/// attention.
+pub const QWEN2_KV_HEADS: usize = 2;
+
+/// The two transformer families tqa runs: llama rotates adjacent pairs and has no attention
+/// biases; qwen2 rotates half against half and adds biases to q, k and v.
+#[derive(Clone, Copy, Debug)]
+pub enum Arch {
+    Llama,
+    Qwen2,
+}
 
 /// What the tiny model's weights make it do.
 #[derive(Clone, Copy)]
@@ -71,6 +82,15 @@ fn vector(values: Vec<f32>) -> QTensor {
 
 /// Writes a tiny llama GGUF with an embedded tokenizer and ChatML template to `path`.
 pub fn write_tiny_model(path: &Path, behaviour: Behaviour) {
+    write_tiny_model_of(path, behaviour, Arch::Llama)
+}
+
+pub fn write_tiny_model_of(path: &Path, behaviour: Behaviour, arch: Arch) {
+    let (name, kv_heads) = match arch {
+        Arch::Llama => ("llama", HEADS),
+        Arch::Qwen2 => ("qwen2", QWEN2_KV_HEADS),
+    };
+    let kv_dim = HIDDEN / HEADS * kv_heads;
     let tokens = vocab();
     let n_vocab = tokens.len();
     let mut seed = match behaviour {
@@ -88,8 +108,15 @@ pub fn write_tiny_model(path: &Path, behaviour: Behaviour) {
     for layer in 0..LAYERS {
         let p = format!("blk.{layer}");
         named.push((format!("{p}.attn_q.weight"), matrix(HIDDEN, HIDDEN)));
-        named.push((format!("{p}.attn_k.weight"), matrix(HIDDEN, HIDDEN)));
-        named.push((format!("{p}.attn_v.weight"), matrix(HIDDEN, HIDDEN)));
+        named.push((format!("{p}.attn_k.weight"), matrix(kv_dim, HIDDEN)));
+        named.push((format!("{p}.attn_v.weight"), matrix(kv_dim, HIDDEN)));
+        if let Arch::Qwen2 = arch {
+            for (bias, len) in [("q", HIDDEN), ("k", kv_dim), ("v", kv_dim)] {
+                let values = matrix(1, len).dequantize(&Device::Cpu).expect("f32 tensor");
+                let values = values.flatten_all().and_then(|t| t.to_vec1()).expect("f32 values");
+                named.push((format!("{p}.attn_{bias}.bias"), vector(values)));
+            }
+        }
         named.push((format!("{p}.attn_output.weight"), matrix(HIDDEN, HIDDEN)));
         named.push((format!("{p}.ffn_gate.weight"), matrix(FFN, HIDDEN)));
         named.push((format!("{p}.ffn_up.weight"), matrix(FFN, HIDDEN)));
@@ -116,22 +143,25 @@ pub fn write_tiny_model(path: &Path, behaviour: Behaviour) {
     let token_types: Vec<Value> = (0..n_vocab)
         .map(|i| Value::I32(if i >= n_vocab - 2 { 3 } else { 1 }))
         .collect();
-    let metadata: Vec<(&str, Value)> = vec![
-        ("general.architecture", Value::String("llama".into())),
-        ("llama.attention.head_count", Value::U32(HEADS as u32)),
-        ("llama.attention.head_count_kv", Value::U32(HEADS as u32)),
-        ("llama.block_count", Value::U32(LAYERS as u32)),
-        ("llama.embedding_length", Value::U32(HIDDEN as u32)),
-        ("llama.rope.dimension_count", Value::U32((HIDDEN / HEADS) as u32)),
-        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
-        ("llama.context_length", Value::U32(CONTEXT)),
+    let keys: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(name.into())),
+        (format!("{name}.attention.head_count"), Value::U32(HEADS as u32)),
+        (format!("{name}.attention.head_count_kv"), Value::U32(kv_heads as u32)),
+        (format!("{name}.block_count"), Value::U32(LAYERS as u32)),
+        (format!("{name}.embedding_length"), Value::U32(HIDDEN as u32)),
+        (format!("{name}.rope.dimension_count"), Value::U32((HIDDEN / HEADS) as u32)),
+        (format!("{name}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+        (format!("{name}.context_length"), Value::U32(CONTEXT)),
+    ];
+    let mut metadata: Vec<(&str, Value)> = keys.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    metadata.extend([
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
         ("tokenizer.ggml.tokens", Value::Array(tokens.iter().cloned().map(Value::String).collect())),
         ("tokenizer.ggml.merges", Value::Array(vec![Value::String(format!("{} t", byte_level_char(b' ')))])),
         ("tokenizer.ggml.token_type", Value::Array(token_types)),
         ("tokenizer.ggml.eos_token_id", Value::U32(im_end_id())),
         ("tokenizer.chat_template", Value::String("{% for m in messages %}<|im_start|>{{ m.role }}{% endfor %}".into())),
-    ];
+    ]);
     let metadata_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = named.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut file = std::fs::File::create(path).expect("create tiny model file");

@@ -1,0 +1,107 @@
+//! Files of floats that tqa computes once and keeps: passage embeddings, prompt-prefix KV
+//! entries. Each file is checked before use and written so that a crash never leaves half of one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// `$TQA_CACHE_DIR`, else `$XDG_CACHE_HOME/tqa`, else `~/.cache/tqa`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let env = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    env("TQA_CACHE_DIR")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("tqa")))
+        .or_else(|| env("HOME").map(|d| d.join(".cache/tqa")))
+}
+
+/// Layout: `magic`, the dimensions (u32 LE), the f32 LE values, then the sha256 of the values.
+/// `None` when the file is missing; `Some(None)` when it exists but is damaged or of other
+/// dimensions, so that the caller can say so before rebuilding it.
+pub fn read_floats(path: &Path, magic: &[u8; 4], dims: &[usize]) -> Option<Option<Vec<f32>>> {
+    let bytes = std::fs::read(path).ok()?;
+    let header_len = 4 + 4 * dims.len();
+    let values_len = dims.iter().product::<usize>() * 4;
+    let header: Vec<u8> = dims.iter().flat_map(|&d| (d as u32).to_le_bytes()).collect();
+    let intact = bytes.len() == header_len + values_len + 32
+        && &bytes[..4] == magic
+        && bytes[4..header_len] == header[..]
+        && Sha256::digest(&bytes[header_len..header_len + values_len]).as_slice() == &bytes[header_len + values_len..];
+    if !intact {
+        return Some(None);
+    }
+    let floats = bytes[header_len..header_len + values_len]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Some(Some(floats))
+}
+
+/// Written to a temporary file and renamed into place.
+pub fn write_floats(path: &Path, magic: &[u8; 4], dims: &[usize], values: &[f32]) -> std::io::Result<()> {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = unique_temp_sibling(path);
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(magic)?;
+    for &d in dims {
+        file.write_all(&(d as u32).to_le_bytes())?;
+    }
+    file.write_all(&bytes)?;
+    file.write_all(&Sha256::digest(&bytes))?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// A short hex name for a cache entry from everything its content depends on.
+pub fn content_name(prefix: &str, parts: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    let hex: String = hasher.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}-{hex}.bin")
+}
+
+/// A path next to `path` that no other writer uses, for writing a file and renaming it into
+/// place: tests and concurrent runs may produce the same file at the same time.
+pub(crate) fn unique_temp_sibling(path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}-{n}", std::process::id()));
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_round_trip_and_damage_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.bin");
+        let values = vec![0.5, -1.0, 2.0, 3.0, 0.0, 1.5];
+        write_floats(&path, b"TEST", &[2, 3], &values).unwrap();
+        assert_eq!(read_floats(&path, b"TEST", &[2, 3]), Some(Some(values)));
+        assert_eq!(read_floats(&path, b"TEST", &[3, 3]), Some(None));
+        assert_eq!(read_floats(&path, b"ELSE", &[2, 3]), Some(None));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[14] ^= 0xFF;
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(read_floats(&path, b"TEST", &[2, 3]), Some(None));
+        assert_eq!(read_floats(&dir.path().join("missing.bin"), b"TEST", &[2, 3]), None);
+    }
+
+    #[test]
+    fn content_names_depend_on_every_part() {
+        let a = content_name("p", &[b"m1", b"x"]);
+        assert_ne!(a, content_name("p", &[b"m2", b"x"]));
+        assert_ne!(a, content_name("p", &[b"m1", b"y"]));
+        assert_ne!(a, content_name("p", &[b"m1x", b""]));
+        assert_eq!(a, content_name("p", &[b"m1", b"x"]));
+    }
+}

@@ -1,0 +1,465 @@
+//! The transformer itself, for the llama and qwen2 GGUF families: load, then `forward(tokens,
+//! pos)`. candle-transformers has both models, but keeps their KV caches private and grows them
+//! by concatenation on every token; owning the forward pass gives a cache that is written in
+//! place, can be cut back to any position (so a shared prompt prefix is computed once), and can
+//! be copied out and back in.
+
+use std::borrow::Cow;
+use std::io::{Read, Seek};
+use std::sync::Arc;
+
+use candle_core::quantized::{gguf_file, QMatMul, QStorage, QTensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
+
+/// The hyper-parameters the forward pass needs, read from the GGUF metadata.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub rms_eps: f64,
+    pub rope_base: f32,
+    /// qwen2 rotates the two halves of a head against each other; llama GGUFs rotate adjacent
+    /// pairs (llama.cpp's NEOX and NORM rope types).
+    pub rope_halves: bool,
+    pub context_length: usize,
+}
+
+impl Config {
+    pub fn from_gguf(content: &gguf_file::Content, arch: &str) -> Result<Self> {
+        let get = |key: &str| {
+            content
+                .metadata
+                .get(&format!("{arch}.{key}"))
+                .ok_or_else(|| candle_core::Error::Msg(format!("GGUF metadata lacks {arch}.{key}")))
+        };
+        let n_head = get("attention.head_count")?.to_u32()? as usize;
+        let embedding = get("embedding_length")?.to_u32()? as usize;
+        Ok(Self {
+            n_layer: get("block_count")?.to_u32()? as usize,
+            n_head,
+            n_kv_head: get("attention.head_count_kv")?.to_u32()? as usize,
+            head_dim: embedding / n_head,
+            rms_eps: get("attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
+            rope_base: get("rope.freq_base").and_then(|v| v.to_f32()).unwrap_or(10_000.0),
+            rope_halves: arch == "qwen2",
+            context_length: get("context_length").map(|v| v.to_u32()).unwrap_or(Ok(2048))? as usize,
+        })
+    }
+
+    /// Floats of K and V one token occupies in the cache, over all layers.
+    pub fn kv_floats_per_token(&self) -> usize {
+        2 * self.n_layer * self.n_kv_head * self.head_dim
+    }
+}
+
+/// Keys and values of one layer, `(n_kv_head, capacity, head_dim)`, valid up to `len`.
+struct LayerCache {
+    k: Tensor,
+    v: Tensor,
+}
+
+/// The KV cache of all layers. It grows in steps, so a short prompt does not reserve the whole
+/// context window.
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    capacity: usize,
+    len: usize,
+}
+
+/// Capacity grows in multiples of this many positions.
+const CACHE_STEP: usize = 512;
+
+impl KvCache {
+    fn new() -> Self {
+        Self {
+            layers: Vec::new(),
+            capacity: 0,
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Makes room for `needed` positions, keeping the first `keep`.
+    fn reserve(&mut self, needed: usize, keep: usize, config: &Config, device: &Device) -> Result<()> {
+        if needed <= self.capacity && !self.layers.is_empty() {
+            return Ok(());
+        }
+        let capacity = needed.div_ceil(CACHE_STEP) * CACHE_STEP;
+        let shape = (config.n_kv_head, capacity, config.head_dim);
+        let mut layers = Vec::with_capacity(config.n_layer);
+        for i in 0..config.n_layer {
+            let k = Tensor::zeros(shape, DType::F32, device)?;
+            let v = Tensor::zeros(shape, DType::F32, device)?;
+            if let Some(old) = self.layers.get(i).filter(|_| keep > 0) {
+                k.slice_set(&old.k.narrow(1, 0, keep)?.contiguous()?, 1, 0)?;
+                v.slice_set(&old.v.narrow(1, 0, keep)?.contiguous()?, 1, 0)?;
+            }
+            layers.push(LayerCache { k, v });
+        }
+        self.layers = layers;
+        self.capacity = capacity;
+        Ok(())
+    }
+
+    /// Copies of positions `start..start + len` of every layer, `(n_kv_head, len, head_dim)` each.
+    pub fn export(&self, start: usize, len: usize) -> Result<Vec<(Tensor, Tensor)>> {
+        if start + len > self.len {
+            candle_core::bail!("export of {start}..{} from a cache of {}", start + len, self.len);
+        }
+        self.layers
+            .iter()
+            .map(|l| Ok((l.k.narrow(1, start, len)?.copy()?, l.v.narrow(1, start, len)?.copy()?)))
+            .collect()
+    }
+}
+
+/// Token embeddings. On the CPU the table stays quantized and only the rows a forward pass needs
+/// are expanded: Qwen2.5's 151k-row table is about 0.9 GB in f32.
+enum Embeddings {
+    Quantized(Arc<QTensor>),
+    Dense(Tensor),
+}
+
+impl Embeddings {
+    fn new(table: Arc<QTensor>, device: &Device) -> Result<Self> {
+        if device.is_cpu() {
+            Ok(Self::Quantized(table))
+        } else {
+            Ok(Self::Dense(table.dequantize(device)?))
+        }
+    }
+
+    fn rows(&self, tokens: &[u32], device: &Device) -> Result<Tensor> {
+        match self {
+            Self::Dense(table) => table.index_select(&Tensor::new(tokens, device)?, 0),
+            Self::Quantized(table) => {
+                let (n_vocab, hidden) = table.shape().dims2()?;
+                let dtype = table.dtype();
+                let row_bytes = hidden / dtype.block_size() * dtype.type_size();
+                let data = table.data()?;
+                let mut picked = Vec::with_capacity(tokens.len() * row_bytes);
+                for &token in tokens {
+                    let token = token as usize;
+                    if token >= n_vocab {
+                        candle_core::bail!("token id {token} is outside the vocabulary of {n_vocab}");
+                    }
+                    picked.extend_from_slice(&data[token * row_bytes..(token + 1) * row_bytes]);
+                }
+                let storage = QStorage::from_data(Cow::Owned(picked), device, dtype)?;
+                QTensor::new(storage, (tokens.len(), hidden))?.dequantize(device)
+            }
+        }
+    }
+}
+
+struct Attention {
+    q: QMatMul,
+    k: QMatMul,
+    v: QMatMul,
+    o: QMatMul,
+    /// qwen2 has biases on q, k and v; llama has none.
+    bias: Option<[Tensor; 3]>,
+}
+
+struct Mlp {
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate.forward(x)?)?;
+        self.down.forward(&(gate * self.up.forward(x)?)?)
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    attn: Attention,
+    ffn_norm: Tensor,
+    mlp: Mlp,
+}
+
+pub struct Decoder {
+    config: Config,
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    output_norm: Tensor,
+    output: QMatMul,
+    /// Rotation angles per position, `(context_length, head_dim / 2)`.
+    cos: Tensor,
+    sin: Tensor,
+    cache: KvCache,
+    device: Device,
+}
+
+impl Decoder {
+    pub fn from_gguf<R: Read + Seek>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+        arch: &str,
+        device: &Device,
+    ) -> Result<Self> {
+        let config = Config::from_gguf(content, arch)?;
+        let mut qtensor = |name: &str| content.tensor(reader, name, device);
+        let embedding_table = Arc::new(qtensor("token_embd.weight")?);
+        // Models with tied embeddings (Qwen2.5 up to 3B, SmolLM2) have no output matrix.
+        let output = match qtensor("output.weight") {
+            Ok(w) => QMatMul::from_qtensor(w)?,
+            Err(_) => QMatMul::from_arc(embedding_table.clone())?,
+        };
+        let output_norm = qtensor("output_norm.weight")?.dequantize(device)?;
+        let mut layers = Vec::with_capacity(config.n_layer);
+        for i in 0..config.n_layer {
+            let mut weight = |name: &str| qtensor(&format!("blk.{i}.{name}"));
+            let matmul = |t: QTensor| QMatMul::from_qtensor(t);
+            let bias = if arch == "qwen2" {
+                Some([
+                    weight("attn_q.bias")?.dequantize(device)?,
+                    weight("attn_k.bias")?.dequantize(device)?,
+                    weight("attn_v.bias")?.dequantize(device)?,
+                ])
+            } else {
+                None
+            };
+            layers.push(Layer {
+                attn_norm: weight("attn_norm.weight")?.dequantize(device)?,
+                attn: Attention {
+                    q: matmul(weight("attn_q.weight")?)?,
+                    k: matmul(weight("attn_k.weight")?)?,
+                    v: matmul(weight("attn_v.weight")?)?,
+                    o: matmul(weight("attn_output.weight")?)?,
+                    bias,
+                },
+                ffn_norm: weight("ffn_norm.weight")?.dequantize(device)?,
+                mlp: Mlp {
+                    gate: matmul(weight("ffn_gate.weight")?)?,
+                    up: matmul(weight("ffn_up.weight")?)?,
+                    down: matmul(weight("ffn_down.weight")?)?,
+                },
+            });
+        }
+        let (cos, sin) = rope_tables(&config, device)?;
+        Ok(Self {
+            embeddings: Embeddings::new(embedding_table, device)?,
+            layers,
+            output_norm,
+            output,
+            cos,
+            sin,
+            cache: KvCache::new(),
+            device: device.clone(),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
+    }
+
+    /// Runs `tokens` at positions `pos..pos + tokens.len()` and returns the logits of the last
+    /// one. Whatever the cache held from `pos` on is replaced, so `pos` may be anything up to the
+    /// cache's length: 0 starts over, a smaller `pos` reuses the prefix before it.
+    pub fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor> {
+        let n = tokens.len();
+        if n == 0 {
+            candle_core::bail!("forward needs at least one token");
+        }
+        if pos > self.cache.len {
+            candle_core::bail!("position {pos} is past the {} cached positions", self.cache.len);
+        }
+        if pos + n > self.config.context_length {
+            candle_core::bail!("{} positions exceed the context of {}", pos + n, self.config.context_length);
+        }
+        self.cache.reserve(pos + n, pos, &self.config, &self.device)?;
+        let cos = self.cos.narrow(0, pos, n)?;
+        let sin = self.sin.narrow(0, pos, n)?;
+        let mask = causal_mask(n, pos, &self.device)?;
+        let mut h = self.embeddings.rows(tokens, &self.device)?;
+        for (layer, cache) in self.layers.iter().zip(&self.cache.layers) {
+            let x = candle_nn::ops::rms_norm(&h, &layer.attn_norm, self.config.rms_eps as f32)?;
+            let x = attention(&layer.attn, &x, cache, pos, (&cos, &sin), mask.as_ref(), &self.config)?;
+            h = (h + x)?;
+            let x = candle_nn::ops::rms_norm(&h, &layer.ffn_norm, self.config.rms_eps as f32)?;
+            h = (&h + layer.mlp.forward(&x)?)?;
+        }
+        self.cache.len = pos + n;
+        let last = h.narrow(0, n - 1, 1)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.output_norm, self.config.rms_eps as f32)?;
+        self.output.forward(&last)?.squeeze(0)
+    }
+
+    /// Puts exported cache entries at positions `pos..pos + len`, dropping whatever followed.
+    /// Entries exported from another position are moved by `shift` positions: rotary position
+    /// embeddings make that a rotation of the keys by the angle of `shift`.
+    pub fn import(&mut self, entries: &[(Tensor, Tensor)], pos: usize, shift: usize) -> Result<()> {
+        if entries.len() != self.config.n_layer {
+            candle_core::bail!("cache entries for {} layers, the model has {}", entries.len(), self.config.n_layer);
+        }
+        if pos > self.cache.len {
+            candle_core::bail!("position {pos} is past the {} cached positions", self.cache.len);
+        }
+        let len = match entries.first() {
+            Some((k, _)) => k.dim(1)?,
+            None => 0,
+        };
+        self.cache.reserve(pos + len, pos, &self.config, &self.device)?;
+        for ((k, v), layer) in entries.iter().zip(&self.cache.layers) {
+            let k = k.to_device(&self.device)?.contiguous()?;
+            let k = if shift == 0 { k } else { self.rotate(&k.unsqueeze(0)?, shift)?.squeeze(0)? };
+            layer.k.slice_set(&k, 1, pos)?;
+            layer.v.slice_set(&v.to_device(&self.device)?.contiguous()?, 1, pos)?;
+        }
+        self.cache.len = pos + len;
+        Ok(())
+    }
+
+    fn rotate(&self, x: &Tensor, by: usize) -> Result<Tensor> {
+        rotate(&self.config, (&self.cos, &self.sin), x, by)
+    }
+}
+
+/// Rotates `x` (`(1, heads, len, head_dim)`) by the angles of position `by`, the same for every
+/// row: rotations compose, so keys computed at position p become those of position p + by.
+fn rotate(config: &Config, (cos, sin): (&Tensor, &Tensor), x: &Tensor, by: usize) -> Result<Tensor> {
+    let len = x.dim(2)?;
+    let half = config.head_dim / 2;
+    let cos = cos.narrow(0, by, 1)?.broadcast_as((len, half))?.contiguous()?;
+    let sin = sin.narrow(0, by, 1)?.broadcast_as((len, half))?.contiguous()?;
+    rope(config, x, &cos, &sin)
+}
+
+fn rope(config: &Config, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if config.rope_halves {
+        candle_nn::rotary_emb::rope(x, cos, sin)
+    } else {
+        candle_nn::rotary_emb::rope_i(x, cos, sin)
+    }
+}
+
+/// Self-attention of `x` (`(n, hidden)`, at positions `pos..pos + n`) over the cache. Grouped
+/// query heads are folded onto their shared key/value head instead of copying K and V per head.
+fn attention(
+    attn: &Attention,
+    x: &Tensor,
+    cache: &LayerCache,
+    pos: usize,
+    (cos, sin): (&Tensor, &Tensor),
+    mask: Option<&Tensor>,
+    config: &Config,
+) -> Result<Tensor> {
+    let n = x.dim(0)?;
+    let (n_head, n_kv, d) = (config.n_head, config.n_kv_head, config.head_dim);
+    let (mut q, mut k, mut v) = (attn.q.forward(x)?, attn.k.forward(x)?, attn.v.forward(x)?);
+    if let Some([bq, bk, bv]) = &attn.bias {
+        q = q.broadcast_add(bq)?;
+        k = k.broadcast_add(bk)?;
+        v = v.broadcast_add(bv)?;
+    }
+    let heads = |t: Tensor, count: usize| t.reshape((1, n, count, d))?.transpose(1, 2)?.contiguous();
+    let q = rope(config, &heads(q, n_head)?, cos, sin)?;
+    let k = rope(config, &heads(k, n_kv)?, cos, sin)?;
+    let v = heads(v, n_kv)?;
+    cache.k.slice_set(&k.squeeze(0)?, 1, pos)?;
+    cache.v.slice_set(&v.squeeze(0)?, 1, pos)?;
+    let keys = cache.k.narrow(1, 0, pos + n)?;
+    let values = cache.v.narrow(1, 0, pos + n)?;
+
+    let group = n_head / n_kv;
+    let q = q.reshape((n_kv, group * n, d))?;
+    let scores = (q.matmul(&keys.t()?)? * (1.0 / (d as f64).sqrt()))?;
+    let scores = match mask {
+        Some(mask) => scores.reshape((n_kv, group, n, pos + n))?.broadcast_add(mask)?.reshape((n_kv, group * n, pos + n))?,
+        None => scores,
+    };
+    let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+    let out = weights.matmul(&values)?;
+    let out = out.reshape((n_head, n, d))?.transpose(0, 1)?.reshape((n, n_head * d))?;
+    attn.o.forward(&out)
+}
+
+/// Additive mask for `n` new positions after `pos` cached ones; a single token sees everything.
+fn causal_mask(n: usize, pos: usize, device: &Device) -> Result<Option<Tensor>> {
+    if n == 1 {
+        return Ok(None);
+    }
+    let total = pos + n;
+    let values: Vec<f32> = (0..n)
+        .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(values, (n, total), device).map(Some)
+}
+
+fn rope_tables(config: &Config, device: &Device) -> Result<(Tensor, Tensor)> {
+    let d = config.head_dim;
+    let inv_freq: Vec<f32> = (0..d)
+        .step_by(2)
+        .map(|i| 1.0 / config.rope_base.powf(i as f32 / d as f32))
+        .collect();
+    let positions = Tensor::arange(0, config.context_length as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((config.context_length, 1))?;
+    let angles = positions.broadcast_mul(&Tensor::new(inv_freq.as_slice(), device)?.reshape((1, d / 2))?)?;
+    Ok((angles.cos()?, angles.sin()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(rope_halves: bool) -> Config {
+        Config {
+            n_layer: 1,
+            n_head: 2,
+            n_kv_head: 2,
+            head_dim: 8,
+            rms_eps: 1e-6,
+            rope_base: 10_000.0,
+            rope_halves,
+            context_length: 64,
+        }
+    }
+
+    #[test]
+    fn rotating_stored_keys_moves_them_to_a_later_position() {
+        for halves in [true, false] {
+            let config = config(halves);
+            let (cos, sin) = rope_tables(&config, &Device::Cpu).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (1, 2, 5, 8), &Device::Cpu).unwrap();
+            let at = |pos: usize| {
+                let c = cos.narrow(0, pos, 5).unwrap();
+                let s = sin.narrow(0, pos, 5).unwrap();
+                rope(&config, &x, &c, &s).unwrap()
+            };
+            let moved = rotate(&config, (&cos, &sin), &at(3), 20).unwrap();
+            let diff = (moved - at(23)).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "rope_halves={halves}: rotated keys differ by {diff}");
+        }
+    }
+
+    #[test]
+    fn the_mask_hides_only_later_positions() {
+        let mask = causal_mask(2, 3, &Device::Cpu).unwrap().unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(mask[0], [0.0, 0.0, 0.0, 0.0, f32::NEG_INFINITY]);
+        assert_eq!(mask[1], [0.0; 5]);
+        assert!(causal_mask(1, 7, &Device::Cpu).unwrap().is_none());
+    }
+}

@@ -1,0 +1,130 @@
+//! Keys and values of prompt pieces that recur: the system turn of a prompt is the same for every
+//! question, and a transcript turn is the same whenever it is retrieved. Each is computed once per
+//! model and text, kept in memory for the process and on disk for the next one.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use super::decoder::Config;
+
+/// Bumped whenever the decoder's arithmetic changes what it stores.
+const FORMAT_VERSION: u32 = 1;
+const MAGIC: &[u8; 4] = b"TQAK";
+/// Floats kept in memory (256 MB): the system turns in use and the most recent transcript turns.
+const MEMORY_BUDGET: usize = 64 << 20;
+
+pub type Entries = Vec<(Tensor, Tensor)>;
+
+pub struct KvStore {
+    /// Where prefixes are written; `None` keeps them in memory only.
+    dir: Option<PathBuf>,
+    /// Identifies the model file, so that another model never reads these entries.
+    model_id: String,
+    /// Keyed by the tokens the entries depend on; most recently used last.
+    memory: Vec<(Vec<u32>, Entries)>,
+}
+
+impl KvStore {
+    pub fn new(dir: Option<PathBuf>, model_path: &Path) -> Self {
+        Self {
+            dir,
+            model_id: model_identity(model_path),
+            memory: Vec::new(),
+        }
+    }
+
+    /// The `len` positions of entries stored under `key` (the tokens they depend on: the whole
+    /// prefix, or a context plus the piece whose positions are stored), from memory or disk.
+    pub fn get(&mut self, key: &[u32], len: usize, config: &Config, device: &Device) -> Option<Entries> {
+        if let Some(i) = self.memory.iter().position(|(k, _)| k == key) {
+            let entry = self.memory.remove(i);
+            let entries = entry.1.clone();
+            self.memory.push(entry);
+            return Some(entries);
+        }
+        let path = self.path(key)?;
+        let floats = match crate::cache::read_floats(&path, MAGIC, &dims(config, len))? {
+            Some(floats) => floats,
+            None => {
+                eprintln!("warning: prompt cache {} is damaged; recomputing it", path.display());
+                return None;
+            }
+        };
+        let entries = split_layers(floats, config, len, device).ok()?;
+        self.remember(key, entries.clone(), config);
+        Some(entries)
+    }
+
+    /// Keeps `entries` under `key`, in memory and, when a folder is set, on disk. A cache that
+    /// cannot be written costs the next run a prefill, not this answer.
+    pub fn put(&mut self, key: &[u32], entries: Entries, config: &Config) {
+        let len = entries.first().map_or(Ok(0), |(k, _)| k.dim(1)).unwrap_or(0);
+        if let Some(path) = self.path(key) {
+            let written = join_layers(&entries)
+                .map_err(|e| e.to_string())
+                .and_then(|floats| {
+                    crate::cache::write_floats(&path, MAGIC, &dims(config, len), &floats)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = written {
+                eprintln!("warning: cannot write the prompt cache {}: {e}", path.display());
+            }
+        }
+        self.remember(key, entries, config);
+    }
+
+    fn remember(&mut self, key: &[u32], entries: Entries, config: &Config) {
+        let floats = |e: &Entries| e.first().map_or(0, |(k, _)| k.elem_count()) * 2 * config.n_layer;
+        let mut used: usize = self.memory.iter().map(|(_, e)| floats(e)).sum::<usize>() + floats(&entries);
+        while used > MEMORY_BUDGET && !self.memory.is_empty() {
+            used -= floats(&self.memory.remove(0).1);
+        }
+        self.memory.push((key.to_vec(), entries));
+    }
+
+    fn path(&self, key: &[u32]) -> Option<PathBuf> {
+        let version = FORMAT_VERSION.to_le_bytes();
+        let token_bytes: Vec<u8> = key.iter().flat_map(|t| t.to_le_bytes()).collect();
+        let name = crate::cache::content_name("kv", &[&version, self.model_id.as_bytes(), &token_bytes]);
+        Some(self.dir.as_ref()?.join(name))
+    }
+}
+
+/// Path, size and modification time: hashing a gigabyte of weights would cost more than the
+/// prefill it saves.
+fn model_identity(path: &Path) -> String {
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let meta = std::fs::metadata(path).ok();
+    let size = meta.as_ref().map_or(0, |m| m.len());
+    let modified = meta
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("{}|{size}|{modified}", canonical.display())
+}
+
+/// K and V of every layer: `(n_layer, 2, n_kv_head, len, head_dim)`.
+fn dims(config: &Config, len: usize) -> [usize; 5] {
+    [config.n_layer, 2, config.n_kv_head, len, config.head_dim]
+}
+
+fn join_layers(entries: &Entries) -> candle_core::Result<Vec<f32>> {
+    let mut floats = Vec::new();
+    for (k, v) in entries {
+        floats.extend(k.flatten_all()?.to_vec1::<f32>()?);
+        floats.extend(v.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(floats)
+}
+
+fn split_layers(floats: Vec<f32>, config: &Config, len: usize, device: &Device) -> candle_core::Result<Entries> {
+    let shape = (config.n_kv_head, len, config.head_dim);
+    let all = Tensor::from_vec(floats, (config.n_layer, 2, config.n_kv_head, len, config.head_dim), device)?;
+    (0..config.n_layer)
+        .map(|layer| {
+            let kv = all.get(layer)?;
+            Ok((kv.get(0)?.reshape(shape)?, kv.get(1)?.reshape(shape)?))
+        })
+        .collect()
+}

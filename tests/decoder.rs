@@ -1,0 +1,240 @@
+//! tqa's own transformer against candle-transformers' quantized llama and qwen2, which stay the
+//! reference: the same logits on tiny models of both families, the same greedy tokens on the
+//! real models, and a reused prompt prefix that changes nothing.
+mod common;
+
+use std::path::Path;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use candle_transformers::models::{quantized_llama, quantized_qwen2};
+use common::{Arch, Behaviour};
+use tqa::model::{Model, ModelSource};
+
+/// candle's own implementation of the file's architecture.
+enum Reference {
+    Llama(quantized_llama::ModelWeights),
+    Qwen2(quantized_qwen2::ModelWeights),
+}
+
+impl Reference {
+    fn load(path: &Path) -> Reference {
+        let mut file = std::fs::File::open(path).unwrap();
+        let content = gguf_file::Content::read(&mut file).unwrap();
+        let arch = content.metadata["general.architecture"].to_string().unwrap().clone();
+        match arch.as_str() {
+            "llama" => Reference::Llama(quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap()),
+            "qwen2" => Reference::Qwen2(quantized_qwen2::ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap()),
+            other => panic!("no reference for {other}"),
+        }
+    }
+
+    fn forward(&mut self, tokens: &[u32], pos: usize) -> Vec<f32> {
+        let input = Tensor::new(tokens, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let logits = match self {
+            Reference::Llama(m) => m.forward(&input, pos),
+            Reference::Qwen2(m) => m.forward(&input, pos),
+        };
+        logits.unwrap().squeeze(0).unwrap().to_vec1().unwrap()
+    }
+}
+
+fn load(path: &Path, optimize: bool) -> Model {
+    load_caching(path, optimize, None)
+}
+
+fn load_caching(path: &Path, optimize: bool, prefix_cache: Option<&Path>) -> Model {
+    let source = ModelSource {
+        name: "under test".into(),
+        path: path.to_path_buf(),
+        tokenizer_json: None,
+        chat_template: None,
+        optimize,
+        min_answered_log_odds: 0.0,
+        prefix_cache: prefix_cache.map(Path::to_path_buf),
+    };
+    Model::load(&source, &Device::Cpu).unwrap()
+}
+
+fn logits(model: &mut Model, tokens: &[u32], pos: usize) -> Vec<f32> {
+    model.forward(tokens, pos).unwrap().to_vec1().unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as u32).unwrap()
+}
+
+/// Prefill then single-token steps, logits compared at every step. The tiny models are f32, so
+/// the two implementations differ only in the order of float operations.
+fn assert_tiny_matches(arch: Arch) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    common::write_tiny_model_of(&path, Behaviour::Random(21), arch);
+    let mut ours = load(&path, false);
+    let mut reference = Reference::load(&path);
+    let prompt = ours.encode("<|im_start|>user\nwhat did the guest say?<|im_end|>\n").unwrap();
+    let mut expected = reference.forward(&prompt, 0);
+    let mut got = logits(&mut ours, &prompt, 0);
+    let mut pos = prompt.len();
+    for step in 0..12 {
+        let diff = max_abs_diff(&expected, &got);
+        assert!(diff < 1e-4, "{arch:?} step {step}: logits differ by {diff}");
+        let next = argmax(&expected);
+        expected = reference.forward(&[next], pos);
+        got = logits(&mut ours, &[next], pos);
+        pos += 1;
+    }
+}
+
+#[test]
+fn llama_logits_match_candle_transformers() {
+    assert_tiny_matches(Arch::Llama);
+}
+
+#[test]
+fn qwen2_with_grouped_query_heads_matches_candle_transformers() {
+    assert_tiny_matches(Arch::Qwen2);
+}
+
+#[test]
+fn a_reused_prefix_gives_the_logits_of_a_fresh_prefill() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    common::write_tiny_model_of(&path, Behaviour::Random(8), Arch::Qwen2);
+    let mut model = load(&path, false);
+    let first = model.encode("<|im_start|>system\nshared rules<|im_end|>\n<|im_start|>user\nfirst question").unwrap();
+    let second = model.encode("<|im_start|>system\nshared rules<|im_end|>\n<|im_start|>user\nanother one").unwrap();
+    model.prefill(&first).unwrap();
+    let (reused_logits, reused) = model.prefill(&second).unwrap();
+    assert!(reused > 5, "the shared system turn is reused, got {reused} tokens");
+
+    let mut fresh = load(&path, false);
+    let expected = logits(&mut fresh, &second, 0);
+    let diff = max_abs_diff(&expected, &reused_logits.to_vec1::<f32>().unwrap());
+    assert!(diff < 1e-4, "reused prefix changes the logits by {diff}");
+}
+
+#[test]
+fn the_same_prompt_twice_still_computes_its_last_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    common::write_tiny_model_of(&path, Behaviour::Random(9), Arch::Llama);
+    let mut model = load(&path, false);
+    let prompt = model.encode("hello there").unwrap();
+    let (once, _) = model.prefill(&prompt).unwrap();
+    let (twice, reused) = model.prefill(&prompt).unwrap();
+    assert_eq!(reused, prompt.len() - 1);
+    let diff = max_abs_diff(&once.to_vec1::<f32>().unwrap(), &twice.to_vec1::<f32>().unwrap());
+    assert!(diff < 1e-4, "recomputing the last token changes the logits by {diff}");
+}
+
+#[test]
+fn a_system_turn_computed_once_is_reused_by_the_next_process_and_survives_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    let cache = dir.path().join("prefixes");
+    common::write_tiny_model_of(&path, Behaviour::Random(10), Arch::Qwen2);
+    let text = "<|im_start|>system\nthe same rules every time<|im_end|>\n<|im_start|>user\nq<|im_end|>\n";
+    let mut first = load_caching(&path, false, Some(&cache));
+    let prompt = first.encode(text).unwrap();
+    let (expected, reused) = first.prefill(&prompt).unwrap();
+    assert_eq!(reused, 0);
+    let files: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "one system turn stored");
+
+    let mut second = load_caching(&path, false, Some(&cache));
+    let (logits, reused) = second.prefill(&prompt).unwrap();
+    let system_turn = first.encode("<|im_start|>system\nthe same rules every time<|im_end|>\n").unwrap().len();
+    assert_eq!(reused, system_turn);
+    let diff = max_abs_diff(&expected.to_vec1().unwrap(), &logits.to_vec1().unwrap());
+    assert!(diff < 1e-4, "a stored system turn changes the logits by {diff}");
+
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&files[0], &bytes).unwrap();
+    let mut third = load_caching(&path, false, Some(&cache));
+    let (logits, reused) = third.prefill(&prompt).unwrap();
+    assert_eq!(reused, 0, "a damaged entry is recomputed, not used");
+    let diff = max_abs_diff(&expected.to_vec1().unwrap(), &logits.to_vec1().unwrap());
+    assert!(diff < 1e-4);
+}
+
+#[test]
+fn turn_pieces_alone_equal_a_plain_prefill_and_are_reused_wherever_they_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    common::write_tiny_model_of(&path, Behaviour::Random(12), Arch::Qwen2);
+    let fresh = || load(&path, false);
+    let mut model = fresh();
+    let head = model.encode("<|im_start|>system\nrules<|im_end|>\n<|im_start|>user\nexcerpts:\n\n").unwrap();
+    let a = model.encode("[T1] Host: what now?\n\n").unwrap();
+    let b = model.encode("[T2] Guest: something else.\n\n").unwrap();
+    let tail = model.encode("Question: what?<|im_end|>\n").unwrap();
+
+    // One piece sees the head and itself, exactly as in a plain prefill.
+    let plain: Vec<u32> = [&head[..], &a, &tail].concat();
+    let (expected, _) = fresh().prefill(&plain).unwrap();
+    let (got, reused) = model.prefill_pieces(&head, &[a.clone()], &tail).unwrap();
+    assert_eq!(reused, 0);
+    let diff = max_abs_diff(&expected.to_vec1().unwrap(), &got.to_vec1().unwrap());
+    assert!(diff < 1e-4, "a single piece differs from the plain prefill by {diff}");
+
+    // `a`, stored at the first position after the head, is reused behind `b`.
+    let (got, reused) = model.prefill_pieces(&head, &[b.clone(), a.clone()], &tail).unwrap();
+    assert_eq!(reused, head.len() + a.len());
+    let (expected, _) = fresh().prefill_pieces(&head, &[b.clone(), a.clone()], &tail).unwrap();
+    let diff = max_abs_diff(&expected.to_vec1().unwrap(), &got.to_vec1().unwrap());
+    assert!(diff < 1e-4, "a reused piece changes the logits by {diff}");
+
+    // Pieces put together are not what a plain prefill computes: the same tokens as a plain
+    // prompt are recomputed past the head.
+    let (_, reused) = model.prefill(&[&head[..], &b, &a, &tail].concat()).unwrap();
+    assert_eq!(reused, head.len());
+}
+
+/// The real quantized models, teacher-forced along the reference's greedy tokens. Activations
+/// are rounded to 8 bits before every quantized matmul, so a different (equally exact) order of
+/// float additions in attention moves the logits by up to about a logit; exact agreement is
+/// therefore asked where the reference's choice is clear, and closeness everywhere.
+fn assert_real_model_matches(name: &str) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let source = runtime.block_on(tqa::model::resolve(Some(name))).unwrap();
+    let mut ours = load(&source.path, source.optimize);
+    // Load the reference from the file ours actually read (the Q8_0 copy, when optimized).
+    let mut reference = Reference::load(&ours.info.path.clone());
+    let prompt = ours
+        .encode("<|im_start|>user\nName three things people use interviews for.<|im_end|>\n<|im_start|>assistant\n")
+        .unwrap();
+    let (mut expected, mut got) = (reference.forward(&prompt, 0), logits(&mut ours, &prompt, 0));
+    let mut clear_choices = 0;
+    for pos in prompt.len()..prompt.len() + 32 {
+        let diff = max_abs_diff(&expected, &got);
+        assert!(diff < 2.5, "{name} at {pos}: logits differ by {diff}");
+        let mut sorted = expected.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        let next = argmax(&expected);
+        if sorted[0] - sorted[1] > 2.0 * diff {
+            clear_choices += 1;
+            assert_eq!(argmax(&got), next, "{name} at {pos}: a different greedy token");
+        }
+        expected = reference.forward(&[next], pos);
+        got = logits(&mut ours, &[next], pos);
+    }
+    assert!(clear_choices >= 16, "{name}: only {clear_choices} clear choices to compare");
+}
+
+#[test]
+fn smollm2_makes_the_greedy_choices_of_candle_transformers() {
+    assert_real_model_matches("smollm2-135m");
+}
+
+#[test]
+fn default_qwen2_model_makes_the_greedy_choices_of_candle_transformers() {
+    assert_real_model_matches("qwen2.5-coder-1.5b");
+}
