@@ -42,7 +42,7 @@ for model in "${models[@]}"; do
     echo "$model round $round/$rounds" >&2
     "$bench_bin" -m "$path" -t "$threads" -p 512 -n 128 -r 1 -o json > "$out/llama-$(basename "$path")-$round.json"
     target/release/tqa bench --model "$path" --threads "$threads" --prefill 512 --depths 0 \
-      --decode-tokens 128 --reps 1 --lexical --json 2>/dev/null > "$out/tqa-$(basename "$path")-$round.json"
+      --decode-tokens 128 --reps 1 --lexical --no-ask --json 2>/dev/null > "$out/tqa-$(basename "$path")-$round.json"
   done
 done
 

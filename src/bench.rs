@@ -16,8 +16,9 @@ pub struct BenchConfig {
     pub decode_depths: Vec<usize>,
     pub decode_tokens: usize,
     pub repetitions: usize,
-    /// Question for the time-to-first-token measurement through the whole answer pipeline.
-    pub question: String,
+    /// Question for the time-to-first-token measurement through the whole answer pipeline;
+    /// `None` skips that measurement.
+    pub question: Option<String>,
 }
 
 impl Default for BenchConfig {
@@ -27,7 +28,7 @@ impl Default for BenchConfig {
             decode_depths: vec![0, 1024],
             decode_tokens: 64,
             repetitions: 3,
-            question: "What did Altman say about agents?".to_string(),
+            question: Some("What did Altman say about agents?".to_string()),
         }
     }
 }
@@ -76,12 +77,19 @@ pub struct BenchReport {
     pub repetitions: usize,
     pub prefill: Vec<PrefillResult>,
     pub decode: Vec<DecodeResult>,
-    /// A real question through retrieval and the answer prompt, caches warm.
+    /// `None` when `BenchConfig::question` is.
+    pub ask: Option<AskTiming>,
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// A real question through translation, retrieval, the answer prompt and the verdict, with warm
+/// caches.
+#[derive(Debug, Clone, Serialize)]
+pub struct AskTiming {
+    pub prompt_tokens: usize,
     pub time_to_first_token_ms: Stat,
     /// The same with `AskOptions::reuse_turns`.
     pub time_to_first_token_reused_turns_ms: Stat,
-    pub ask_prompt_tokens: usize,
-    pub peak_rss_mib: Option<f64>,
 }
 
 /// Runs every measurement. `text` supplies the tokens for prefill and decode context (the
@@ -119,24 +127,30 @@ pub fn run(
         });
     }
 
-    let plain = AskOptions {
-        sampling: SamplingConfig { max_new_tokens: 1, ..SamplingConfig::default() },
-        ..AskOptions::default()
+    let ask = match &config.question {
+        Some(question) => Some(ask_timing(model, index, question, config.repetitions)?),
+        None => None,
     };
-    let (time_to_first_token_ms, ask_prompt_tokens) = time_to_first_token(model, index, config, &plain)?;
-    let reusing = AskOptions { reuse_turns: true, ..plain };
-    let (time_to_first_token_reused_turns_ms, _) = time_to_first_token(model, index, config, &reusing)?;
 
     Ok(BenchReport {
         model: model.info.clone(),
         repetitions: config.repetitions,
         prefill,
         decode,
-        time_to_first_token_ms,
-        time_to_first_token_reused_turns_ms,
-        ask_prompt_tokens,
+        ask,
         peak_rss_mib: peak_rss_mib(),
     })
+}
+
+fn ask_timing(model: &mut Model, index: &Index, question: &str, repetitions: usize) -> Result<AskTiming, AnswerError> {
+    let plain = AskOptions {
+        sampling: SamplingConfig { max_new_tokens: 1, ..SamplingConfig::default() },
+        ..AskOptions::default()
+    };
+    let (time_to_first_token_ms, prompt_tokens) = time_to_first_token(model, index, question, repetitions, &plain)?;
+    let reusing = AskOptions { reuse_turns: true, ..plain };
+    let (time_to_first_token_reused_turns_ms, _) = time_to_first_token(model, index, question, repetitions, &reusing)?;
+    Ok(AskTiming { prompt_tokens, time_to_first_token_ms, time_to_first_token_reused_turns_ms })
 }
 
 /// Time to first token of the benchmark question with warm caches: one untimed run first, so
@@ -144,13 +158,14 @@ pub fn run(
 fn time_to_first_token(
     model: &mut Model,
     index: &Index,
-    config: &BenchConfig,
+    question: &str,
+    repetitions: usize,
     options: &AskOptions,
 ) -> Result<(Stat, usize), AnswerError> {
     let prompts = Prompts::default();
-    let mut ask = || answer::ask(index, model, &prompts, &config.question, options, &mut |_| {});
+    let mut ask = || answer::ask(index, model, &prompts, question, options, &mut |_| {});
     let prompt_tokens = ask()?.timings.prompt_tokens;
-    let samples = repeat(config.repetitions, || Ok::<_, AnswerError>(ask()?.timings.time_to_first_token_ms))?;
+    let samples = repeat(repetitions, || Ok::<_, AnswerError>(ask()?.timings.time_to_first_token_ms))?;
     Ok((Stat::of(samples), prompt_tokens))
 }
 

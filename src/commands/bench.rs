@@ -17,6 +17,9 @@ pub struct BenchArgs {
     /// Tokens decoded per decode measurement.
     #[arg(long, default_value_t = 64)]
     pub decode_tokens: usize,
+    /// Skip the time to first token of a real question (each run of it is repeated, with a warm-up, with and without --reuse-turns).
+    #[arg(long)]
+    pub no_ask: bool,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -35,7 +38,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         decode_depths: args.depths,
         decode_tokens: args.decode_tokens,
         repetitions: args.reps,
-        ..BenchConfig::default()
+        question: if args.no_ask { None } else { BenchConfig::default().question },
     };
     let report = bench::run(&mut model, &index, &text, &config)?;
     if args.json {
@@ -56,8 +59,11 @@ fn print_table(r: &BenchReport) {
     for d in &r.decode {
         println!("decode at depth {:>5}     {} tok/s", d.depth, spread(&d.tokens_per_s));
     }
-    println!("time to first token       {} ms ({} prompt tokens, warm caches)", spread(&r.time_to_first_token_ms), r.ask_prompt_tokens);
-    println!("  with --reuse-turns      {} ms", spread(&r.time_to_first_token_reused_turns_ms));
+    if let Some(ask) = &r.ask {
+        let tokens = ask.prompt_tokens;
+        println!("time to first token       {} ms ({tokens} prompt tokens, warm caches)", spread(&ask.time_to_first_token_ms));
+        println!("  with --reuse-turns      {} ms", spread(&ask.time_to_first_token_reused_turns_ms));
+    }
     if let Some(rss) = r.peak_rss_mib {
         println!("peak memory               {rss:>8.0} MiB");
     }

@@ -267,6 +267,15 @@ impl Decoder {
         &self.config
     }
 
+    /// Runs two tokens through every layer and forgets them. candle repacks quantized weights
+    /// for its AVX-512 VNNI kernels on their first use (one-token and many-token products pack
+    /// different types); doing that here moves the cost from the first question to loading.
+    pub fn warm_up(&mut self) -> Result<()> {
+        self.forward(&[0, 0], 0)?;
+        self.cache.len = 0;
+        Ok(())
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }

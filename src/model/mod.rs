@@ -169,7 +169,8 @@ impl Model {
                 arch,
             });
         }
-        let decoder = Decoder::from_gguf(&content, &mut file, &arch, device)?;
+        let mut decoder = Decoder::from_gguf(&content, &mut file, &arch, device)?;
+        decoder.warm_up()?;
         let context_length = decoder.config().context_length;
         let stored = KvStore::new(source.prefix_cache.clone(), path);
         Ok(Self {
