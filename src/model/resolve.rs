@@ -31,7 +31,9 @@ pub struct ModelSource {
     /// How sure the model must be that the turns answer a question before it answers (see
     /// `answer::ask`); 0 (even odds) for a model that has not been calibrated.
     pub min_answered_log_odds: f32,
-    /// Where computed system turns are kept for later runs (`model::prefix`); `None` keeps them
+    /// The same for prompts built with `AskOptions::reuse_turns`.
+    pub min_answered_log_odds_reused_turns: f32,
+    /// Where computed system turns are kept for later runs (`model::kv_store`); `None` keeps them
     /// for this process only.
     pub prefix_cache: Option<PathBuf>,
 }
@@ -74,6 +76,10 @@ pub async fn resolve(spec: Option<&str>) -> Result<ModelSource, ModelError> {
         chat_template: Some(ChatTemplate::from_name(&entry.chat_template)?),
         optimize: true,
         min_answered_log_odds: entry.min_answered_log_odds.unwrap_or(0.0),
+        min_answered_log_odds_reused_turns: entry
+            .min_answered_log_odds_reused_turns
+            .or(entry.min_answered_log_odds)
+            .unwrap_or(0.0),
         prefix_cache: default_prefix_cache(),
     })
 }
@@ -95,6 +101,7 @@ fn resolve_path(path: &Path) -> Result<ModelSource, ModelError> {
         chat_template: None,
         optimize: true,
         min_answered_log_odds: 0.0,
+        min_answered_log_odds_reused_turns: 0.0,
         prefix_cache: default_prefix_cache(),
     })
 }
