@@ -153,12 +153,6 @@ pub struct PromptText {
     pub tail: String,
 }
 
-impl PromptText {
-    pub fn text(&self) -> String {
-        format!("{}{}{}", self.head, self.turns.concat(), self.tail)
-    }
-}
-
 /// A `PromptText` tokenized part by part, so that each turn's tokens are the same in every
 /// prompt it appears in.
 struct PromptTokens {

@@ -2,11 +2,12 @@
 //! time to first token of a real question, and peak memory. Greedy decoding on fixed text, so
 //! runs are comparable.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::answer::{self, AnswerError, AskOptions, Prompts};
+use crate::model::generate::per_second;
 use crate::model::{Model, ModelError, ModelInfo, SamplingConfig};
 use crate::retrieval::Index;
 
@@ -184,10 +185,6 @@ fn decode_tokens_per_s(model: &mut Model, context: &[u32], tokens: usize) -> Res
         next = logits.argmax(0)?.to_scalar::<u32>()?;
     }
     Ok(per_second(tokens, start.elapsed()))
-}
-
-fn per_second(count: usize, time: Duration) -> f64 {
-    count as f64 / time.as_secs_f64().max(f64::EPSILON)
 }
 
 /// High-water mark of resident memory, from /proc (Linux only).

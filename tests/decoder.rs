@@ -3,7 +3,7 @@
 //! real models, and a reused prompt prefix that changes nothing.
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
@@ -37,6 +37,14 @@ impl Reference {
         };
         logits.unwrap().squeeze(0).unwrap().to_vec1().unwrap()
     }
+}
+
+/// A tiny model of `arch` with seeded random weights, in a folder that lives as long as the guard.
+fn tiny(seed: u64, arch: Arch) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    common::write_tiny_model_of(&path, Behaviour::Random(seed), arch);
+    (dir, path)
 }
 
 fn load(path: &Path, optimize: bool) -> Model {
@@ -73,9 +81,7 @@ fn argmax(v: &[f32]) -> u32 {
 /// Prefill then single-token steps, logits compared at every step. The tiny models are f32, so
 /// the two implementations differ only in the order of float operations.
 fn assert_tiny_matches(arch: Arch) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    common::write_tiny_model_of(&path, Behaviour::Random(21), arch);
+    let (_dir, path) = tiny(21, arch);
     let mut ours = load(&path, false);
     let mut reference = Reference::load(&path);
     let prompt = ours.encode("<|im_start|>user\nwhat did the guest say?<|im_end|>\n").unwrap();
@@ -104,9 +110,7 @@ fn qwen2_with_grouped_query_heads_matches_candle_transformers() {
 
 #[test]
 fn a_reused_prefix_gives_the_logits_of_a_fresh_prefill() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    common::write_tiny_model_of(&path, Behaviour::Random(8), Arch::Qwen2);
+    let (_dir, path) = tiny(8, Arch::Qwen2);
     let mut model = load(&path, false);
     let first = model.encode("<|im_start|>system\nshared rules<|im_end|>\n<|im_start|>user\nfirst question").unwrap();
     let second = model.encode("<|im_start|>system\nshared rules<|im_end|>\n<|im_start|>user\nanother one").unwrap();
@@ -122,9 +126,7 @@ fn a_reused_prefix_gives_the_logits_of_a_fresh_prefill() {
 
 #[test]
 fn the_same_prompt_twice_still_computes_its_last_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    common::write_tiny_model_of(&path, Behaviour::Random(9), Arch::Llama);
+    let (_dir, path) = tiny(9, Arch::Llama);
     let mut model = load(&path, false);
     let prompt = model.encode("hello there").unwrap();
     let (once, _) = model.prefill(&prompt).unwrap();
@@ -136,10 +138,8 @@ fn the_same_prompt_twice_still_computes_its_last_token() {
 
 #[test]
 fn a_system_turn_computed_once_is_reused_by_the_next_process_and_survives_damage() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
+    let (dir, path) = tiny(10, Arch::Qwen2);
     let cache = dir.path().join("prefixes");
-    common::write_tiny_model_of(&path, Behaviour::Random(10), Arch::Qwen2);
     let text = "<|im_start|>system\nthe same rules every time<|im_end|>\n<|im_start|>user\nq<|im_end|>\n";
     let mut first = load_caching(&path, false, Some(&cache));
     let prompt = first.encode(text).unwrap();
@@ -164,13 +164,13 @@ fn a_system_turn_computed_once_is_reused_by_the_next_process_and_survives_damage
     assert_eq!(reused, 0, "a damaged entry is recomputed, not used");
     let diff = max_abs_diff(&expected.to_vec1().unwrap(), &logits.to_vec1().unwrap());
     assert!(diff < 1e-4);
+    let (_, reused) = load_caching(&path, false, Some(&cache)).prefill(&prompt).unwrap();
+    assert_eq!(reused, system_turn, "the recomputed entry replaces the damaged one");
 }
 
 #[test]
 fn turn_pieces_alone_equal_a_plain_prefill_and_are_reused_wherever_they_land() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    common::write_tiny_model_of(&path, Behaviour::Random(12), Arch::Qwen2);
+    let (_dir, path) = tiny(12, Arch::Qwen2);
     let fresh = || load(&path, false);
     let mut model = fresh();
     let head = model.encode("<|im_start|>system\nrules<|im_end|>\n<|im_start|>user\nexcerpts:\n\n").unwrap();

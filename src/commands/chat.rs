@@ -15,8 +15,8 @@ pub struct ChatArgs {
 /// A conversation on stdin: one question per line, follow-ups understood in context; the model
 /// and index are loaded once.
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
-    let (index, mut model) = args.pipeline.load().await?;
     let prompts = args.pipeline.answer.prompts()?;
+    let (index, mut model) = args.pipeline.load().await?;
     let options = args.pipeline.answer.options();
     let interactive = std::io::stdin().is_terminal();
     let mut earlier: Vec<String> = Vec::new();

@@ -36,11 +36,20 @@ impl Config {
         };
         let n_head = get("attention.head_count")?.to_u32()? as usize;
         let embedding = get("embedding_length")?.to_u32()? as usize;
+        let head_dim = embedding / n_head;
+        // Rotating only part of each head (phi-style) would need other rope tables.
+        if let Ok(rotated) = get("rope.dimension_count").and_then(|v| v.to_u32()) {
+            if rotated as usize != head_dim {
+                candle_core::bail!(
+                    "the model rotates {rotated} of {head_dim} dimensions per head; tqa supports rotary embeddings over whole heads only"
+                );
+            }
+        }
         Ok(Self {
             n_layer: get("block_count")?.to_u32()? as usize,
             n_head,
             n_kv_head: get("attention.head_count_kv")?.to_u32()? as usize,
-            head_dim: embedding / n_head,
+            head_dim,
             rms_eps: get("attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
             rope_base: get("rope.freq_base").and_then(|v| v.to_f32()).unwrap_or(10_000.0),
             rope_halves: arch == "qwen2",
@@ -48,10 +57,6 @@ impl Config {
         })
     }
 
-    /// Floats of K and V one token occupies in the cache, over all layers.
-    pub fn kv_floats_per_token(&self) -> usize {
-        2 * self.n_layer * self.n_kv_head * self.head_dim
-    }
 }
 
 /// Keys and values of one layer, `(n_kv_head, capacity, head_dim)`, valid up to `len`.
@@ -78,14 +83,6 @@ impl KvCache {
             capacity: 0,
             len: 0,
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Makes room for `needed` positions, keeping the first `keep`.
@@ -333,16 +330,15 @@ impl Decoder {
         self.cache.reserve(pos + len, pos, &self.config, &self.device)?;
         for ((k, v), layer) in entries.iter().zip(&self.cache.layers) {
             let k = k.to_device(&self.device)?.contiguous()?;
-            let k = if shift == 0 { k } else { self.rotate(&k.unsqueeze(0)?, shift)?.squeeze(0)? };
+            let k = match shift {
+                0 => k,
+                _ => rotate(&self.config, (&self.cos, &self.sin), &k.unsqueeze(0)?, shift)?.squeeze(0)?,
+            };
             layer.k.slice_set(&k, 1, pos)?;
             layer.v.slice_set(&v.to_device(&self.device)?.contiguous()?, 1, pos)?;
         }
         self.cache.len = pos + len;
         Ok(())
-    }
-
-    fn rotate(&self, x: &Tensor, by: usize) -> Result<Tensor> {
-        rotate(&self.config, (&self.cos, &self.sin), x, by)
     }
 }
 

@@ -48,12 +48,19 @@ impl KvStore {
             Some(floats) => floats,
             None => {
                 eprintln!("warning: prompt cache {} is damaged; recomputing it", path.display());
+                // Removed so that the recomputed entries are written in its place.
+                let _ = std::fs::remove_file(&path);
                 return None;
             }
         };
         let entries = split_layers(floats, config, len, device).ok()?;
         self.remember(key, entries.clone(), config);
         Some(entries)
+    }
+
+    /// Whether entries are stored under `key`, without reading them.
+    pub fn contains(&self, key: &[u32]) -> bool {
+        self.memory.iter().any(|(k, _)| k == key) || self.path(key).is_some_and(|p| p.is_file())
     }
 
     /// Keeps `entries` under `key`, in memory and, when a folder is set, on disk. A cache that

@@ -5,8 +5,8 @@ pub mod chat;
 pub mod decoder;
 pub mod fetch;
 pub mod generate;
-pub mod optimize;
 pub mod kv_store;
+pub mod optimize;
 pub mod registry;
 pub mod resolve;
 
@@ -205,7 +205,7 @@ impl Model {
         if pos <= self.exact {
             self.exact = pos + tokens.len();
         }
-        Ok(logits.to_dtype(candle_core::DType::F32)?)
+        Ok(logits)
     }
 
     /// Runs a whole prompt and returns the logits for the next token, computing only what is
@@ -291,8 +291,7 @@ impl Model {
         let Some(end) = self.system_turn_end(prompt).filter(|&end| end <= self.exact) else {
             return Ok(());
         };
-        let device = self.decoder.device().clone();
-        if self.stored.get(&prompt[..end], end, self.decoder.config(), &device).is_none() {
+        if !self.stored.contains(&prompt[..end]) {
             let entries = self.decoder.cache().export(0, end)?;
             self.stored.put(&prompt[..end], entries, self.decoder.config());
         }
