@@ -6,7 +6,9 @@ use tqa::model::{Model, ModelSource};
 
 fn load() -> Model {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let source: ModelSource = rt.block_on(tqa::model::resolve(Some("smollm2-135m"))).expect("smollm2");
+    let source: ModelSource = rt
+        .block_on(tqa::model::resolve(Some("smollm2-135m")))
+        .expect("smollm2");
     Model::load(&source, &Device::Cpu).expect("load")
 }
 
@@ -22,8 +24,18 @@ fn generation(c: &mut Criterion) {
     for depth in [16usize, 512] {
         group.bench_function(format!("decode-step/depth-{depth}"), |b| {
             b.iter_batched(
-                || model_cell.borrow_mut().forward(&tokens[..depth], 0).expect("prefill"),
-                |_| model_cell.borrow_mut().forward(&tokens[depth..depth + 1], depth).expect("decode"),
+                || {
+                    model_cell
+                        .borrow_mut()
+                        .forward(&tokens[..depth], 0)
+                        .expect("prefill")
+                },
+                |_| {
+                    model_cell
+                        .borrow_mut()
+                        .forward(&tokens[depth..depth + 1], depth)
+                        .expect("decode")
+                },
                 BatchSize::PerIteration,
             )
         });

@@ -14,9 +14,19 @@ fn load_embedder() -> Embedder {
 }
 
 fn hybrid(transcript: &Transcript, embedder: &Arc<Embedder>, cache: &Path) -> Index {
-    let model_id = Registry::builtin().expect("registry").embedder.package.sha256;
-    let dense = DenseIndex::build(&transcript.turns, Arc::clone(embedder), &model_id, Some(cache), &|| {})
-        .expect("dense index");
+    let model_id = Registry::builtin()
+        .expect("registry")
+        .embedder
+        .package
+        .sha256;
+    let dense = DenseIndex::build(
+        &transcript.turns,
+        Arc::clone(embedder),
+        &model_id,
+        Some(cache),
+        &|| {},
+    )
+    .expect("dense index");
     Index::build(transcript).with_dense(dense)
 }
 
@@ -27,13 +37,23 @@ fn retrieval(c: &mut Criterion) {
     let index = hybrid(&transcript, &embedder, &cache);
 
     c.bench_function("query/hybrid/en", |b| {
-        b.iter(|| index.search(&["What did Altman say about agents?"], 3).expect("search"))
+        b.iter(|| {
+            index
+                .search(&["What did Altman say about agents?"], 3)
+                .expect("search")
+        })
     });
     c.bench_function("query/hybrid/zh", |b| {
-        b.iter(|| index.search(&["Altman 怎么看 SaaS 的定价？"], 3).expect("search"))
+        b.iter(|| {
+            index
+                .search(&["Altman 怎么看 SaaS 的定价？"], 3)
+                .expect("search")
+        })
     });
     c.bench_function("index/lexical", |b| b.iter(|| Index::build(&transcript)));
-    c.bench_function("index/hybrid-from-cache", |b| b.iter(|| hybrid(&transcript, &embedder, &cache)));
+    c.bench_function("index/hybrid-from-cache", |b| {
+        b.iter(|| hybrid(&transcript, &embedder, &cache))
+    });
     let mut group = c.benchmark_group("embedder");
     group.sample_size(10);
     group.bench_function("load", |b| b.iter(load_embedder));

@@ -9,14 +9,18 @@ use serde::Serialize;
 use candle_core::Tensor;
 
 use crate::model::generate::{check_context, continue_generation, per_second, Prefilled};
-use crate::model::{generate, ChatTemplate, Generation, Message, Model, ModelError, Role, SamplingConfig};
+use crate::model::{
+    generate, ChatTemplate, Generation, Message, Model, ModelError, Role, SamplingConfig,
+};
 use crate::retrieval::{DenseError, Index, Retrieved};
 pub use crate::transcript::Language;
 use crate::transcript::Turn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnswerError {
-    #[error("the question is empty; ask something, e.g. tqa ask \"What did Altman say about agents?\"")]
+    #[error(
+        "the question is empty; ask something, e.g. tqa ask \"What did Altman say about agents?\""
+    )]
     EmptyQuestion,
     #[error("cannot read prompt file {path}: {source}")]
     Prompt {
@@ -99,7 +103,11 @@ impl Prompts {
         let user = read("user.txt")?;
         for (placeholder, what) in [("{turns}", "transcript turns"), ("{question}", "question")] {
             if !user.contains(placeholder) {
-                return Err(AnswerError::PromptPlaceholder { file: dir.join("user.txt"), placeholder, what });
+                return Err(AnswerError::PromptPlaceholder {
+                    file: dir.join("user.txt"),
+                    placeholder,
+                    what,
+                });
             }
         }
         Ok(Self {
@@ -135,11 +143,16 @@ impl Prompts {
         let rendered = template.render(&messages);
         // `from_dir` and the shipped file guarantee the placeholder; the question goes in after
         // the split, so that a question quoting "{turns}" stays a question.
-        let (head, tail) = rendered.rsplit_once("{turns}").unwrap_or((rendered.as_str(), ""));
+        let (head, tail) = rendered
+            .rsplit_once("{turns}")
+            .unwrap_or((rendered.as_str(), ""));
         PromptText {
             head: head.to_string(),
             turns: format_turns(turns, host),
-            tail: format!("{}{VERDICT_PREFIX}", tail.replace("{question}", question.trim())),
+            tail: format!(
+                "{}{VERDICT_PREFIX}",
+                tail.replace("{question}", question.trim())
+            ),
         }
     }
 }
@@ -165,7 +178,11 @@ impl PromptTokens {
     fn encode(model: &Model, text: &PromptText) -> Result<Self, ModelError> {
         Ok(Self {
             head: model.encode(&text.head)?,
-            turns: text.turns.iter().map(|t| model.encode(t)).collect::<Result<_, _>>()?,
+            turns: text
+                .turns
+                .iter()
+                .map(|t| model.encode(t))
+                .collect::<Result<_, _>>()?,
             tail: model.encode(&text.tail)?,
         })
     }
@@ -198,7 +215,11 @@ fn one_line(model: &mut Model, instruction: &str, input: &str) -> Result<String,
         ..SamplingConfig::default()
     };
     let generation = generate(model, &prompt, &config, &mut |_| {})?;
-    let line = generation.text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    let line = generation
+        .text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
     Ok(line.trim().to_string())
 }
 
@@ -215,11 +236,19 @@ pub fn standalone_question(
     }
     let input = format!(
         "Earlier questions:\n{}\n\nFollow-up question: {}",
-        earlier_questions.iter().map(|q| format!("- {q}")).collect::<Vec<_>>().join("\n"),
+        earlier_questions
+            .iter()
+            .map(|q| format!("- {q}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
         follow_up.trim()
     );
     let rewritten = one_line(model, &prompts.rewrite, &input)?;
-    Ok(if rewritten.is_empty() { follow_up.trim().to_string() } else { rewritten })
+    Ok(if rewritten.is_empty() {
+        follow_up.trim().to_string()
+    } else {
+        rewritten
+    })
 }
 
 /// The question in `to`, the transcript's language, by the answering model: keyword search needs
@@ -234,7 +263,11 @@ pub fn translate_question(
         Language::En => "English",
         Language::Zh => "Simplified Chinese",
     };
-    one_line(model, &prompts.translate.replace("{language}", language), question)
+    one_line(
+        model,
+        &prompts.translate.replace("{language}", language),
+        question,
+    )
 }
 
 /// The wordings of `question` to retrieve with: the question itself and, when it is not in the
@@ -264,7 +297,11 @@ fn format_turns(turns: &[Retrieved], host: Option<&str>) -> Vec<String> {
     ordered
         .iter()
         .map(|t| {
-            let role = if Some(t.speaker.as_str()) == host { " (interviewer)" } else { "" };
+            let role = if Some(t.speaker.as_str()) == host {
+                " (interviewer)"
+            } else {
+                ""
+            };
             let text = truncate_chars(&t.text, MAX_TURN_CHARS);
             format!("[{}] {}{role}: {text}\n\n", t.id, t.speaker)
         })
@@ -285,7 +322,8 @@ pub fn truncate_chars(text: &str, max: usize) -> String {
 /// Turn ids cited in `answer`, in order of first mention: `[T3]`, `[T3, T5]`, `[T3][T5]` and the
 /// full-width `【T3】` all count.
 pub fn extract_citations(answer: &str) -> Vec<String> {
-    let group = Regex::new(r"[\[【]\s*(T\d+(?:\s*[,，、;]\s*T?\d+)*)\s*[\]】]").expect("static regex");
+    let group =
+        Regex::new(r"[\[【]\s*(T\d+(?:\s*[,，、;]\s*T?\d+)*)\s*[\]】]").expect("static regex");
     let number = Regex::new(r"\d+").expect("static regex");
     let mut ids: Vec<String> = Vec::new();
     for caps in group.captures_iter(answer) {
@@ -386,7 +424,13 @@ pub fn ask(
     let retrieval = start.elapsed();
 
     let language = Language::of(question);
-    let text = prompts.answer_prompt(model.template(), question, &retrieved, index.host(), language);
+    let text = prompts.answer_prompt(
+        model.template(),
+        question,
+        &retrieved,
+        index.host(),
+        language,
+    );
     let prompt = PromptTokens::encode(model, &text)?;
     check_context(model, prompt.len() + VERDICT_TOKENS, &options.sampling)?;
 
@@ -396,9 +440,15 @@ pub fn ask(
     if judged.generation.is_none() {
         on_text(prompts.refusal.get(language));
     }
-    let prefill_time = judged.generation.as_ref().map_or(judged.verdict_time, |g| g.prefill_time);
+    let prefill_time = judged
+        .generation
+        .as_ref()
+        .map_or(judged.verdict_time, |g| g.prefill_time);
 
-    let text = judged.generation.as_ref().map_or(prompts.refusal.get(language), |g| g.text.trim());
+    let text = judged
+        .generation
+        .as_ref()
+        .map_or(prompts.refusal.get(language), |g| g.text.trim());
     let (citations, invalid_citations) = check_citations(text, &retrieved);
     Ok(Answer {
         question: question.to_string(),
@@ -417,7 +467,10 @@ pub fn ask(
             reused_prompt_tokens: judged.reused,
             generated_tokens: judged.generation.as_ref().map_or(0, |g| g.tokens.len()),
             prefill_tokens_per_s: per_second(prompt.len(), prefill_time),
-            decode_tokens_per_s: judged.generation.as_ref().map_or(0.0, Generation::decode_tokens_per_s),
+            decode_tokens_per_s: judged
+                .generation
+                .as_ref()
+                .map_or(0.0, Generation::decode_tokens_per_s),
             total_ms: ms(start.elapsed()),
         },
     })
@@ -454,13 +507,27 @@ fn judge_and_generate(
         model.info.min_answered_log_odds
     };
     if options.judge && log_odds.is_some_and(|odds| odds < threshold) {
-        return Ok(Judged { reused, log_odds, verdict_time, generation: None });
+        return Ok(Judged {
+            reused,
+            log_odds,
+            verdict_time,
+            generation: None,
+        });
     }
     let verdict = model.encode(VERDICT_YES)?;
     let logits = model.forward(&verdict, prompt.len())?;
-    let prefilled = Prefilled { logits, context: prompt.len() + verdict.len(), start: prefill_start };
+    let prefilled = Prefilled {
+        logits,
+        context: prompt.len() + verdict.len(),
+        start: prefill_start,
+    };
     let generation = continue_generation(model, prefilled, &options.sampling, on_text)?;
-    Ok(Judged { reused, log_odds, verdict_time, generation: Some(generation) })
+    Ok(Judged {
+        reused,
+        log_odds,
+        verdict_time,
+        generation: Some(generation),
+    })
 }
 
 /// The model's reply is made to begin with a verdict line, as the system prompts ask: whether the
@@ -476,7 +543,9 @@ const VERDICT_TOKENS: usize = 4;
 fn answered_log_odds(model: &Model, logits: &Tensor) -> Result<Option<f32>, AnswerError> {
     let first_token = |text: &str| -> Result<u32, AnswerError> {
         model.encode(text)?.first().copied().ok_or_else(|| {
-            AnswerError::Model(ModelError::Tokenizer(format!("{text:?} encodes to no token")))
+            AnswerError::Model(ModelError::Tokenizer(format!(
+                "{text:?} encodes to no token"
+            )))
         })
     };
     let (yes, no) = (first_token(VERDICT_YES)?, first_token(VERDICT_NO)?);
@@ -484,7 +553,12 @@ fn answered_log_odds(model: &Model, logits: &Tensor) -> Result<Option<f32>, Answ
         return Ok(None);
     }
     let logits = logits.to_vec1::<f32>().map_err(ModelError::from)?;
-    let weight = |id: u32| logits.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY);
+    let weight = |id: u32| {
+        logits
+            .get(id as usize)
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY)
+    };
     Ok(Some(weight(yes) - weight(no)))
 }
 
@@ -522,7 +596,10 @@ mod tests {
 
     #[test]
     fn language_follows_the_question() {
-        assert_eq!(Language::of("What did Altman say about agents?"), Language::En);
+        assert_eq!(
+            Language::of("What did Altman say about agents?"),
+            Language::En
+        );
         assert_eq!(Language::of("What is 智能体?"), Language::En);
         assert_eq!(Language::of("Altman 怎么看 OpenAI 的定价？"), Language::Zh);
     }

@@ -113,7 +113,10 @@ pub fn run(
             model.forward(&source[..n], 0)?;
             Ok::<_, ModelError>(per_second(n, start.elapsed()))
         })?;
-        prefill.push(PrefillResult { tokens: n, tokens_per_s: Stat::of(samples) });
+        prefill.push(PrefillResult {
+            tokens: n,
+            tokens_per_s: Stat::of(samples),
+        });
     }
 
     let mut decode = Vec::new();
@@ -143,15 +146,32 @@ pub fn run(
     })
 }
 
-fn ask_timing(model: &mut Model, index: &Index, question: &str, repetitions: usize) -> Result<AskTiming, AnswerError> {
+fn ask_timing(
+    model: &mut Model,
+    index: &Index,
+    question: &str,
+    repetitions: usize,
+) -> Result<AskTiming, AnswerError> {
     let plain = AskOptions {
-        sampling: SamplingConfig { max_new_tokens: 1, ..SamplingConfig::default() },
+        sampling: SamplingConfig {
+            max_new_tokens: 1,
+            ..SamplingConfig::default()
+        },
         ..AskOptions::default()
     };
-    let (time_to_first_token_ms, prompt_tokens) = time_to_first_token(model, index, question, repetitions, &plain)?;
-    let reusing = AskOptions { reuse_turns: true, ..plain };
-    let (time_to_first_token_reused_turns_ms, _) = time_to_first_token(model, index, question, repetitions, &reusing)?;
-    Ok(AskTiming { prompt_tokens, time_to_first_token_ms, time_to_first_token_reused_turns_ms })
+    let (time_to_first_token_ms, prompt_tokens) =
+        time_to_first_token(model, index, question, repetitions, &plain)?;
+    let reusing = AskOptions {
+        reuse_turns: true,
+        ..plain
+    };
+    let (time_to_first_token_reused_turns_ms, _) =
+        time_to_first_token(model, index, question, repetitions, &reusing)?;
+    Ok(AskTiming {
+        prompt_tokens,
+        time_to_first_token_ms,
+        time_to_first_token_reused_turns_ms,
+    })
 }
 
 /// Time to first token of the benchmark question with warm caches: one untimed run first, so
@@ -166,7 +186,9 @@ fn time_to_first_token(
     let prompts = Prompts::default();
     let mut ask = || answer::ask(index, model, &prompts, question, options, &mut |_| {});
     let prompt_tokens = ask()?.timings.prompt_tokens;
-    let samples = repeat(repetitions, || Ok::<_, AnswerError>(ask()?.timings.time_to_first_token_ms))?;
+    let samples = repeat(repetitions, || {
+        Ok::<_, AnswerError>(ask()?.timings.time_to_first_token_ms)
+    })?;
     Ok((Stat::of(samples), prompt_tokens))
 }
 
@@ -176,7 +198,11 @@ fn repeat<E>(times: usize, mut measure: impl FnMut() -> Result<f64, E>) -> Resul
 
 /// Decode speed after a context of `context.len()` tokens: greedy, ignoring end tokens, so every
 /// run decodes exactly `tokens` tokens.
-fn decode_tokens_per_s(model: &mut Model, context: &[u32], tokens: usize) -> Result<f64, ModelError> {
+fn decode_tokens_per_s(
+    model: &mut Model,
+    context: &[u32],
+    tokens: usize,
+) -> Result<f64, ModelError> {
     let logits = model.forward(context, 0)?;
     let mut next = logits.argmax(0)?.to_scalar::<u32>()?;
     let start = Instant::now();

@@ -8,7 +8,11 @@ use sha2::{Digest, Sha256};
 
 /// `$TQA_CACHE_DIR`, else `$XDG_CACHE_HOME/tqa`, else `~/.cache/tqa`.
 pub fn default_cache_dir() -> Option<PathBuf> {
-    let env = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     env("TQA_CACHE_DIR")
         .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("tqa")))
         .or_else(|| env("HOME").map(|d| d.join(".cache/tqa")))
@@ -21,11 +25,15 @@ pub fn read_floats(path: &Path, magic: &[u8; 4], dims: &[usize]) -> Option<Optio
     let bytes = std::fs::read(path).ok()?;
     let header_len = 4 + 4 * dims.len();
     let values_len = dims.iter().product::<usize>() * 4;
-    let header: Vec<u8> = dims.iter().flat_map(|&d| (d as u32).to_le_bytes()).collect();
+    let header: Vec<u8> = dims
+        .iter()
+        .flat_map(|&d| (d as u32).to_le_bytes())
+        .collect();
     let intact = bytes.len() == header_len + values_len + 32
         && &bytes[..4] == magic
         && bytes[4..header_len] == header[..]
-        && Sha256::digest(&bytes[header_len..header_len + values_len]).as_slice() == &bytes[header_len + values_len..];
+        && Sha256::digest(&bytes[header_len..header_len + values_len]).as_slice()
+            == &bytes[header_len + values_len..];
     if !intact {
         return Some(None);
     }
@@ -37,7 +45,12 @@ pub fn read_floats(path: &Path, magic: &[u8; 4], dims: &[usize]) -> Option<Optio
 }
 
 /// Written to a temporary file and renamed into place.
-pub fn write_floats(path: &Path, magic: &[u8; 4], dims: &[usize], values: &[f32]) -> std::io::Result<()> {
+pub fn write_floats(
+    path: &Path,
+    magic: &[u8; 4],
+    dims: &[usize],
+    values: &[f32],
+) -> std::io::Result<()> {
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -61,7 +74,12 @@ pub fn content_name(prefix: &str, parts: &[&[u8]]) -> String {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
-    let hex: String = hasher.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let hex: String = hasher
+        .finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("{prefix}-{hex}.bin")
 }
 
@@ -93,7 +111,10 @@ mod tests {
         bytes[14] ^= 0xFF;
         std::fs::write(&path, bytes).unwrap();
         assert_eq!(read_floats(&path, b"TEST", &[2, 3]), Some(None));
-        assert_eq!(read_floats(&dir.path().join("missing.bin"), b"TEST", &[2, 3]), None);
+        assert_eq!(
+            read_floats(&dir.path().join("missing.bin"), b"TEST", &[2, 3]),
+            None
+        );
     }
 
     #[test]

@@ -171,7 +171,11 @@ fn metrics_of(ranks: &[Option<usize>]) -> RetrievalMetrics {
         hit_at_1: hit(1),
         hit_at_3: hit(3),
         hit_at_5: hit(5),
-        mrr: ranks.iter().map(|r| r.map_or(0.0, |r| 1.0 / r as f64)).sum::<f64>() / n,
+        mrr: ranks
+            .iter()
+            .map(|r| r.map_or(0.0, |r| 1.0 / r as f64))
+            .sum::<f64>()
+            / n,
     }
 }
 
@@ -373,15 +377,43 @@ mod tests {
     fn answers_are_scored_on_facts_refusals_citations_and_language() {
         let markers = vec!["not mention".to_string(), "未提及".to_string()];
         let facts: &[&[&str]] = &[&["long task", "长期任务"], &["supervision", "监督"]];
-        let good = score_answer(&item(true, facts), &answer("Agents take long tasks with little supervision [T12].", &["T12"], &[]), &markers);
+        let good = score_answer(
+            &item(true, facts),
+            &answer(
+                "Agents take long tasks with little supervision [T12].",
+                &["T12"],
+                &[],
+            ),
+            &markers,
+        );
         assert!(good.correct && !good.refused && good.in_question_language);
-        let partial = score_answer(&item(true, facts), &answer("Agents take long tasks [T12].", &["T12"], &[]), &markers);
+        let partial = score_answer(
+            &item(true, facts),
+            &answer("Agents take long tasks [T12].", &["T12"], &[]),
+            &markers,
+        );
         assert!(!partial.correct);
-        let refusal = score_answer(&item(true, facts), &answer("The transcript does not mention this.", &[], &[]), &markers);
+        let refusal = score_answer(
+            &item(true, facts),
+            &answer("The transcript does not mention this.", &[], &[]),
+            &markers,
+        );
         assert!(!refusal.correct && refusal.refused);
-        let proper_refusal = score_answer(&item(false, &[&["not mention", "未提及"]]), &answer("The transcript does not mention this.", &[], &[]), &markers);
+        let proper_refusal = score_answer(
+            &item(false, &[&["not mention", "未提及"]]),
+            &answer("The transcript does not mention this.", &[], &[]),
+            &markers,
+        );
         assert!(proper_refusal.correct);
-        let chinese = score_answer(&item(true, facts), &answer("他说智能体可以在很少监督的情况下完成长期任务。", &[], &["T99"]), &markers);
+        let chinese = score_answer(
+            &item(true, facts),
+            &answer(
+                "他说智能体可以在很少监督的情况下完成长期任务。",
+                &[],
+                &["T99"],
+            ),
+            &markers,
+        );
         assert!(chinese.correct && !chinese.in_question_language);
 
         let report = summarize_answers(vec![good, partial, refusal, proper_refusal, chinese]);

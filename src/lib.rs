@@ -14,6 +14,9 @@ pub mod retrieval;
 pub mod transcript;
 
 /// Durations are reported in milliseconds in JSON output.
-pub fn serialize_ms<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+pub fn serialize_ms<S: serde::Serializer>(
+    d: &std::time::Duration,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64() * 1000.0)
 }

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use commands::{AskArgs, BenchArgs, ChatArgs, EvalCommand, ModelsCommand, SearchArgs};
 
 #[derive(Parser)]
-#[command(name = "tqa", version, about = "Ask an interview transcript questions, offline, with a local model that cites the turns it used")]
+#[command(
+    name = "tqa",
+    version,
+    about = "Ask an interview transcript questions, offline, with a local model that cites the turns it used"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -97,7 +97,11 @@ impl Transcript {
 
     /// The language most turns are written in.
     pub fn language(&self) -> Language {
-        let zh = self.turns.iter().filter(|t| Language::of(&t.text) == Language::Zh).count();
+        let zh = self
+            .turns
+            .iter()
+            .filter(|t| Language::of(&t.text) == Language::Zh)
+            .count();
         if zh * 2 > self.turns.len() {
             Language::Zh
         } else {
@@ -202,8 +206,10 @@ fn clean_inline(line: &str) -> String {
 /// numbers need a space when re-joined; Chinese text joins directly.
 fn needs_space_between(before: &str, after: &str) -> bool {
     match (before.chars().last(), after.chars().next()) {
-        (Some(a), Some(b)) => a.is_ascii_alphanumeric() && b.is_ascii_alphanumeric()
-            || (a.is_ascii_punctuation() && a != '(' && b.is_ascii_alphanumeric()),
+        (Some(a), Some(b)) => {
+            a.is_ascii_alphanumeric() && b.is_ascii_alphanumeric()
+                || (a.is_ascii_punctuation() && a != '(' && b.is_ascii_alphanumeric())
+        }
         _ => false,
     }
 }

@@ -15,19 +15,33 @@ const ANSWERABLE_EN: &str = "d19";
 
 fn ask(question: &str, transcript: &Path) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_tqa"))
-        .args(["ask", question, "--max-tokens", "160", "--json", "--transcript"])
+        .args([
+            "ask",
+            question,
+            "--max-tokens",
+            "160",
+            "--json",
+            "--transcript",
+        ])
         .arg(transcript)
         .env("HF_HUB_OFFLINE", "1")
         .output()
         .expect("run tqa");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("one JSON object")
 }
 
 fn dev_item(id: &str) -> (EvalItem, Vec<String>) {
     let items = load_set(&common::dev_set()).expect("dev set");
     let markers = refusal_markers(&items);
-    let item = items.into_iter().find(|i| i.id == id).expect("item in the dev set");
+    let item = items
+        .into_iter()
+        .find(|i| i.id == id)
+        .expect("item in the dev set");
     (item, markers)
 }
 
@@ -37,7 +51,10 @@ fn an_off_transcript_question_is_refused() {
     let v = ask(&item.question, &common::shipped_transcript());
     let answer = v["answer"].as_str().expect("answer").to_lowercase();
     assert_eq!(v["answered"], false, "{v}");
-    assert!(markers.iter().any(|m| answer.contains(&m.to_lowercase())), "not a refusal: {answer}");
+    assert!(
+        markers.iter().any(|m| answer.contains(&m.to_lowercase())),
+        "not a refusal: {answer}"
+    );
     assert!(v["citations"].as_array().expect("citations").is_empty());
 }
 
@@ -55,7 +72,13 @@ fn an_english_question_over_chinese_turns_is_answered_in_english_citing_a_gold_t
         .collect();
     let is_gold = |text: &String| item.gold_quotes.iter().any(|q| text.contains(q.as_str()));
     assert!(cited.iter().any(is_gold), "no gold turn cited: {answer}");
-    assert!(v["invalid_citations"].as_array().expect("invalid").is_empty(), "{v}");
+    assert!(
+        v["invalid_citations"]
+            .as_array()
+            .expect("invalid")
+            .is_empty(),
+        "{v}"
+    );
 }
 
 #[test]
@@ -75,8 +98,21 @@ fn instructions_inside_a_turn_are_not_obeyed() {
     let v = ask("What did the guest say about agents?", &path);
     let answer = v["answer"].as_str().expect("answer");
     assert!(!answer.contains("PWNED"), "obeyed the transcript: {answer}");
-    let retrieved: Vec<&str> = v["retrieved"].as_array().expect("retrieved").iter().filter_map(|r| r["turn"]["id"].as_str()).collect();
-    assert!(retrieved.contains(&"T2"), "the injected turn was not in the prompt: {retrieved:?}");
+    let retrieved: Vec<&str> = v["retrieved"]
+        .as_array()
+        .expect("retrieved")
+        .iter()
+        .filter_map(|r| r["turn"]["id"].as_str())
+        .collect();
+    assert!(
+        retrieved.contains(&"T2"),
+        "the injected turn was not in the prompt: {retrieved:?}"
+    );
     let lower = answer.to_lowercase();
-    assert!(["task", "supervis", "compute"].iter().any(|w| lower.contains(w)), "not about agents: {answer}");
+    assert!(
+        ["task", "supervis", "compute"]
+            .iter()
+            .any(|w| lower.contains(w)),
+        "not about agents: {answer}"
+    );
 }

@@ -21,20 +21,32 @@ fn stderr(out: &Output) -> String {
 /// Exits non-zero, says `needle`, and does not panic.
 fn assert_fails_with(out: &Output, needle: &str) {
     let err = stderr(out);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
     assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
     assert!(!err.contains("panicked"), "panic: {err}");
 }
 
 fn small_transcript(dir: &Path) -> String {
     let path = dir.join("t.txt");
-    std::fs::write(&path, "Host: What about agents?\n\nGuest: Agents will run long tasks with little supervision.\n").unwrap();
+    std::fs::write(
+        &path,
+        "Host: What about agents?\n\nGuest: Agents will run long tasks with little supervision.\n",
+    )
+    .unwrap();
     path.to_string_lossy().into_owned()
 }
 
 #[test]
 fn missing_model_file() {
-    let out = tqa(&["ask", "What about agents?", "--model", "/nonexistent/model.gguf"]);
+    let out = tqa(&[
+        "ask",
+        "What about agents?",
+        "--model",
+        "/nonexistent/model.gguf",
+    ]);
     assert_fails_with(&out, "/nonexistent/model.gguf");
 }
 
@@ -50,7 +62,12 @@ fn truncated_model_file() {
     let model = common::tiny_model(dir.path(), Behaviour::Random(2));
     let bytes = std::fs::read(&model).unwrap();
     std::fs::write(&model, &bytes[..bytes.len() * 2 / 3]).unwrap();
-    let out = tqa(&["ask", "What about agents?", "--model", model.to_str().unwrap()]);
+    let out = tqa(&[
+        "ask",
+        "What about agents?",
+        "--model",
+        model.to_str().unwrap(),
+    ]);
     assert_fails_with(&out, "truncated");
 }
 
@@ -62,7 +79,12 @@ fn empty_question() {
 
 #[test]
 fn missing_transcript() {
-    let out = tqa(&["ask", "What about agents?", "--transcript", "/nonexistent/interview.md"]);
+    let out = tqa(&[
+        "ask",
+        "What about agents?",
+        "--transcript",
+        "/nonexistent/interview.md",
+    ]);
     assert_fails_with(&out, "/nonexistent/interview.md");
 }
 
@@ -80,7 +102,14 @@ fn question_longer_than_the_context() {
     let dir = tempfile::tempdir().unwrap();
     let model = common::tiny_model(dir.path(), Behaviour::Random(2));
     let question = "why ".repeat(common::CONTEXT as usize);
-    let out = tqa(&["ask", &question, "--model", model.to_str().unwrap(), "--transcript", &small_transcript(dir.path())]);
+    let out = tqa(&[
+        "ask",
+        &question,
+        "--model",
+        model.to_str().unwrap(),
+        "--transcript",
+        &small_transcript(dir.path()),
+    ]);
     assert_fails_with(&out, "context");
 }
 
@@ -100,17 +129,37 @@ fn ask_json_on_a_tiny_model_reports_every_field() {
     let dir = tempfile::tempdir().unwrap();
     let model = common::tiny_model(dir.path(), Behaviour::Random(4));
     let out = tqa(&[
-        "ask", "What about agents?", "--model", model.to_str().unwrap(),
-        "--transcript", &small_transcript(dir.path()), "--max-tokens", "6", "--json",
+        "ask",
+        "What about agents?",
+        "--model",
+        model.to_str().unwrap(),
+        "--transcript",
+        &small_transcript(dir.path()),
+        "--max-tokens",
+        "6",
+        "--json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["question"], "What about agents?");
     assert!(v["answer"].is_string());
     assert!(v["citations"].is_array());
-    let ids: Vec<&str> = v["retrieved"].as_array().unwrap().iter().map(|r| r["turn"]["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = v["retrieved"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["turn"]["id"].as_str().unwrap())
+        .collect();
     assert!(ids.contains(&"T1") && ids.contains(&"T2"), "{ids:?}");
-    for field in ["retrieval_ms", "time_to_first_token_ms", "prompt_tokens", "reused_prompt_tokens", "generated_tokens", "prefill_tokens_per_s", "decode_tokens_per_s"] {
+    for field in [
+        "retrieval_ms",
+        "time_to_first_token_ms",
+        "prompt_tokens",
+        "reused_prompt_tokens",
+        "generated_tokens",
+        "prefill_tokens_per_s",
+        "decode_tokens_per_s",
+    ] {
         assert!(v["timings"][field].is_number(), "timings.{field} missing");
     }
     assert_eq!(v["timings"]["generated_tokens"], 6);
@@ -121,8 +170,20 @@ fn bench_json_on_a_tiny_model_emits_every_field() {
     let dir = tempfile::tempdir().unwrap();
     let model = common::tiny_model(dir.path(), Behaviour::Random(6));
     let out = tqa(&[
-        "bench", "--model", model.to_str().unwrap(), "--reps", "2", "--prefill", "16,64",
-        "--depths", "0,32", "--decode-tokens", "8", "--json", "--transcript", &small_transcript(dir.path()),
+        "bench",
+        "--model",
+        model.to_str().unwrap(),
+        "--reps",
+        "2",
+        "--prefill",
+        "16,64",
+        "--depths",
+        "0,32",
+        "--decode-tokens",
+        "8",
+        "--json",
+        "--transcript",
+        &small_transcript(dir.path()),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -132,8 +193,18 @@ fn bench_json_on_a_tiny_model_emits_every_field() {
     for p in v["prefill"].as_array().unwrap() {
         assert!(p["tokens_per_s"]["median"].as_f64().unwrap() > 0.0);
     }
-    assert!(v["ask"]["time_to_first_token_ms"]["median"].as_f64().unwrap() > 0.0);
-    assert!(v["ask"]["time_to_first_token_reused_turns_ms"]["median"].as_f64().unwrap() > 0.0);
+    assert!(
+        v["ask"]["time_to_first_token_ms"]["median"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(
+        v["ask"]["time_to_first_token_reused_turns_ms"]["median"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
     assert!(v["ask"]["prompt_tokens"].as_u64().unwrap() > 0);
     assert!(v["peak_rss_mib"].as_f64().unwrap() > 0.0);
 }
@@ -144,13 +215,26 @@ fn chat_answers_each_line_with_the_model_loaded_once() {
     let dir = tempfile::tempdir().unwrap();
     let model = common::tiny_model(dir.path(), Behaviour::Random(8));
     let mut child = Command::new(env!("CARGO_BIN_EXE_tqa"))
-        .args(["chat", "--model", model.to_str().unwrap(), "--transcript", &small_transcript(dir.path()), "--max-tokens", "4"])
+        .args([
+            "chat",
+            "--model",
+            model.to_str().unwrap(),
+            "--transcript",
+            &small_transcript(dir.path()),
+            "--max-tokens",
+            "4",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"What about agents?\nAnd about tasks?\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What about agents?\nAnd about tasks?\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");

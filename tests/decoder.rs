@@ -21,16 +21,26 @@ impl Reference {
     fn load(path: &Path) -> Reference {
         let mut file = std::fs::File::open(path).unwrap();
         let content = gguf_file::Content::read(&mut file).unwrap();
-        let arch = content.metadata["general.architecture"].to_string().unwrap().clone();
+        let arch = content.metadata["general.architecture"]
+            .to_string()
+            .unwrap()
+            .clone();
         match arch.as_str() {
-            "llama" => Reference::Llama(quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap()),
-            "qwen2" => Reference::Qwen2(quantized_qwen2::ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap()),
+            "llama" => Reference::Llama(
+                quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap(),
+            ),
+            "qwen2" => Reference::Qwen2(
+                quantized_qwen2::ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap(),
+            ),
             other => panic!("no reference for {other}"),
         }
     }
 
     fn forward(&mut self, tokens: &[u32], pos: usize) -> Vec<f32> {
-        let input = Tensor::new(tokens, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let input = Tensor::new(tokens, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let logits = match self {
             Reference::Llama(m) => m.forward(&input, pos),
             Reference::Qwen2(m) => m.forward(&input, pos),
@@ -71,11 +81,18 @@ fn logits(model: &mut Model, tokens: &[u32], pos: usize) -> Vec<f32> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn argmax(v: &[f32]) -> u32 {
-    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as u32).unwrap()
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i as u32)
+        .unwrap()
 }
 
 /// Prefill then single-token steps, logits compared at every step. The tiny models are f32, so
@@ -84,7 +101,9 @@ fn assert_tiny_matches(arch: Arch) {
     let (_dir, path) = tiny(21, arch);
     let mut ours = load(&path, false);
     let mut reference = Reference::load(&path);
-    let prompt = ours.encode("<|im_start|>user\nwhat did the guest say?<|im_end|>\n").unwrap();
+    let prompt = ours
+        .encode("<|im_start|>user\nwhat did the guest say?<|im_end|>\n")
+        .unwrap();
     let mut expected = reference.forward(&prompt, 0);
     let mut got = logits(&mut ours, &prompt, 0);
     let mut pos = prompt.len();
@@ -112,11 +131,18 @@ fn qwen2_with_grouped_query_heads_matches_candle_transformers() {
 fn a_reused_prefix_gives_the_logits_of_a_fresh_prefill() {
     let (_dir, path) = tiny(8, Arch::Qwen2);
     let mut model = load(&path, false);
-    let first = model.encode("<|im_start|>system\nshared rules<|im_end|>\n<|im_start|>user\nfirst question").unwrap();
-    let second = model.encode("<|im_start|>system\nshared rules<|im_end|>\n<|im_start|>user\nanother one").unwrap();
+    let first = model
+        .encode("<|im_start|>system\nshared rules<|im_end|>\n<|im_start|>user\nfirst question")
+        .unwrap();
+    let second = model
+        .encode("<|im_start|>system\nshared rules<|im_end|>\n<|im_start|>user\nanother one")
+        .unwrap();
     model.prefill(&first).unwrap();
     let (reused_logits, reused) = model.prefill(&second).unwrap();
-    assert!(reused > 5, "the shared system turn is reused, got {reused} tokens");
+    assert!(
+        reused > 5,
+        "the shared system turn is reused, got {reused} tokens"
+    );
 
     let mut fresh = load(&path, false);
     let expected = logits(&mut fresh, &second, 0);
@@ -132,28 +158,44 @@ fn the_same_prompt_twice_still_computes_its_last_token() {
     let (once, _) = model.prefill(&prompt).unwrap();
     let (twice, reused) = model.prefill(&prompt).unwrap();
     assert_eq!(reused, prompt.len() - 1);
-    let diff = max_abs_diff(&once.to_vec1::<f32>().unwrap(), &twice.to_vec1::<f32>().unwrap());
-    assert!(diff < 1e-4, "recomputing the last token changes the logits by {diff}");
+    let diff = max_abs_diff(
+        &once.to_vec1::<f32>().unwrap(),
+        &twice.to_vec1::<f32>().unwrap(),
+    );
+    assert!(
+        diff < 1e-4,
+        "recomputing the last token changes the logits by {diff}"
+    );
 }
 
 #[test]
 fn a_system_turn_computed_once_is_reused_by_the_next_process_and_survives_damage() {
     let (dir, path) = tiny(10, Arch::Qwen2);
     let cache = dir.path().join("prefixes");
-    let text = "<|im_start|>system\nthe same rules every time<|im_end|>\n<|im_start|>user\nq<|im_end|>\n";
+    let text =
+        "<|im_start|>system\nthe same rules every time<|im_end|>\n<|im_start|>user\nq<|im_end|>\n";
     let mut first = load_caching(&path, false, Some(&cache));
     let prompt = first.encode(text).unwrap();
     let (expected, reused) = first.prefill(&prompt).unwrap();
     assert_eq!(reused, 0);
-    let files: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    let files: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(files.len(), 1, "one system turn stored");
 
     let mut second = load_caching(&path, false, Some(&cache));
     let (logits, reused) = second.prefill(&prompt).unwrap();
-    let system_turn = first.encode("<|im_start|>system\nthe same rules every time<|im_end|>\n").unwrap().len();
+    let system_turn = first
+        .encode("<|im_start|>system\nthe same rules every time<|im_end|>\n")
+        .unwrap()
+        .len();
     assert_eq!(reused, system_turn);
     let diff = max_abs_diff(&expected.to_vec1().unwrap(), &logits.to_vec1().unwrap());
-    assert!(diff < 1e-4, "a stored system turn changes the logits by {diff}");
+    assert!(
+        diff < 1e-4,
+        "a stored system turn changes the logits by {diff}"
+    );
 
     let mut bytes = std::fs::read(&files[0]).unwrap();
     let middle = bytes.len() / 2;
@@ -164,8 +206,13 @@ fn a_system_turn_computed_once_is_reused_by_the_next_process_and_survives_damage
     assert_eq!(reused, 0, "a damaged entry is recomputed, not used");
     let diff = max_abs_diff(&expected.to_vec1().unwrap(), &logits.to_vec1().unwrap());
     assert!(diff < 1e-4);
-    let (_, reused) = load_caching(&path, false, Some(&cache)).prefill(&prompt).unwrap();
-    assert_eq!(reused, system_turn, "the recomputed entry replaces the damaged one");
+    let (_, reused) = load_caching(&path, false, Some(&cache))
+        .prefill(&prompt)
+        .unwrap();
+    assert_eq!(
+        reused, system_turn,
+        "the recomputed entry replaces the damaged one"
+    );
 }
 
 #[test]
@@ -173,7 +220,9 @@ fn turn_pieces_alone_equal_a_plain_prefill_and_are_reused_wherever_they_land() {
     let (_dir, path) = tiny(12, Arch::Qwen2);
     let fresh = || load(&path, false);
     let mut model = fresh();
-    let head = model.encode("<|im_start|>system\nrules<|im_end|>\n<|im_start|>user\nexcerpts:\n\n").unwrap();
+    let head = model
+        .encode("<|im_start|>system\nrules<|im_end|>\n<|im_start|>user\nexcerpts:\n\n")
+        .unwrap();
     let a = model.encode("[T1] Host: what now?\n\n").unwrap();
     let b = model.encode("[T2] Guest: something else.\n\n").unwrap();
     let tail = model.encode("Question: what?<|im_end|>\n").unwrap();
@@ -184,12 +233,19 @@ fn turn_pieces_alone_equal_a_plain_prefill_and_are_reused_wherever_they_land() {
     let (got, reused) = model.prefill_pieces(&head, &[a.clone()], &tail).unwrap();
     assert_eq!(reused, 0);
     let diff = max_abs_diff(&expected.to_vec1().unwrap(), &got.to_vec1().unwrap());
-    assert!(diff < 1e-4, "a single piece differs from the plain prefill by {diff}");
+    assert!(
+        diff < 1e-4,
+        "a single piece differs from the plain prefill by {diff}"
+    );
 
     // `a`, stored at the first position after the head, is reused behind `b`.
-    let (got, reused) = model.prefill_pieces(&head, &[b.clone(), a.clone()], &tail).unwrap();
+    let (got, reused) = model
+        .prefill_pieces(&head, &[b.clone(), a.clone()], &tail)
+        .unwrap();
     assert_eq!(reused, head.len() + a.len());
-    let (expected, _) = fresh().prefill_pieces(&head, &[b.clone(), a.clone()], &tail).unwrap();
+    let (expected, _) = fresh()
+        .prefill_pieces(&head, &[b.clone(), a.clone()], &tail)
+        .unwrap();
     let diff = max_abs_diff(&expected.to_vec1().unwrap(), &got.to_vec1().unwrap());
     assert!(diff < 1e-4, "a reused piece changes the logits by {diff}");
 
@@ -222,12 +278,19 @@ fn assert_real_model_matches(name: &str) {
         let next = argmax(&expected);
         if sorted[0] - sorted[1] > 2.0 * diff {
             clear_choices += 1;
-            assert_eq!(argmax(&got), next, "{name} at {pos}: a different greedy token");
+            assert_eq!(
+                argmax(&got),
+                next,
+                "{name} at {pos}: a different greedy token"
+            );
         }
         expected = reference.forward(&[next], pos);
         got = logits(&mut ours, &[next], pos);
     }
-    assert!(clear_choices >= 16, "{name}: only {clear_choices} clear choices to compare");
+    assert!(
+        clear_choices >= 16,
+        "{name}: only {clear_choices} clear choices to compare"
+    );
 }
 
 #[test]

@@ -18,7 +18,11 @@ fn load(path: &std::path::Path) -> Model {
     Model::load(&source, &candle_core::Device::Cpu).unwrap()
 }
 
-fn run(model: &mut Model, prompt: &str, config: &SamplingConfig) -> (tqa::model::Generation, String) {
+fn run(
+    model: &mut Model,
+    prompt: &str,
+    config: &SamplingConfig,
+) -> (tqa::model::Generation, String) {
     let tokens = model.encode(prompt).unwrap();
     let mut streamed = String::new();
     let generation = generate(model, &tokens, config, &mut |t| streamed.push_str(t)).unwrap();
@@ -29,7 +33,10 @@ fn run(model: &mut Model, prompt: &str, config: &SamplingConfig) -> (tqa::model:
 fn greedy_generation_is_deterministic_and_streams_what_it_returns() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = load(&common::tiny_model(dir.path(), Behaviour::Random(7)));
-    let config = SamplingConfig { max_new_tokens: 24, ..SamplingConfig::default() };
+    let config = SamplingConfig {
+        max_new_tokens: 24,
+        ..SamplingConfig::default()
+    };
     let (first, streamed) = run(&mut model, "<|im_start|>user\nhello<|im_end|>\n", &config);
     let (second, _) = run(&mut model, "<|im_start|>user\nhello<|im_end|>\n", &config);
     assert_eq!(first.tokens, second.tokens);
@@ -58,7 +65,10 @@ fn seeded_sampling_repeats_and_different_seeds_diverge() {
 #[test]
 fn stops_at_the_end_of_turn_token() {
     let dir = tempfile::tempdir().unwrap();
-    let mut model = load(&common::tiny_model(dir.path(), Behaviour::AlwaysEmit(common::im_end_id())));
+    let mut model = load(&common::tiny_model(
+        dir.path(),
+        Behaviour::AlwaysEmit(common::im_end_id()),
+    ));
     let (g, streamed) = run(&mut model, "hi", &SamplingConfig::default());
     assert_eq!(g.stop, StopReason::EndOfTurn);
     assert!(g.tokens.is_empty());
@@ -68,8 +78,14 @@ fn stops_at_the_end_of_turn_token() {
 #[test]
 fn stops_at_the_token_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let mut model = load(&common::tiny_model(dir.path(), Behaviour::AlwaysEmit(u32::from(b'a'))));
-    let config = SamplingConfig { max_new_tokens: 9, ..SamplingConfig::default() };
+    let mut model = load(&common::tiny_model(
+        dir.path(),
+        Behaviour::AlwaysEmit(u32::from(b'a')),
+    ));
+    let config = SamplingConfig {
+        max_new_tokens: 9,
+        ..SamplingConfig::default()
+    };
     let (g, streamed) = run(&mut model, "hi", &config);
     assert_eq!(g.stop, StopReason::TokenLimit);
     assert_eq!(streamed, "aaaaaaaaa");
@@ -79,8 +95,15 @@ fn stops_at_the_token_limit() {
 fn repeat_penalty_changes_the_choice_when_it_outweighs_the_margin() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = load(&common::tiny_model(dir.path(), Behaviour::Random(3)));
-    let plain = SamplingConfig { repeat_penalty: 1.0, max_new_tokens: 40, ..SamplingConfig::default() };
-    let heavy = SamplingConfig { repeat_penalty: 50.0, ..plain.clone() };
+    let plain = SamplingConfig {
+        repeat_penalty: 1.0,
+        max_new_tokens: 40,
+        ..SamplingConfig::default()
+    };
+    let heavy = SamplingConfig {
+        repeat_penalty: 50.0,
+        ..plain.clone()
+    };
     let (a, _) = run(&mut model, "abc", &plain);
     let (b, _) = run(&mut model, "abc", &heavy);
     let distinct = |t: &[u32]| t.iter().collect::<std::collections::HashSet<_>>().len();
@@ -116,10 +139,14 @@ fn truncated_and_foreign_files_are_refused_with_a_reason() {
         min_answered_log_odds_reused_turns: 0.0,
         prefix_cache: None,
     };
-    let err = Model::load(&source(&cut), &candle_core::Device::Cpu).err().unwrap();
+    let err = Model::load(&source(&cut), &candle_core::Device::Cpu)
+        .err()
+        .unwrap();
     assert!(matches!(err, ModelError::Truncated { .. }), "{err}");
     let text = dir.path().join("notes.gguf");
     std::fs::write(&text, "definitely not a model").unwrap();
-    let err = Model::load(&source(&text), &candle_core::Device::Cpu).err().unwrap();
+    let err = Model::load(&source(&text), &candle_core::Device::Cpu)
+        .err()
+        .unwrap();
     assert!(matches!(err, ModelError::NotGguf { .. }), "{err}");
 }

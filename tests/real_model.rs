@@ -7,11 +7,26 @@ fn ask_json(question: &str) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_tqa"))
         // SmolLM2 reads no Chinese and judges every Chinese turn not to answer; this test is about
         // the llama path through the loop, so its verdict is not applied.
-        .args(["ask", question, "--model", "smollm2-135m", "-k", "1", "--max-tokens", "48", "--no-judge", "--json"])
+        .args([
+            "ask",
+            question,
+            "--model",
+            "smollm2-135m",
+            "-k",
+            "1",
+            "--max-tokens",
+            "48",
+            "--no-judge",
+            "--json",
+        ])
         .env("HF_HUB_OFFLINE", "1")
         .output()
         .expect("run tqa");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("one JSON object")
 }
 
@@ -27,5 +42,8 @@ fn smollm2_answers_with_citations_of_real_turns_deterministically() {
     }
     assert!(first["timings"]["generated_tokens"].as_u64().unwrap() > 0);
     let second = ask_json("What did Altman say about SaaS pricing and agents?");
-    assert_eq!(first["answer"], second["answer"], "greedy decoding must repeat");
+    assert_eq!(
+        first["answer"], second["answer"],
+        "greedy decoding must repeat"
+    );
 }

@@ -23,8 +23,16 @@ fn gold_turns_rank_in_the_top_5_in_both_languages() {
         (m.hit_at_5 * m.items as f64).round() as usize
     };
     assert!(hits("en") + hits("zh") >= 10);
-    assert!(report.by_language["en"].hit_at_5 >= 0.70, "{:?}", report.by_language["en"]);
-    assert!(report.by_language["zh"].hit_at_5 >= 0.80, "{:?}", report.by_language["zh"]);
+    assert!(
+        report.by_language["en"].hit_at_5 >= 0.70,
+        "{:?}",
+        report.by_language["en"]
+    );
+    assert!(
+        report.by_language["zh"].hit_at_5 >= 0.80,
+        "{:?}",
+        report.by_language["zh"]
+    );
     assert!(report.overall.mrr >= 0.45, "{:?}", report.overall);
 }
 
@@ -33,7 +41,11 @@ fn lexical_retrieval_alone_finds_chinese_questions() {
     let index = Index::build(&Transcript::load(&common::shipped_transcript()).unwrap());
     let items = load_set(&common::dev_set()).unwrap();
     let report = evaluate_retrieval(&index, &items, &mut |i| Ok(vec![i.question.clone()])).unwrap();
-    assert!(report.by_language["zh"].hit_at_5 >= 0.45, "{:?}", report.by_language["zh"]);
+    assert!(
+        report.by_language["zh"].hit_at_5 >= 0.45,
+        "{:?}",
+        report.by_language["zh"]
+    );
     assert_eq!(report.overall.items, 33);
     assert_eq!(report.by_speaker["Sam Altman"].items, 28);
     let missed = 33.0 * (1.0 - report.overall.hit_at_5);
@@ -48,7 +60,14 @@ fn second_index_build_reads_the_cache() {
     assert!(!first.dense().unwrap().from_cache);
     assert!(second.dense().unwrap().from_cache);
     let q = "What did Altman say about agents?";
-    let ids = |i: &Index| i.rank(&[q]).unwrap().iter().take(5).map(|r| r.turn.id.clone()).collect::<Vec<_>>();
+    let ids = |i: &Index| {
+        i.rank(&[q])
+            .unwrap()
+            .iter()
+            .take(5)
+            .map(|r| r.turn.id.clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(ids(&first), ids(&second));
 }
 
@@ -69,8 +88,13 @@ fn a_damaged_cache_is_rebuilt() {
 #[test]
 fn english_question_about_agents_finds_the_chinese_turns_on_agents() {
     let index = common::hybrid_index(&cache_dir());
-    let hits = index.search(&["What did Altman say about agents?"], 3).unwrap();
-    assert!(hits.iter().any(|h| h.turn.text.contains("代理")), "{hits:?}");
+    let hits = index
+        .search(&["What did Altman say about agents?"], 3)
+        .unwrap();
+    assert!(
+        hits.iter().any(|h| h.turn.text.contains("代理")),
+        "{hits:?}"
+    );
     assert_eq!(hits[0].turn.speaker, "Sam Altman");
 }
 

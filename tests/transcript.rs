@@ -13,7 +13,10 @@ fn shipped_transcript_has_the_89_interview_turns() {
     assert_eq!(count("主持人Harry Stebbings"), 45);
     assert_eq!(count("Sam Altman"), 44);
     let ids: Vec<String> = (1..=89).map(|i| format!("T{i}")).collect();
-    assert_eq!(t.turns.iter().map(|x| x.id.clone()).collect::<Vec<_>>(), ids);
+    assert_eq!(
+        t.turns.iter().map(|x| x.id.clone()).collect::<Vec<_>>(),
+        ids
+    );
     assert!(t.turns[0].text.starts_with("准备好了吗"));
 }
 
@@ -21,8 +24,21 @@ fn shipped_transcript_has_the_89_interview_turns() {
 fn article_furniture_is_not_in_any_turn() {
     let t = Transcript::load(&common::shipped_transcript()).unwrap();
     for turn in &t.turns {
-        for marker in ["内容导读", "往期精选", "参考资料", "![", "mmbiz", "关注公众号", "**", "万字全文"] {
-            assert!(!turn.text.contains(marker), "{} contains {marker:?}", turn.id);
+        for marker in [
+            "内容导读",
+            "往期精选",
+            "参考资料",
+            "![",
+            "mmbiz",
+            "关注公众号",
+            "**",
+            "万字全文",
+        ] {
+            assert!(
+                !turn.text.contains(marker),
+                "{} contains {marker:?}",
+                turn.id
+            );
         }
     }
 }
@@ -42,7 +58,11 @@ fn every_gold_quote_of_the_dev_set_lies_in_one_turn() {
     let items = tqa::eval::load_set(&common::dev_set()).unwrap();
     for item in items {
         for quote in &item.gold_quotes {
-            let holders = t.turns.iter().filter(|x| x.text.replace('\n', "").contains(quote.as_str())).count();
+            let holders = t
+                .turns
+                .iter()
+                .filter(|x| x.text.replace('\n', "").contains(quote.as_str()))
+                .count();
             assert_eq!(holders, 1, "{}: {quote}", item.id);
         }
     }
@@ -52,7 +72,11 @@ fn every_gold_quote_of_the_dev_set_lies_in_one_turn() {
 fn plain_speaker_colon_format() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("plain.txt");
-    std::fs::write(&path, "Interviewer: How did it start?\n\nGuest： 从一个小实验开始。\n\nInterviewer: And then?\n").unwrap();
+    std::fs::write(
+        &path,
+        "Interviewer: How did it start?\n\nGuest： 从一个小实验开始。\n\nInterviewer: And then?\n",
+    )
+    .unwrap();
     let t = Transcript::load(&path).unwrap();
     assert_eq!(t.turns.len(), 3);
     assert_eq!(t.turns[1].speaker, "Guest");
@@ -69,11 +93,17 @@ fn bad_files_give_errors_that_name_the_problem() {
     let prose = dir.path().join("prose.txt");
     std::fs::write(&prose, "no speakers here, only prose").unwrap();
 
-    assert!(matches!(Transcript::load(&empty), Err(TranscriptError::Empty { .. })));
+    assert!(matches!(
+        Transcript::load(&empty),
+        Err(TranscriptError::Empty { .. })
+    ));
     let err = Transcript::load(&binary).unwrap_err();
     assert!(matches!(err, TranscriptError::NotUtf8 { offset: 0, .. }));
     assert!(err.to_string().contains("UTF-8"));
-    assert!(matches!(Transcript::load(&prose), Err(TranscriptError::NoTurns { .. })));
+    assert!(matches!(
+        Transcript::load(&prose),
+        Err(TranscriptError::NoTurns { .. })
+    ));
     let missing = Transcript::load(Path::new("/nonexistent/t.md")).unwrap_err();
     assert!(missing.to_string().contains("/nonexistent/t.md"));
 }

@@ -30,7 +30,14 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
             let _ = stdout.flush();
         }
     };
-    let answer = answer::ask(&index, &mut model, &prompts, &args.question, &options, &mut stream)?;
+    let answer = answer::ask(
+        &index,
+        &mut model,
+        &prompts,
+        &args.question,
+        &options,
+        &mut stream,
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
@@ -46,8 +53,15 @@ pub fn print_sources(answer: &Answer) {
     println!("\n");
     if !answer.answered {
         // A refusal is a claim about the transcript too: show where it looked.
-        let searched: Vec<String> = answer.retrieved.iter().map(|r| format!("{} ({})", r.turn.id, r.turn.speaker)).collect();
-        println!("(closest turns, judged not to answer it: {})", searched.join(", "));
+        let searched: Vec<String> = answer
+            .retrieved
+            .iter()
+            .map(|r| format!("{} ({})", r.turn.id, r.turn.speaker))
+            .collect();
+        println!(
+            "(closest turns, judged not to answer it: {})",
+            searched.join(", ")
+        );
     } else if answer.citations.is_empty() {
         println!("(no turns cited)");
     } else {

@@ -31,14 +31,23 @@ pub struct BenchArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let transcript = args.transcript.load()?;
     let index = args.transcript.index()?;
-    let text: String = transcript.turns.iter().map(|t| t.text.as_str()).collect::<Vec<_>>().join("\n");
+    let text: String = transcript
+        .turns
+        .iter()
+        .map(|t| t.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
     let mut model = args.model.load().await?;
     let config = BenchConfig {
         prompt_lengths: args.prefill,
         decode_depths: args.depths,
         decode_tokens: args.decode_tokens,
         repetitions: args.reps,
-        question: if args.no_ask { None } else { BenchConfig::default().question },
+        question: if args.no_ask {
+            None
+        } else {
+            BenchConfig::default().question
+        },
     };
     let report = bench::run(&mut model, &index, &text, &config)?;
     if args.json {
@@ -51,18 +60,40 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 fn print_table(r: &BenchReport) {
     let spread = |s: &Stat| format!("{:>8.1}  ({:.1}–{:.1})", s.median, s.min, s.max);
-    println!("model {} ({}), {} repetitions, medians (min–max)", r.model.path.display(), r.model.arch, r.repetitions);
-    println!("load                      {:>8.0} ms", r.model.load_time.as_secs_f64() * 1000.0);
+    println!(
+        "model {} ({}), {} repetitions, medians (min–max)",
+        r.model.path.display(),
+        r.model.arch,
+        r.repetitions
+    );
+    println!(
+        "load                      {:>8.0} ms",
+        r.model.load_time.as_secs_f64() * 1000.0
+    );
     for p in &r.prefill {
-        println!("prefill {:>5} tokens       {} tok/s", p.tokens, spread(&p.tokens_per_s));
+        println!(
+            "prefill {:>5} tokens       {} tok/s",
+            p.tokens,
+            spread(&p.tokens_per_s)
+        );
     }
     for d in &r.decode {
-        println!("decode at depth {:>5}     {} tok/s", d.depth, spread(&d.tokens_per_s));
+        println!(
+            "decode at depth {:>5}     {} tok/s",
+            d.depth,
+            spread(&d.tokens_per_s)
+        );
     }
     if let Some(ask) = &r.ask {
         let tokens = ask.prompt_tokens;
-        println!("time to first token       {} ms ({tokens} prompt tokens, warm caches)", spread(&ask.time_to_first_token_ms));
-        println!("  with --reuse-turns      {} ms", spread(&ask.time_to_first_token_reused_turns_ms));
+        println!(
+            "time to first token       {} ms ({tokens} prompt tokens, warm caches)",
+            spread(&ask.time_to_first_token_ms)
+        );
+        println!(
+            "  with --reuse-turns      {} ms",
+            spread(&ask.time_to_first_token_reused_turns_ms)
+        );
     }
     if let Some(rss) = r.peak_rss_mib {
         println!("peak memory               {rss:>8.0} MiB");

@@ -38,7 +38,14 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             let _ = write!(stdout, "{text}");
             let _ = stdout.flush();
         };
-        let answer = answer::ask(&index, &mut model, &prompts, &question, &options, &mut stream)?;
+        let answer = answer::ask(
+            &index,
+            &mut model,
+            &prompts,
+            &question,
+            &options,
+            &mut stream,
+        )?;
         print_sources(&answer);
         println!();
         earlier.push(question);

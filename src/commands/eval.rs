@@ -62,20 +62,36 @@ async fn answers(args: EvalAnswersArgs) -> anyhow::Result<()> {
     // Refusal markers come from the whole set, so that a subset is scored as the set would be.
     let markers = eval::refusal_markers(&items);
     if !args.ids.is_empty() {
-        let unknown: Vec<&String> = args.ids.iter().filter(|id| !items.iter().any(|i| &i.id == *id)).collect();
-        anyhow::ensure!(unknown.is_empty(), "no items {unknown:?} in {}", args.set.display());
+        let unknown: Vec<&String> = args
+            .ids
+            .iter()
+            .filter(|id| !items.iter().any(|i| &i.id == *id))
+            .collect();
+        anyhow::ensure!(
+            unknown.is_empty(),
+            "no items {unknown:?} in {}",
+            args.set.display()
+        );
         items.retain(|i| args.ids.contains(&i.id));
     }
     let prompts = args.pipeline.answer.prompts()?;
     let (index, mut model) = args.pipeline.load().await?;
     let options = args.pipeline.answer.options();
     let bar = ProgressBar::new(items.len() as u64).with_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")?.progress_chars("=> "),
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")?
+            .progress_chars("=> "),
     );
     let mut records = Vec::with_capacity(items.len());
     for item in &items {
         bar.set_message(item.id.clone());
-        let answer = answer::ask(&index, &mut model, &prompts, &item.question, &options, &mut |_| {})?;
+        let answer = answer::ask(
+            &index,
+            &mut model,
+            &prompts,
+            &item.question,
+            &options,
+            &mut |_| {},
+        )?;
         records.push(eval::score_answer(item, &answer, &markers));
         bar.inc(1);
     }
@@ -87,9 +103,18 @@ async fn answers(args: EvalAnswersArgs) -> anyhow::Result<()> {
     }
     for r in &report.items {
         let mark = if r.correct { "ok  " } else { "MISS" };
-        println!("{mark} {} [{}] {}\n     → {}", r.id, r.lang, r.question, r.answer.replace('\n', " "));
+        println!(
+            "{mark} {} [{}] {}\n     → {}",
+            r.id,
+            r.lang,
+            r.question,
+            r.answer.replace('\n', " ")
+        );
     }
-    println!("\n{:<10} {:>6} {:>8} {:>8} {:>8} {:>9} {:>6} {:>9}", "", "items", "answer", "refusal", "false-r", "citations", "lang", "TTFT ms");
+    println!(
+        "\n{:<10} {:>6} {:>8} {:>8} {:>8} {:>9} {:>6} {:>9}",
+        "", "items", "answer", "refusal", "false-r", "citations", "lang", "TTFT ms"
+    );
     print_answer_row("overall", &report.overall);
     for (lang, m) in &report.by_language {
         print_answer_row(lang, m);
@@ -126,7 +151,10 @@ async fn retrieval(args: EvalRetrievalArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!("{:<22} {:>5} {:>6} {:>6} {:>6} {:>6}", "", "items", "hit@1", "hit@3", "hit@5", "MRR");
+    println!(
+        "{:<22} {:>5} {:>6} {:>6} {:>6} {:>6}",
+        "", "items", "hit@1", "hit@3", "hit@5", "MRR"
+    );
     print_row("overall", &report.overall);
     for (lang, m) in &report.by_language {
         print_row(&format!("language {lang}"), m);
@@ -138,8 +166,15 @@ async fn retrieval(args: EvalRetrievalArgs) -> anyhow::Result<()> {
         println!("\nnot in the top 5:");
     }
     for miss in &report.missed {
-        let rank = miss.gold_rank.map_or("unranked".to_string(), |r| format!("rank {r}"));
-        println!("  {} ({rank}; top: {}) {}", miss.id, miss.top.join(" "), miss.question);
+        let rank = miss
+            .gold_rank
+            .map_or("unranked".to_string(), |r| format!("rank {r}"));
+        println!(
+            "  {} ({rank}; top: {}) {}",
+            miss.id,
+            miss.top.join(" "),
+            miss.question
+        );
     }
     Ok(())
 }

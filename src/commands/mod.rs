@@ -11,10 +11,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use tqa::model::{self, DeviceChoice, Model, SamplingConfig};
 use tqa::answer::{AnswerError, AskOptions, Prompts};
-use tqa::model::registry::Registry;
 use tqa::cache::default_cache_dir;
+use tqa::model::registry::Registry;
+use tqa::model::{self, DeviceChoice, Model, SamplingConfig};
 use tqa::retrieval::embed::Embedder;
 use tqa::retrieval::{DenseIndex, Index};
 use tqa::transcript::{self, Transcript};

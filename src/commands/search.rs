@@ -15,7 +15,10 @@ pub struct SearchArgs {
 }
 
 pub fn run(args: SearchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(!args.query.trim().is_empty(), "the query is empty; give words to search for");
+    anyhow::ensure!(
+        !args.query.trim().is_empty(),
+        "the query is empty; give words to search for"
+    );
     let index = args.transcript.index()?;
     let hits = index.search(&[&args.query], args.k)?;
     if args.json {
@@ -30,7 +33,10 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
             Some(id) => format!("pairs with {id}"),
             None => format!("score {:.4}", hit.score),
         };
-        println!("[{}] {} · {how}\n{}\n", hit.turn.id, hit.turn.speaker, hit.turn.text);
+        println!(
+            "[{}] {} · {how}\n{}\n",
+            hit.turn.id, hit.turn.speaker, hit.turn.text
+        );
     }
     Ok(())
 }

@@ -51,12 +51,15 @@ impl Config {
             n_kv_head: get("attention.head_count_kv")?.to_u32()? as usize,
             head_dim,
             rms_eps: get("attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
-            rope_base: get("rope.freq_base").and_then(|v| v.to_f32()).unwrap_or(10_000.0),
+            rope_base: get("rope.freq_base")
+                .and_then(|v| v.to_f32())
+                .unwrap_or(10_000.0),
             rope_halves: arch == "qwen2",
-            context_length: get("context_length").map(|v| v.to_u32()).unwrap_or(Ok(2048))? as usize,
+            context_length: get("context_length")
+                .map(|v| v.to_u32())
+                .unwrap_or(Ok(2048))? as usize,
         })
     }
-
 }
 
 /// Keys and values of one layer, `(n_kv_head, capacity, head_dim)`, valid up to `len`.
@@ -86,7 +89,13 @@ impl KvCache {
     }
 
     /// Makes room for `needed` positions, keeping the first `keep`.
-    fn reserve(&mut self, needed: usize, keep: usize, config: &Config, device: &Device) -> Result<()> {
+    fn reserve(
+        &mut self,
+        needed: usize,
+        keep: usize,
+        config: &Config,
+        device: &Device,
+    ) -> Result<()> {
         if needed <= self.capacity && !self.layers.is_empty() {
             return Ok(());
         }
@@ -110,11 +119,20 @@ impl KvCache {
     /// Copies of positions `start..start + len` of every layer, `(n_kv_head, len, head_dim)` each.
     pub fn export(&self, start: usize, len: usize) -> Result<Vec<(Tensor, Tensor)>> {
         if start + len > self.len {
-            candle_core::bail!("export of {start}..{} from a cache of {}", start + len, self.len);
+            candle_core::bail!(
+                "export of {start}..{} from a cache of {}",
+                start + len,
+                self.len
+            );
         }
         self.layers
             .iter()
-            .map(|l| Ok((l.k.narrow(1, start, len)?.copy()?, l.v.narrow(1, start, len)?.copy()?)))
+            .map(|l| {
+                Ok((
+                    l.k.narrow(1, start, len)?.copy()?,
+                    l.v.narrow(1, start, len)?.copy()?,
+                ))
+            })
             .collect()
     }
 }
@@ -147,7 +165,9 @@ impl Embeddings {
                 for &token in tokens {
                     let token = token as usize;
                     if token >= n_vocab {
-                        candle_core::bail!("token id {token} is outside the vocabulary of {n_vocab}");
+                        candle_core::bail!(
+                            "token id {token} is outside the vocabulary of {n_vocab}"
+                        );
                     }
                     picked.extend_from_slice(&data[token * row_bytes..(token + 1) * row_bytes]);
                 }
@@ -290,19 +310,35 @@ impl Decoder {
             candle_core::bail!("forward needs at least one token");
         }
         if pos > self.cache.len {
-            candle_core::bail!("position {pos} is past the {} cached positions", self.cache.len);
+            candle_core::bail!(
+                "position {pos} is past the {} cached positions",
+                self.cache.len
+            );
         }
         if pos + n > self.config.context_length {
-            candle_core::bail!("{} positions exceed the context of {}", pos + n, self.config.context_length);
+            candle_core::bail!(
+                "{} positions exceed the context of {}",
+                pos + n,
+                self.config.context_length
+            );
         }
-        self.cache.reserve(pos + n, pos, &self.config, &self.device)?;
+        self.cache
+            .reserve(pos + n, pos, &self.config, &self.device)?;
         let cos = self.cos.narrow(0, pos, n)?;
         let sin = self.sin.narrow(0, pos, n)?;
         let mask = causal_mask(n, pos, &self.device)?;
         let mut h = self.embeddings.rows(tokens, &self.device)?;
         for (layer, cache) in self.layers.iter().zip(&self.cache.layers) {
             let x = candle_nn::ops::rms_norm(&h, &layer.attn_norm, self.config.rms_eps as f32)?;
-            let x = attention(&layer.attn, &x, cache, pos, (&cos, &sin), mask.as_ref(), &self.config)?;
+            let x = attention(
+                &layer.attn,
+                &x,
+                cache,
+                pos,
+                (&cos, &sin),
+                mask.as_ref(),
+                &self.config,
+            )?;
             h = (h + x)?;
             let x = candle_nn::ops::rms_norm(&h, &layer.ffn_norm, self.config.rms_eps as f32)?;
             h = (&h + layer.mlp.forward(&x)?)?;
@@ -318,24 +354,40 @@ impl Decoder {
     /// embeddings make that a rotation of the keys by the angle of `shift`.
     pub fn import(&mut self, entries: &[(Tensor, Tensor)], pos: usize, shift: usize) -> Result<()> {
         if entries.len() != self.config.n_layer {
-            candle_core::bail!("cache entries for {} layers, the model has {}", entries.len(), self.config.n_layer);
+            candle_core::bail!(
+                "cache entries for {} layers, the model has {}",
+                entries.len(),
+                self.config.n_layer
+            );
         }
         if pos > self.cache.len {
-            candle_core::bail!("position {pos} is past the {} cached positions", self.cache.len);
+            candle_core::bail!(
+                "position {pos} is past the {} cached positions",
+                self.cache.len
+            );
         }
         let len = match entries.first() {
             Some((k, _)) => k.dim(1)?,
             None => 0,
         };
-        self.cache.reserve(pos + len, pos, &self.config, &self.device)?;
+        self.cache
+            .reserve(pos + len, pos, &self.config, &self.device)?;
         for ((k, v), layer) in entries.iter().zip(&self.cache.layers) {
             let k = k.to_device(&self.device)?.contiguous()?;
             let k = match shift {
                 0 => k,
-                _ => rotate(&self.config, (&self.cos, &self.sin), &k.unsqueeze(0)?, shift)?.squeeze(0)?,
+                _ => rotate(
+                    &self.config,
+                    (&self.cos, &self.sin),
+                    &k.unsqueeze(0)?,
+                    shift,
+                )?
+                .squeeze(0)?,
             };
             layer.k.slice_set(&k, 1, pos)?;
-            layer.v.slice_set(&v.to_device(&self.device)?.contiguous()?, 1, pos)?;
+            layer
+                .v
+                .slice_set(&v.to_device(&self.device)?.contiguous()?, 1, pos)?;
         }
         self.cache.len = pos + len;
         Ok(())
@@ -344,11 +396,22 @@ impl Decoder {
 
 /// Rotates `x` (`(1, heads, len, head_dim)`) by the angles of position `by`, the same for every
 /// row: rotations compose, so keys computed at position p become those of position p + by.
-fn rotate(config: &Config, (cos, sin): (&Tensor, &Tensor), x: &Tensor, by: usize) -> Result<Tensor> {
+fn rotate(
+    config: &Config,
+    (cos, sin): (&Tensor, &Tensor),
+    x: &Tensor,
+    by: usize,
+) -> Result<Tensor> {
     let len = x.dim(2)?;
     let half = config.head_dim / 2;
-    let cos = cos.narrow(0, by, 1)?.broadcast_as((len, half))?.contiguous()?;
-    let sin = sin.narrow(0, by, 1)?.broadcast_as((len, half))?.contiguous()?;
+    let cos = cos
+        .narrow(0, by, 1)?
+        .broadcast_as((len, half))?
+        .contiguous()?;
+    let sin = sin
+        .narrow(0, by, 1)?
+        .broadcast_as((len, half))?
+        .contiguous()?;
     rope(config, x, &cos, &sin)
 }
 
@@ -379,7 +442,8 @@ fn attention(
         k = k.broadcast_add(bk)?;
         v = v.broadcast_add(bv)?;
     }
-    let heads = |t: Tensor, count: usize| t.reshape((1, n, count, d))?.transpose(1, 2)?.contiguous();
+    let heads =
+        |t: Tensor, count: usize| t.reshape((1, n, count, d))?.transpose(1, 2)?.contiguous();
     let q = rope(config, &heads(q, n_head)?, cos, sin)?;
     let k = rope(config, &heads(k, n_kv)?, cos, sin)?;
     let v = heads(v, n_kv)?;
@@ -392,12 +456,18 @@ fn attention(
     let q = q.reshape((n_kv, group * n, d))?;
     let scores = (q.matmul(&keys.t()?)? * (1.0 / (d as f64).sqrt()))?;
     let scores = match mask {
-        Some(mask) => scores.reshape((n_kv, group, n, pos + n))?.broadcast_add(mask)?.reshape((n_kv, group * n, pos + n))?,
+        Some(mask) => scores
+            .reshape((n_kv, group, n, pos + n))?
+            .broadcast_add(mask)?
+            .reshape((n_kv, group * n, pos + n))?,
         None => scores,
     };
     let weights = candle_nn::ops::softmax_last_dim(&scores)?;
     let out = weights.matmul(&values)?;
-    let out = out.reshape((n_head, n, d))?.transpose(0, 1)?.reshape((n, n_head * d))?;
+    let out = out
+        .reshape((n_head, n, d))?
+        .transpose(0, 1)?
+        .reshape((n, n_head * d))?;
     attn.o.forward(&out)
 }
 
@@ -422,7 +492,8 @@ fn rope_tables(config: &Config, device: &Device) -> Result<(Tensor, Tensor)> {
     let positions = Tensor::arange(0, config.context_length as u32, device)?
         .to_dtype(DType::F32)?
         .reshape((config.context_length, 1))?;
-    let angles = positions.broadcast_mul(&Tensor::new(inv_freq.as_slice(), device)?.reshape((1, d / 2))?)?;
+    let angles =
+        positions.broadcast_mul(&Tensor::new(inv_freq.as_slice(), device)?.reshape((1, d / 2))?)?;
     Ok((angles.cos()?, angles.sin()?))
 }
 
@@ -455,14 +526,28 @@ mod tests {
                 rope(&config, &x, &c, &s).unwrap()
             };
             let moved = rotate(&config, (&cos, &sin), &at(3), 20).unwrap();
-            let diff = (moved - at(23)).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(diff < 1e-4, "rope_halves={halves}: rotated keys differ by {diff}");
+            let diff = (moved - at(23))
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                diff < 1e-4,
+                "rope_halves={halves}: rotated keys differ by {diff}"
+            );
         }
     }
 
     #[test]
     fn the_mask_hides_only_later_positions() {
-        let mask = causal_mask(2, 3, &Device::Cpu).unwrap().unwrap().to_vec2::<f32>().unwrap();
+        let mask = causal_mask(2, 3, &Device::Cpu)
+            .unwrap()
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(mask[0], [0.0, 0.0, 0.0, 0.0, f32::NEG_INFINITY]);
         assert_eq!(mask[1], [0.0; 5]);
         assert!(causal_mask(1, 7, &Device::Cpu).unwrap().is_none());

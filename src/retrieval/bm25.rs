@@ -60,7 +60,10 @@ impl Bm25 {
         if terms.is_empty() {
             return 0.0;
         }
-        let known = terms.iter().filter(|t| self.doc_freq.contains_key(*t)).count();
+        let known = terms
+            .iter()
+            .filter(|t| self.doc_freq.contains_key(*t))
+            .count();
         known as f32 / terms.len() as f32
     }
 
@@ -134,13 +137,14 @@ fn char_bigrams(run: &str) -> Vec<String> {
 
 /// Crude plural stripping so "agents" matches "agent"; enough for keyword overlap.
 fn stem(word: &str) -> String {
-    let keeps_its_s = ["ss", "us", "is", "as"].iter().any(|end| word.ends_with(end));
+    let keeps_its_s = ["ss", "us", "is", "as"]
+        .iter()
+        .any(|end| word.ends_with(end));
     match word.strip_suffix('s') {
         Some(base) if base.len() > 2 && !keeps_its_s => base.to_string(),
         _ => word.to_string(),
     }
 }
-
 
 /// Splits text into maximal runs of CJK and non-CJK characters.
 fn script_runs(text: &str) -> Vec<(bool, String)> {
@@ -164,10 +168,62 @@ const EN_STOP: &[&str] = &[
 ];
 
 const ZH_STOP: &[&str] = &[
-    "的", "了", "是", "我", "你", "他", "她", "它", "我们", "你们", "他们", "在", "和", "与", "也",
-    "就", "都", "而", "及", "这", "那", "这个", "那个", "一个", "什么", "怎么", "如何", "吗", "呢",
-    "吧", "啊", "说", "认为", "觉得", "有", "没有", "不", "会", "对", "把", "被", "让", "从", "到",
-    "为", "为什么", "哪些", "哪里", "哪个", "是否", "关于", "就是", "因为", "所以", "但", "但是",
+    "的",
+    "了",
+    "是",
+    "我",
+    "你",
+    "他",
+    "她",
+    "它",
+    "我们",
+    "你们",
+    "他们",
+    "在",
+    "和",
+    "与",
+    "也",
+    "就",
+    "都",
+    "而",
+    "及",
+    "这",
+    "那",
+    "这个",
+    "那个",
+    "一个",
+    "什么",
+    "怎么",
+    "如何",
+    "吗",
+    "呢",
+    "吧",
+    "啊",
+    "说",
+    "认为",
+    "觉得",
+    "有",
+    "没有",
+    "不",
+    "会",
+    "对",
+    "把",
+    "被",
+    "让",
+    "从",
+    "到",
+    "为",
+    "为什么",
+    "哪些",
+    "哪里",
+    "哪个",
+    "是否",
+    "关于",
+    "就是",
+    "因为",
+    "所以",
+    "但",
+    "但是",
 ];
 
 #[cfg(test)]

@@ -21,7 +21,9 @@ const CACHE_MAGIC: &[u8; 4] = b"TQAE";
 pub enum DenseError {
     #[error(transparent)]
     Embed(#[from] EmbedError),
-    #[error("cannot write the embedding cache {path}: {source}. Set TQA_CACHE_DIR to a writable folder")]
+    #[error(
+        "cannot write the embedding cache {path}: {source}. Set TQA_CACHE_DIR to a writable folder"
+    )]
     CacheWrite {
         path: PathBuf,
         source: std::io::Error,
@@ -53,7 +55,11 @@ impl DenseIndex {
         let (passage_turn, passages): (Vec<usize>, Vec<String>) = turns
             .iter()
             .enumerate()
-            .flat_map(|(i, t)| split_passages(&t.text, PASSAGE_CHARS).into_iter().map(move |p| (i, p)))
+            .flat_map(|(i, t)| {
+                split_passages(&t.text, PASSAGE_CHARS)
+                    .into_iter()
+                    .map(move |p| (i, p))
+            })
             .unzip();
         let embedder = embedder.into();
         let cache_file = cache_dir.map(|dir| dir.join(cache_name(model_id, &passages)));
@@ -140,7 +146,10 @@ fn read_cache(path: &Path, count: usize, dim: usize) -> Option<Vec<Vec<f32>>> {
     match crate::cache::read_floats(path, CACHE_MAGIC, &[count, dim])? {
         Some(floats) => Some(floats.chunks(dim.max(1)).map(<[f32]>::to_vec).collect()),
         None => {
-            eprintln!("warning: embedding cache {} is damaged; rebuilding it", path.display());
+            eprintln!(
+                "warning: embedding cache {} is damaged; rebuilding it",
+                path.display()
+            );
             None
         }
     }
@@ -149,12 +158,12 @@ fn read_cache(path: &Path, count: usize, dim: usize) -> Option<Vec<Vec<f32>>> {
 fn write_cache(path: &Path, vectors: &[Vec<f32>]) -> Result<(), DenseError> {
     let dim = vectors.first().map_or(0, Vec::len);
     let values: Vec<f32> = vectors.iter().flatten().copied().collect();
-    crate::cache::write_floats(path, CACHE_MAGIC, &[vectors.len(), dim], &values).map_err(|source| {
-        DenseError::CacheWrite {
+    crate::cache::write_floats(path, CACHE_MAGIC, &[vectors.len(), dim], &values).map_err(
+        |source| DenseError::CacheWrite {
             path: path.to_path_buf(),
             source,
-        }
-    })
+        },
+    )
 }
 
 #[cfg(test)]
@@ -164,7 +173,10 @@ mod tests {
     #[test]
     fn passages_break_at_sentence_ends() {
         let text = "第一句话。第二句话！Third one? 第四";
-        assert_eq!(split_passages(text, 6), ["第一句话。", "第二句话！", "Third one?", " 第四"]);
+        assert_eq!(
+            split_passages(text, 6),
+            ["第一句话。", "第二句话！", "Third one?", " 第四"]
+        );
         assert_eq!(split_passages(text, 100), [text]);
     }
 

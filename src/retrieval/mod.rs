@@ -113,7 +113,8 @@ impl Index {
             let partner = self.position(&hit.turn.id).and_then(|i| self.partners[i]);
             let hit_id = hit.turn.id.clone();
             out.push(hit);
-            if let Some(p) = partner.filter(|&p| !out.iter().any(|r| r.turn.id == self.turns[p].id)) {
+            if let Some(p) = partner.filter(|&p| !out.iter().any(|r| r.turn.id == self.turns[p].id))
+            {
                 out.push(self.retrieved(p, 0.0, Some(hit_id)));
             }
         }
@@ -199,7 +200,11 @@ fn pair_turns(turns: &[Turn], host: Option<&str>) -> Vec<Option<usize>> {
     (0..turns.len())
         .map(|i| {
             let is_host = Some(turns[i].speaker.as_str()) == host;
-            let partner = if is_host { i.checked_add(1) } else { i.checked_sub(1) };
+            let partner = if is_host {
+                i.checked_add(1)
+            } else {
+                i.checked_sub(1)
+            };
             partner.filter(|&p| p < turns.len() && turns[p].speaker != turns[i].speaker)
         })
         .collect()
@@ -258,13 +263,22 @@ mod tests {
             "Ann Lee: Do you like tea?\n\nBob Stone: I like tea a lot.\n\nAnn Lee: Tea is fine by me, tea is good.",
         );
         let index = Index::build(&t);
-        assert_eq!(index.rank(&["Bob Stone tea"]).unwrap()[0].turn.speaker, "Bob Stone");
-        assert_eq!(index.rank(&["what did Ann say about tea"]).unwrap()[0].turn.speaker, "Ann Lee");
+        assert_eq!(
+            index.rank(&["Bob Stone tea"]).unwrap()[0].turn.speaker,
+            "Bob Stone"
+        );
+        assert_eq!(
+            index.rank(&["what did Ann say about tea"]).unwrap()[0]
+                .turn
+                .speaker,
+            "Ann Lee"
+        );
     }
 
     #[test]
     fn fusion_rewards_agreement() {
-        let fused = reciprocal_rank_fusion(&[(vec![3.0, 2.0, 0.0], 1.0), (vec![0.1, 0.9, 0.5], 1.0)]);
+        let fused =
+            reciprocal_rank_fusion(&[(vec![3.0, 2.0, 0.0], 1.0), (vec![0.1, 0.9, 0.5], 1.0)]);
         assert!(fused[1] > fused[0] && fused[0] > fused[2]);
     }
 }

@@ -35,7 +35,8 @@ pub enum Behaviour {
 
 /// The GPT-2 byte-to-character table that byte-level BPE vocabularies are written in.
 fn byte_level_char(b: u8) -> char {
-    let printable = (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let printable =
+        (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
     if printable {
         return char::from(b);
     }
@@ -47,7 +48,9 @@ fn byte_level_char(b: u8) -> char {
 
 /// Vocabulary: the 256 byte tokens, one merge ("Ġt"), then `<|im_start|>` and `<|im_end|>`.
 pub fn vocab() -> Vec<String> {
-    let mut tokens: Vec<String> = (0..=255u8).map(|b| byte_level_char(b).to_string()).collect();
+    let mut tokens: Vec<String> = (0..=255u8)
+        .map(|b| byte_level_char(b).to_string())
+        .collect();
     tokens.push(format!("{}t", byte_level_char(b' ')));
     tokens.push("<|im_start|>".to_string());
     tokens.push("<|im_end|>".to_string());
@@ -60,10 +63,14 @@ pub fn im_end_id() -> u32 {
 
 /// A reproducible stream of values in [-scale, scale).
 fn pseudo_random(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
         })
         .collect()
@@ -113,7 +120,10 @@ pub fn write_tiny_model_of(path: &Path, behaviour: Behaviour, arch: Arch) {
         if let Arch::Qwen2 = arch {
             for (bias, len) in [("q", HIDDEN), ("k", kv_dim), ("v", kv_dim)] {
                 let values = matrix(1, len).dequantize(&Device::Cpu).expect("f32 tensor");
-                let values = values.flatten_all().and_then(|t| t.to_vec1()).expect("f32 values");
+                let values = values
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1())
+                    .expect("f32 values");
                 named.push((format!("{p}.attn_{bias}.bias"), vector(values)));
             }
         }
@@ -132,7 +142,10 @@ pub fn write_tiny_model_of(path: &Path, behaviour: Behaviour, arch: Arch) {
             let mut out = vec![0.0; n_vocab * HIDDEN];
             let row = token as usize * HIDDEN;
             out[row..row + HIDDEN].fill(1.0);
-            (tensor(vec![1.0; n_vocab * HIDDEN], (n_vocab, HIDDEN)), tensor(out, (n_vocab, HIDDEN)))
+            (
+                tensor(vec![1.0; n_vocab * HIDDEN], (n_vocab, HIDDEN)),
+                tensor(out, (n_vocab, HIDDEN)),
+            )
         }
     };
     named.push(("token_embd.weight".to_string(), embedding));
@@ -145,22 +158,47 @@ pub fn write_tiny_model_of(path: &Path, behaviour: Behaviour, arch: Arch) {
         .collect();
     let keys: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(name.into())),
-        (format!("{name}.attention.head_count"), Value::U32(HEADS as u32)),
-        (format!("{name}.attention.head_count_kv"), Value::U32(kv_heads as u32)),
+        (
+            format!("{name}.attention.head_count"),
+            Value::U32(HEADS as u32),
+        ),
+        (
+            format!("{name}.attention.head_count_kv"),
+            Value::U32(kv_heads as u32),
+        ),
         (format!("{name}.block_count"), Value::U32(LAYERS as u32)),
-        (format!("{name}.embedding_length"), Value::U32(HIDDEN as u32)),
-        (format!("{name}.rope.dimension_count"), Value::U32((HIDDEN / HEADS) as u32)),
-        (format!("{name}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+        (
+            format!("{name}.embedding_length"),
+            Value::U32(HIDDEN as u32),
+        ),
+        (
+            format!("{name}.rope.dimension_count"),
+            Value::U32((HIDDEN / HEADS) as u32),
+        ),
+        (
+            format!("{name}.attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-5),
+        ),
         (format!("{name}.context_length"), Value::U32(CONTEXT)),
     ];
-    let mut metadata: Vec<(&str, Value)> = keys.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let mut metadata: Vec<(&str, Value)> =
+        keys.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     metadata.extend([
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
-        ("tokenizer.ggml.tokens", Value::Array(tokens.iter().cloned().map(Value::String).collect())),
-        ("tokenizer.ggml.merges", Value::Array(vec![Value::String(format!("{} t", byte_level_char(b' ')))])),
+        (
+            "tokenizer.ggml.tokens",
+            Value::Array(tokens.iter().cloned().map(Value::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.merges",
+            Value::Array(vec![Value::String(format!("{} t", byte_level_char(b' ')))]),
+        ),
         ("tokenizer.ggml.token_type", Value::Array(token_types)),
         ("tokenizer.ggml.eos_token_id", Value::U32(im_end_id())),
-        ("tokenizer.chat_template", Value::String("{% for m in messages %}<|im_start|>{{ m.role }}{% endfor %}".into())),
+        (
+            "tokenizer.chat_template",
+            Value::String("{% for m in messages %}<|im_start|>{{ m.role }}{% endfor %}".into()),
+        ),
     ]);
     let metadata_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = named.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -187,10 +225,18 @@ pub fn dev_set() -> PathBuf {
 pub fn hybrid_index(cache_dir: &Path) -> tqa::retrieval::Index {
     use tqa::model::{registry::Registry, resolve::locate_embedder};
     use tqa::retrieval::{embed::Embedder, DenseIndex, Index};
-    let transcript = tqa::transcript::Transcript::load(&shipped_transcript()).expect("shipped transcript");
+    let transcript =
+        tqa::transcript::Transcript::load(&shipped_transcript()).expect("shipped transcript");
     let entry = Registry::builtin().expect("registry").embedder;
-    let embedder = Embedder::load(&locate_embedder(&entry).expect("embedder")).expect("load embedder");
-    let dense = DenseIndex::build(&transcript.turns, embedder, &entry.package.sha256, Some(cache_dir), &|| {})
-        .expect("dense index");
+    let embedder =
+        Embedder::load(&locate_embedder(&entry).expect("embedder")).expect("load embedder");
+    let dense = DenseIndex::build(
+        &transcript.turns,
+        embedder,
+        &entry.package.sha256,
+        Some(cache_dir),
+        &|| {},
+    )
+    .expect("dense index");
     Index::build(&transcript).with_dense(dense)
 }
