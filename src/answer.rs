@@ -155,6 +155,24 @@ impl Prompts {
             ),
         }
     }
+
+    /// Where a reply has ended: the start of another "Question:" line, as in the worked example
+    /// of the system prompt, which a small model tends to go on with.
+    fn reply_stops(&self) -> Vec<String> {
+        self.user
+            .lines()
+            .find_map(|line| line.split_once("{question}"))
+            // In the shipped template the turns run straight into the question's label.
+            .map(|(before, _)| {
+                before
+                    .rsplit_once("{turns}")
+                    .map_or(before, |(_, label)| label)
+                    .trim()
+            })
+            .filter(|label| !label.is_empty())
+            .map(|label| vec![format!("\n{label}")])
+            .unwrap_or_default()
+    }
 }
 
 /// A prompt in the parts `Model::prefill_pieces` takes: everything before the transcript turns,
@@ -298,7 +316,7 @@ fn format_turns(turns: &[Retrieved], host: Option<&str>) -> Vec<String> {
         .iter()
         .map(|t| {
             let role = if Some(t.speaker.as_str()) == host {
-                " (interviewer)"
+                " (host)"
             } else {
                 ""
             };
@@ -328,7 +346,7 @@ pub fn extract_citations(answer: &str) -> Vec<String> {
     let mut ids: Vec<String> = Vec::new();
     for caps in group.captures_iter(answer) {
         for n in number.find_iter(&caps[1]) {
-            let id = format!("T{}", n.as_str().trim_start_matches('0'));
+            let id = normalize_turn_id(n.as_str());
             if !ids.contains(&id) {
                 ids.push(id);
             }
@@ -370,6 +388,8 @@ pub struct Answer {
     pub citations: Vec<Turn>,
     /// Cited ids that were not among the turns given to the model.
     pub invalid_citations: Vec<String>,
+    /// The answer's quotations, each checked against the turn it is attributed to.
+    pub quotes: Vec<Quote>,
     pub retrieved: Vec<Retrieved>,
     pub timings: Timings,
 }
@@ -436,7 +456,12 @@ pub fn ask(
 
     let prefill_start = Instant::now();
     let before_prefill = prefill_start - start;
-    let judged = judge_and_generate(model, &prompt, options, prefill_start, on_text)?;
+    let mut options = options.clone();
+    options
+        .sampling
+        .stop_sequences
+        .extend(prompts.reply_stops());
+    let judged = judge_and_generate(model, &prompt, &options, prefill_start, on_text)?;
     if judged.generation.is_none() {
         on_text(prompts.refusal.get(language));
     }
@@ -450,6 +475,7 @@ pub fn ask(
         .as_ref()
         .map_or(prompts.refusal.get(language), |g| g.text.trim());
     let (citations, invalid_citations) = check_citations(text, &retrieved);
+    let quotes = check_quotes(text, &retrieved);
     Ok(Answer {
         question: question.to_string(),
         search_queries,
@@ -459,6 +485,7 @@ pub fn ask(
         answer: text.to_string(),
         citations,
         invalid_citations,
+        quotes,
         retrieved,
         timings: Timings {
             retrieval_ms: ms(retrieval),
@@ -575,6 +602,114 @@ pub fn check_citations(answer: &str, given: &[Retrieved]) -> (Vec<Turn>, Vec<Str
     (valid, invalid)
 }
 
+/// A quotation in an answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Quote {
+    /// The turn it is attributed to: the citation before it on its line, else the first one
+    /// after it; `None` when its line cites nothing, and then any given turn may hold it.
+    pub turn: Option<String>,
+    pub text: String,
+    /// Whether that turn says it word for word, apart from spacing, bold marks and the
+    /// ellipses that mark a cut.
+    pub verbatim: bool,
+    /// When it does not: the given turn that does, if any (the quote is right, its citation
+    /// wrong).
+    pub found_in: Option<String>,
+}
+
+/// Text in straight, curly or CJK quotation marks, within one line.
+pub fn quotation_regex() -> Regex {
+    Regex::new(r#""[^"\n]*"|“[^”\n]*”|「[^」\n]*」|『[^』\n]*』"#).expect("static regex")
+}
+
+/// Finds the answer's quotations and checks each against the turn it is attributed to: a small
+/// model sometimes "quotes" words it made up, and the reader should know which quotes to trust.
+pub fn check_quotes(answer: &str, given: &[Retrieved]) -> Vec<Quote> {
+    let quotation = quotation_regex();
+    let mut quotes = Vec::new();
+    for line in answer.lines() {
+        let cited: Vec<(usize, String)> = citation_spans(line);
+        for m in quotation.find_iter(line) {
+            let quoted = m.as_str();
+            let open = quoted.chars().next().map_or(0, char::len_utf8);
+            let close = quoted.chars().last().map_or(0, char::len_utf8);
+            let inner = quoted.get(open..quoted.len() - close).unwrap_or_default();
+            if inner.trim().is_empty() {
+                continue;
+            }
+            let turn = cited
+                .iter()
+                .rev()
+                .find(|(at, _)| *at < m.start())
+                .or_else(|| cited.first())
+                .map(|(_, id)| id.clone());
+            let holders: Vec<&str> = given
+                .iter()
+                .filter(|r| says_verbatim(&r.turn.text, inner))
+                .map(|r| r.turn.id.as_str())
+                .collect();
+            let verbatim = match &turn {
+                Some(id) => holders.contains(&id.as_str()),
+                None => !holders.is_empty(),
+            };
+            let found_in = holders
+                .first()
+                .filter(|_| !verbatim)
+                .map(|id| id.to_string());
+            quotes.push(Quote {
+                turn,
+                text: inner.to_string(),
+                verbatim,
+                found_in,
+            });
+        }
+    }
+    quotes
+}
+
+/// Byte offset and first turn id of each citation in `line`.
+fn citation_spans(line: &str) -> Vec<(usize, String)> {
+    let group = Regex::new(r"[\[【]\s*(T\d+)").expect("static regex");
+    group
+        .captures_iter(line)
+        .filter_map(|c| {
+            c.get(1).map(|id| {
+                (
+                    c.get(0).map_or(0, |m| m.start()),
+                    normalize_turn_id(id.as_str()),
+                )
+            })
+        })
+        .collect()
+}
+
+fn normalize_turn_id(id: &str) -> String {
+    format!("T{}", id.trim_start_matches('T').trim_start_matches('0'))
+}
+
+/// Whether every piece of `quote` between ellipses occurs in `text`, ignoring spacing, bold
+/// marks and the punctuation at the pieces' ends.
+fn says_verbatim(text: &str, quote: &str) -> bool {
+    let squeeze = |s: &str| -> String {
+        s.replace("**", "")
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect()
+    };
+    let text = squeeze(text);
+    let trim = |s: &str| {
+        s.trim_matches(|c: char| c.is_ascii_punctuation() || "。，、；：！？".contains(c))
+            .to_string()
+    };
+    let pieces: Vec<String> = squeeze(quote)
+        .split(['…', '⋯'])
+        .flat_map(|p| p.split("...").map(str::to_string).collect::<Vec<_>>())
+        .map(|p| trim(&p))
+        .filter(|p| !p.is_empty())
+        .collect();
+    !pieces.is_empty() && pieces.iter().all(|p| text.contains(p.as_str()))
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -594,6 +729,55 @@ mod tests {
         assert!(extract_citations("see T3, [3], [Turn 4] and [T]").is_empty());
     }
 
+    fn given(id: &str, text: &str) -> Retrieved {
+        Retrieved {
+            turn: Turn {
+                id: id.into(),
+                speaker: "Sam".into(),
+                text: text.into(),
+            },
+            score: 1.0,
+            partner_of: None,
+        }
+    }
+
+    #[test]
+    fn quotes_are_checked_against_the_turn_they_are_attributed_to() {
+        let turns = [
+            given("T2", "我们希望模型**真正优秀**。其他的事情\n以后再说。"),
+            given("T3", "Pricing follows compute."),
+        ];
+        let answer = "- [T2] “我们希望模型真正优秀” He wants the models to be great.\n\
+                      - [T3] \"Pricing follows compute\" and \"pricing is free\"\n\
+                      - \"其他的事情以后再说\" [T3]\n\
+                      - [T2] 「我们希望…以后再说。」";
+        let quotes = check_quotes(answer, &turns);
+        let summary: Vec<(Option<&str>, bool, Option<&str>)> = quotes
+            .iter()
+            .map(|q| (q.turn.as_deref(), q.verbatim, q.found_in.as_deref()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Some("T2"), true, None),
+                (Some("T3"), true, None),
+                (Some("T3"), false, None),
+                (Some("T3"), false, Some("T2")),
+                (Some("T2"), true, None),
+            ]
+        );
+        assert_eq!(quotes[0].text, "我们希望模型真正优秀");
+    }
+
+    #[test]
+    fn a_quote_on_an_uncited_line_may_come_from_any_given_turn() {
+        let quotes = check_quotes(
+            "He said \"Pricing follows compute\".",
+            &[given("T3", "Pricing follows compute.")],
+        );
+        assert!(quotes[0].turn.is_none() && quotes[0].verbatim);
+    }
+
     #[test]
     fn language_follows_the_question() {
         assert_eq!(
@@ -602,6 +786,11 @@ mod tests {
         );
         assert_eq!(Language::of("What is 智能体?"), Language::En);
         assert_eq!(Language::of("Altman 怎么看 OpenAI 的定价？"), Language::Zh);
+    }
+
+    #[test]
+    fn a_reply_stops_where_the_prompt_would_ask_the_next_question() {
+        assert_eq!(Prompts::default().reply_stops(), ["\nQuestion:"]);
     }
 
     #[test]

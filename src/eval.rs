@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::answer::{Answer, AnswerError, Language};
+use crate::answer::{quotation_regex, Answer, AnswerError, Language};
 use crate::retrieval::{Index, Retrieved};
 
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +181,12 @@ fn metrics_of(ranks: &[Option<usize>]) -> RetrievalMetrics {
 
 /// Case-insensitive substring match of every fact (any of its alternatives), as the dev set's
 /// README defines it.
+/// The answer without what it quotes: a quotation keeps the transcript's language on purpose, and
+/// the language that counts is that of the answer's own words.
+pub fn unquoted(answer: &str) -> String {
+    quotation_regex().replace_all(answer, "").into_owned()
+}
+
 pub fn mentions_all(answer: &str, facts: &[Vec<String>]) -> bool {
     let a = answer.to_lowercase();
     facts
@@ -217,6 +223,9 @@ pub struct AnswerRecord {
     pub cited: Vec<String>,
     /// Cited ids that were not among the turns given to the model.
     pub invalid_citations: Vec<String>,
+    /// Quotations that the turn they are attributed to does not say word for word.
+    pub unverified_quotes: Vec<String>,
+    pub quotes: usize,
     pub in_question_language: bool,
     pub time_to_first_token_ms: f64,
     pub total_ms: f64,
@@ -243,7 +252,15 @@ pub fn score_answer(item: &EvalItem, answer: &Answer, markers: &[String]) -> Ans
         given: answer.retrieved.iter().map(|r| r.turn.id.clone()).collect(),
         cited: answer.citations.iter().map(|t| t.id.clone()).collect(),
         invalid_citations: answer.invalid_citations.clone(),
-        in_question_language: Language::of(&answer.answer) == Language::of(&item.question),
+        unverified_quotes: answer
+            .quotes
+            .iter()
+            .filter(|q| !q.verbatim)
+            .map(|q| q.text.clone())
+            .collect(),
+        quotes: answer.quotes.len(),
+        in_question_language: Language::of(&unquoted(&answer.answer))
+            == Language::of(&item.question),
         time_to_first_token_ms: answer.timings.time_to_first_token_ms,
         total_ms: answer.timings.total_ms,
     }
@@ -261,6 +278,9 @@ pub struct AnswerMetrics {
     pub false_refusal_rate: f64,
     /// Share of answers whose every citation points to a turn given to the model.
     pub citation_validity: f64,
+    /// Share of the answers' quotations that the turn they are attributed to says word for word
+    /// (1 when no answer quotes).
+    pub quote_validity: f64,
     /// Share of answers written in the question's language.
     pub in_question_language: f64,
     pub median_time_to_first_token_ms: f64,
@@ -310,8 +330,19 @@ fn answer_metrics(records: &[&AnswerRecord]) -> AnswerMetrics {
         refusal_accuracy: share(&unanswerable, &|r| r.correct),
         false_refusal_rate: share(&answerable, &|r| r.refused),
         citation_validity: share(&all, &|r| r.invalid_citations.is_empty()),
+        quote_validity: quote_validity(records),
         in_question_language: share(&all, &|r| r.in_question_language),
         median_time_to_first_token_ms: ttft.median,
+    }
+}
+
+fn quote_validity(records: &[&AnswerRecord]) -> f64 {
+    let quotes: usize = records.iter().map(|r| r.quotes).sum();
+    let unverified: usize = records.iter().map(|r| r.unverified_quotes.len()).sum();
+    if quotes == 0 {
+        1.0
+    } else {
+        (quotes - unverified.min(quotes)) as f64 / quotes as f64
     }
 }
 
@@ -359,6 +390,8 @@ mod tests {
             answer: text.into(),
             citations: cited.iter().map(|id| turn(id)).collect(),
             invalid_citations: invalid.iter().map(|s| s.to_string()).collect(),
+            // No turns are given here, so every quotation counts as unverified.
+            quotes: crate::answer::check_quotes(text, &[]),
             retrieved: vec![],
             timings: crate::answer::Timings {
                 retrieval_ms: 1.0,
@@ -415,6 +448,10 @@ mod tests {
             &markers,
         );
         assert!(chinese.correct && !chinese.in_question_language);
+        let quoting = score_answer(&item(true, facts), &answer("- [T12] “智能体可以在很少监督的情况下完成长期任务” He says agents run long tasks under little supervision.", &["T12"], &[]), &markers);
+        assert!(quoting.correct && quoting.in_question_language);
+        assert_eq!((quoting.quotes, quoting.unverified_quotes.len()), (1, 1));
+        assert_eq!(summarize_answers(vec![quoting]).overall.quote_validity, 0.0);
 
         let report = summarize_answers(vec![good, partial, refusal, proper_refusal, chinese]);
         let m = &report.overall;

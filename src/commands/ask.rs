@@ -77,6 +77,16 @@ pub fn print_sources(answer: &Answer) {
             answer.invalid_citations.join(", ")
         );
     }
+    for quote in answer.quotes.iter().filter(|q| !q.verbatim) {
+        let text = answer::truncate_chars(&quote.text, SOURCE_CHARS);
+        match (&quote.turn, &quote.found_in) {
+            (Some(cited), Some(actual)) => {
+                println!("  (quoted from {actual}, not {cited}: “{text}”)")
+            }
+            (Some(cited), None) => println!("  (not said word for word in {cited}: “{text}”)"),
+            (None, _) => println!("  (not said word for word in any turn given: “{text}”)"),
+        }
+    }
     let t = &answer.timings;
     eprintln!(
         "\n{} prompt tokens, {} generated · first token after {:.2} s · prefill {:.1} tok/s · decode {:.1} tok/s",

@@ -19,6 +19,9 @@ pub struct SamplingConfig {
     /// How many of the latest tokens the repeat penalty looks at.
     pub repeat_last_n: usize,
     pub max_new_tokens: usize,
+    /// Texts that end the reply where they begin; they are neither shown nor kept. A small model
+    /// that has seen a worked example in its prompt tends to go on with the example's next line.
+    pub stop_sequences: Vec<String>,
 }
 
 impl Default for SamplingConfig {
@@ -30,6 +33,7 @@ impl Default for SamplingConfig {
             repeat_penalty: 1.1,
             repeat_last_n: 64,
             max_new_tokens: 512,
+            stop_sequences: Vec::new(),
         }
     }
 }
@@ -50,6 +54,7 @@ impl SamplingConfig {
 pub enum StopReason {
     EndOfTurn,
     TokenLimit,
+    StopSequence,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -146,6 +151,7 @@ pub fn continue_generation(
     } = prefilled;
     let mut sampler = config.logits_processor();
     let mut stream = TextStream::default();
+    let mut text = StopScan::new(&config.stop_sequences);
     let mut generated: Vec<u32> = Vec::with_capacity(config.max_new_tokens);
 
     let mut next = sample(&mut sampler, &logits, &[], config)?;
@@ -157,8 +163,10 @@ pub fn continue_generation(
             break StopReason::EndOfTurn;
         }
         generated.push(next);
-        if let Some(text) = stream.push(next, |t| model.decode(t))? {
-            on_text(&text);
+        if let Some(piece) = stream.push(next, |t| model.decode(t))? {
+            if text.push(&piece, on_text) {
+                break StopReason::StopSequence;
+            }
         }
         if generated.len() >= config.max_new_tokens {
             break StopReason::TokenLimit;
@@ -166,11 +174,13 @@ pub fn continue_generation(
         let logits = model.forward(&[next], context + generated.len() - 1)?;
         next = sample(&mut sampler, &logits, &generated, config)?;
     };
-    if let Some(rest) = stream.finish(|t| model.decode(t))? {
-        on_text(&rest);
+    if stop != StopReason::StopSequence {
+        if let Some(rest) = stream.finish(|t| model.decode(t))? {
+            text.push(&rest, on_text);
+        }
     }
     Ok(Generation {
-        text: model.decode(&generated)?,
+        text: text.finish(on_text),
         tokens: generated,
         stop,
         prompt_tokens: context,
@@ -231,6 +241,70 @@ impl TextStream {
     }
 }
 
+/// The reply's text, passed on as it grows except for an ending that may be the start of a stop
+/// sequence: that part is held until it is known not to be one.
+struct StopScan<'a> {
+    stops: &'a [String],
+    text: String,
+    shown: usize,
+}
+
+impl<'a> StopScan<'a> {
+    fn new(stops: &'a [String]) -> Self {
+        Self {
+            stops,
+            text: String::new(),
+            shown: 0,
+        }
+    }
+
+    /// Adds `piece`; true when the text now contains a stop sequence, which is cut off.
+    fn push(&mut self, piece: &str, on_text: &mut dyn FnMut(&str)) -> bool {
+        self.text.push_str(piece);
+        let found = self
+            .stops
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| self.text.find(s.as_str()))
+            .min();
+        let show_to = match found {
+            Some(at) => {
+                self.text.truncate(at);
+                at
+            }
+            None => self.text.len() - self.held_back(),
+        };
+        if show_to > self.shown {
+            on_text(&self.text[self.shown..show_to]);
+            self.shown = show_to;
+        }
+        found.is_some()
+    }
+
+    /// Length of the longest ending of the text that begins a stop sequence.
+    fn held_back(&self) -> usize {
+        self.stops
+            .iter()
+            .flat_map(|stop| {
+                stop.char_indices()
+                    .skip(1)
+                    .map(move |(end, _)| &stop[..end])
+            })
+            .filter(|prefix| self.text.ends_with(prefix))
+            .map(str::len)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn finish(mut self, on_text: &mut dyn FnMut(&str)) -> String {
+        if self.shown < self.text.len() {
+            on_text(&self.text[self.shown..]);
+        }
+        self.shown = self.text.len();
+        self.text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +324,47 @@ mod tests {
         }
         out.extend(stream.finish(bytes).unwrap());
         assert_eq!(out, ["a", "智", "能"]);
+    }
+
+    fn scan(stops: &[&str], pieces: &[&str]) -> (Vec<String>, String, bool) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut scan = StopScan::new(&stops);
+        let mut shown = Vec::new();
+        let mut stopped = false;
+        for piece in pieces {
+            stopped = scan.push(piece, &mut |t| shown.push(t.to_string()));
+            if stopped {
+                break;
+            }
+        }
+        let text = scan.finish(&mut |t| shown.push(t.to_string()));
+        (shown, text, stopped)
+    }
+
+    #[test]
+    fn a_stop_sequence_split_over_pieces_is_never_shown() {
+        let (shown, text, stopped) = scan(
+            &["\nQuestion:"],
+            &["- [T4] yes", "\nQu", "est", "ion: next?"],
+        );
+        assert!(stopped);
+        assert_eq!(text, "- [T4] yes");
+        assert_eq!(shown.concat(), "- [T4] yes");
+    }
+
+    #[test]
+    fn a_held_back_false_start_is_shown_once_it_diverges() {
+        let (shown, text, stopped) = scan(&["\nQuestion:"], &["a", "\nQu", "ick", " end"]);
+        assert!(!stopped);
+        assert_eq!(shown, ["a", "\nQuick", " end"]);
+        assert_eq!(text, "a\nQuick end");
+    }
+
+    #[test]
+    fn held_back_text_is_shown_at_the_end() {
+        let (shown, text, _) = scan(&["\nQuestion:"], &["done", "\n"]);
+        assert_eq!(shown.concat(), "done\n");
+        assert_eq!(text, "done\n");
     }
 
     #[test]
