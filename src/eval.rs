@@ -233,8 +233,11 @@ pub struct AnswerRecord {
 
 /// Scores one answer against its item.
 pub fn score_answer(item: &EvalItem, answer: &Answer, markers: &[String]) -> AnswerRecord {
-    let lower = answer.answer.to_lowercase();
-    let refused = markers.iter().any(|m| lower.contains(&m.to_lowercase()));
+    // A quoted "did not mention anyone" is the speaker's words, not the answer declining.
+    let own_words = unquoted(&answer.answer).to_lowercase();
+    let refused = markers
+        .iter()
+        .any(|m| own_words.contains(&m.to_lowercase()));
     let correct = if item.answerable {
         mentions_all(&answer.answer, &item.must_mention)
     } else {
@@ -410,21 +413,11 @@ mod tests {
     fn answers_are_scored_on_facts_refusals_citations_and_language() {
         let markers = vec!["not mention".to_string(), "未提及".to_string()];
         let facts: &[&[&str]] = &[&["long task", "长期任务"], &["supervision", "监督"]];
-        let good = score_answer(
-            &item(true, facts),
-            &answer(
-                "Agents take long tasks with little supervision [T12].",
-                &["T12"],
-                &[],
-            ),
-            &markers,
-        );
+        let citing_t12 =
+            |text: &str| score_answer(&item(true, facts), &answer(text, &["T12"], &[]), &markers);
+        let good = citing_t12("Agents take long tasks with little supervision [T12].");
         assert!(good.correct && !good.refused && good.in_question_language);
-        let partial = score_answer(
-            &item(true, facts),
-            &answer("Agents take long tasks [T12].", &["T12"], &[]),
-            &markers,
-        );
+        let partial = citing_t12("Agents take long tasks [T12].");
         assert!(!partial.correct);
         let refusal = score_answer(
             &item(true, facts),
@@ -448,9 +441,13 @@ mod tests {
             &markers,
         );
         assert!(chinese.correct && !chinese.in_question_language);
-        let quoting = score_answer(&item(true, facts), &answer("- [T12] “智能体可以在很少监督的情况下完成长期任务” He says agents run long tasks under little supervision.", &["T12"], &[]), &markers);
+        let quoting = citing_t12(
+            "- [T12] “智能体可以在很少监督的情况下完成长期任务” He says agents run long tasks under little supervision.",
+        );
         assert!(quoting.correct && quoting.in_question_language);
         assert_eq!((quoting.quotes, quoting.unverified_quotes.len()), (1, 1));
+        let quoted_marker = citing_t12("- [T12] “我未提及长期任务” He talks of supervision.");
+        assert!(!quoted_marker.refused);
         assert_eq!(summarize_answers(vec![quoting]).overall.quote_validity, 0.0);
 
         let report = summarize_answers(vec![good, partial, refusal, proper_refusal, chinese]);

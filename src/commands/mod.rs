@@ -177,6 +177,9 @@ pub struct SamplingArgs {
     /// Most tokens to generate.
     #[arg(long, default_value_t = AskOptions::default().sampling.max_new_tokens)]
     pub max_tokens: usize,
+    /// Close a quotation in the answer after this many sentences (0: no limit).
+    #[arg(long, default_value_t = AskOptions::default().sampling.max_quoted_sentences.unwrap_or(0))]
+    pub max_quoted_sentences: usize,
     /// 0 = greedy (deterministic).
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
@@ -198,6 +201,8 @@ impl SamplingArgs {
             seed: self.seed,
             repeat_penalty: self.repeat_penalty,
             max_new_tokens: self.max_tokens,
+            max_quoted_sentences: (self.max_quoted_sentences > 0)
+                .then_some(self.max_quoted_sentences),
             ..SamplingConfig::default()
         }
     }

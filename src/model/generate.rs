@@ -22,6 +22,9 @@ pub struct SamplingConfig {
     /// Texts that end the reply where they begin; they are neither shown nor kept. A small model
     /// that has seen a worked example in its prompt tends to go on with the example's next line.
     pub stop_sequences: Vec<String>,
+    /// A quotation is closed after this many sentences by forcing its closing mark: a small
+    /// model asked to quote the one sentence that answers tends to copy the whole turn.
+    pub max_quoted_sentences: Option<usize>,
 }
 
 impl Default for SamplingConfig {
@@ -34,6 +37,7 @@ impl Default for SamplingConfig {
             repeat_last_n: 64,
             max_new_tokens: 512,
             stop_sequences: Vec::new(),
+            max_quoted_sentences: None,
         }
     }
 }
@@ -172,7 +176,17 @@ pub fn continue_generation(
             break StopReason::TokenLimit;
         }
         let logits = model.forward(&[next], context + generated.len() - 1)?;
-        next = sample(&mut sampler, &logits, &generated, config)?;
+        let forced = match config
+            .max_quoted_sentences
+            .and_then(|n| quote_to_close(text.so_far(), n))
+        {
+            Some(mark) => single_token(model, mark)?,
+            None => None,
+        };
+        next = match forced {
+            Some(token) => token,
+            None => sample(&mut sampler, &logits, &generated, config)?,
+        };
     };
     if stop != StopReason::StopSequence {
         if let Some(rest) = stream.finish(|t| model.decode(t))? {
@@ -187,6 +201,63 @@ pub fn continue_generation(
         prefill_time,
         decode_time: decode_start.elapsed(),
     })
+}
+
+/// The token that is exactly `mark`, if the vocabulary has one.
+fn single_token(model: &Model, mark: char) -> Result<Option<u32>, ModelError> {
+    let tokens = model.encode(&mark.to_string())?;
+    Ok(match tokens.as_slice() {
+        [token] => Some(*token),
+        _ => None,
+    })
+}
+
+/// The closing mark of the quotation still open on the last line of `text`, when that quotation
+/// has just completed its `max_sentences`-th sentence.
+fn quote_to_close(text: &str, max_sentences: usize) -> Option<char> {
+    let line = text.rsplit('\n').next().unwrap_or(text);
+    let mut open: Option<(char, usize)> = None;
+    for (at, c) in line.char_indices() {
+        match open {
+            Some((close, _)) if c == close => open = None,
+            Some(_) => {}
+            None => open = closing_mark(c).map(|close| (close, at + c.len_utf8())),
+        }
+    }
+    let (close, start) = open?;
+    let quoted = &line[start..];
+    (ends_a_sentence(quoted) && sentence_ends(quoted) >= max_sentences).then_some(close)
+}
+
+fn closing_mark(open: char) -> Option<char> {
+    match open {
+        '"' => Some('"'),
+        '“' => Some('”'),
+        '「' => Some('」'),
+        '『' => Some('』'),
+        _ => None,
+    }
+}
+
+/// Sentence ends in `text`: CJK and ASCII end marks; a full stop only after a lowercase letter,
+/// so that numbers ("1.5") and initials ("U.S.") do not end a sentence.
+fn sentence_ends(text: &str) -> usize {
+    let chars: Vec<char> = text.chars().collect();
+    (0..chars.len())
+        .filter(|&i| is_sentence_end(&chars[..=i]))
+        .count()
+}
+
+fn ends_a_sentence(text: &str) -> bool {
+    is_sentence_end(&text.chars().collect::<Vec<_>>())
+}
+
+fn is_sentence_end(chars: &[char]) -> bool {
+    match chars {
+        [.., c] if "。！？!?".contains(*c) => true,
+        [.., before, '.'] => before.is_lowercase(),
+        _ => false,
+    }
 }
 
 /// The repeat penalty looks at the answer only: an answer is expected to repeat the prompt's
@@ -296,6 +367,10 @@ impl<'a> StopScan<'a> {
             .unwrap_or(0)
     }
 
+    fn so_far(&self) -> &str {
+        &self.text
+    }
+
     fn finish(mut self, on_text: &mut dyn FnMut(&str)) -> String {
         if self.shown < self.text.len() {
             on_text(&self.text[self.shown..]);
@@ -365,6 +440,24 @@ mod tests {
         let (shown, text, _) = scan(&["\nQuestion:"], &["done", "\n"]);
         assert_eq!(shown.concat(), "done\n");
         assert_eq!(text, "done\n");
+    }
+
+    #[test]
+    fn an_open_quotation_is_closed_after_its_last_allowed_sentence() {
+        assert_eq!(quote_to_close("- [T4] \"大约两百万美元。", 1), Some('"'));
+        assert_eq!(quote_to_close("- [T4] “It was cheap.", 1), Some('”'));
+        assert_eq!(quote_to_close("- [T4] 「大约两百万美元。我们还", 1), None);
+        assert_eq!(
+            quote_to_close("- [T4] 「大约两百万美元。我们还招了人！", 1),
+            Some('」')
+        );
+        assert_eq!(quote_to_close("- [T4] \"大约两百万美元。", 2), None);
+        assert_eq!(quote_to_close("- [T4] \"It cost 1.", 1), None);
+        assert_eq!(quote_to_close("- [T4] \"大约。\" 他说。", 1), None);
+        assert_eq!(
+            quote_to_close("- [T4] \"大约。\"\n- [T5] 没有引号。", 1),
+            None
+        );
     }
 
     #[test]
