@@ -697,17 +697,14 @@ fn says_verbatim(text: &str, quote: &str) -> bool {
             .collect()
     };
     let text = squeeze(text);
-    let trim = |s: &str| {
-        s.trim_matches(|c: char| c.is_ascii_punctuation() || "。，、；：！？".contains(c))
-            .to_string()
-    };
-    let pieces: Vec<String> = squeeze(quote)
+    let quote = squeeze(quote);
+    let pieces: Vec<&str> = quote
         .split(['…', '⋯'])
-        .flat_map(|p| p.split("...").map(str::to_string).collect::<Vec<_>>())
-        .map(|p| trim(&p))
+        .flat_map(|p| p.split("..."))
+        .map(|p| p.trim_matches(|c: char| c.is_ascii_punctuation() || "。，、；：！？".contains(c)))
         .filter(|p| !p.is_empty())
         .collect();
-    !pieces.is_empty() && pieces.iter().all(|p| text.contains(p.as_str()))
+    !pieces.is_empty() && pieces.iter().all(|p| text.contains(p))
 }
 
 fn ms(d: Duration) -> f64 {

@@ -144,6 +144,7 @@ fn ask_json_on_a_tiny_model_reports_every_field() {
     assert_eq!(v["question"], "What about agents?");
     assert!(v["answer"].is_string());
     assert!(v["citations"].is_array());
+    assert!(v["quotes"].is_array());
     let ids: Vec<&str> = v["retrieved"]
         .as_array()
         .unwrap()

@@ -239,25 +239,28 @@ fn closing_mark(open: char) -> Option<char> {
     }
 }
 
-/// Sentence ends in `text`: CJK and ASCII end marks; a full stop only after a lowercase letter,
-/// so that numbers ("1.5") and initials ("U.S.") do not end a sentence.
+/// Sentence ends in `text`.
 fn sentence_ends(text: &str) -> usize {
-    let chars: Vec<char> = text.chars().collect();
-    (0..chars.len())
-        .filter(|&i| is_sentence_end(&chars[..=i]))
-        .count()
+    let mut before = None;
+    let mut count = 0;
+    for c in text.chars() {
+        count += usize::from(is_sentence_end(before, c));
+        before = Some(c);
+    }
+    count
 }
 
 fn ends_a_sentence(text: &str) -> bool {
-    is_sentence_end(&text.chars().collect::<Vec<_>>())
+    let mut backwards = text.chars().rev();
+    backwards
+        .next()
+        .is_some_and(|c| is_sentence_end(backwards.next(), c))
 }
 
-fn is_sentence_end(chars: &[char]) -> bool {
-    match chars {
-        [.., c] if "。！？!?".contains(*c) => true,
-        [.., before, '.'] => before.is_lowercase(),
-        _ => false,
-    }
+/// CJK and ASCII end marks; a full stop only after a lowercase letter, so that numbers ("1.5")
+/// and initials ("U.S.") do not end a sentence.
+fn is_sentence_end(before: Option<char>, c: char) -> bool {
+    "。！？!?".contains(c) || (c == '.' && before.is_some_and(char::is_lowercase))
 }
 
 /// The repeat penalty looks at the answer only: an answer is expected to repeat the prompt's
