@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use candle_core::Tensor;
 
-use crate::model::generate::{check_context, continue_generation, per_second, Prefilled};
+use crate::model::generate::{check_context, continue_generation, per_second, Prefilled, Steer};
 use crate::model::{
     generate, ChatTemplate, Generation, Message, Model, ModelError, Role, SamplingConfig,
 };
@@ -269,6 +269,13 @@ pub fn standalone_question(
     })
 }
 
+fn language_name(language: Language) -> &'static str {
+    match language {
+        Language::En => "English",
+        Language::Zh => "Simplified Chinese",
+    }
+}
+
 /// The question in `to`, the transcript's language, by the answering model: keyword search needs
 /// the transcript's own words, and the embedder matches same-language text more closely.
 pub fn translate_question(
@@ -277,15 +284,8 @@ pub fn translate_question(
     question: &str,
     to: Language,
 ) -> Result<String, AnswerError> {
-    let language = match to {
-        Language::En => "English",
-        Language::Zh => "Simplified Chinese",
-    };
-    one_line(
-        model,
-        &prompts.translate.replace("{language}", language),
-        question,
-    )
+    let instruction = prompts.translate.replace("{language}", language_name(to));
+    one_line(model, &instruction, question)
 }
 
 /// The wordings of `question` to retrieve with: the question itself and, when it is not in the
@@ -307,13 +307,29 @@ pub fn search_queries(
     Ok(queries)
 }
 
-/// Turns in transcript order, so that a question reads before its answer; each ends with a
-/// blank line.
+/// Each exchange (a matched turn with its partner) in transcript order, so that a question reads
+/// before its answer; the exchanges from the weakest match to the best, so that the best stands
+/// next to the question, where a small model looks first. Each turn ends with a blank line.
 fn format_turns(turns: &[Retrieved], host: Option<&str>) -> Vec<String> {
-    let mut ordered: Vec<&Turn> = turns.iter().map(|r| &r.turn).collect();
-    ordered.sort_by_key(|t| turn_number(&t.id));
-    ordered
-        .iter()
+    let mut exchanges: Vec<Vec<&Turn>> = Vec::new();
+    let mut leaders: Vec<&str> = Vec::new();
+    for r in turns {
+        let leader = r.partner_of.as_deref().unwrap_or(&r.turn.id);
+        match leaders.iter().position(|l| *l == leader) {
+            Some(at) => exchanges[at].push(&r.turn),
+            None => {
+                leaders.push(leader);
+                exchanges.push(vec![&r.turn]);
+            }
+        }
+    }
+    exchanges
+        .iter_mut()
+        .rev()
+        .flat_map(|exchange| {
+            exchange.sort_by_key(|t| turn_number(&t.id));
+            exchange.iter()
+        })
         .map(|t| {
             let role = if Some(t.speaker.as_str()) == host {
                 " (host)"
@@ -366,6 +382,8 @@ pub struct Timings {
     /// (with `reuse_turns`) transcript turns computed before.
     pub reused_prompt_tokens: usize,
     pub generated_tokens: usize,
+    /// Generated tokens that were quotations filled from the turns, not sampled.
+    pub quoted_tokens: usize,
     pub prefill_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
     pub total_ms: f64,
@@ -406,6 +424,9 @@ pub struct AskOptions {
     /// every later prompt (see `Model::prefill_pieces`). Off by default: the turns then do not
     /// see each other, which changes the answers.
     pub reuse_turns: bool,
+    /// Fill each quotation the model opens after a citation with the cited turn's highlight
+    /// (see `QuoteFiller`).
+    pub fill_quotes: bool,
     pub sampling: SamplingConfig,
 }
 
@@ -416,6 +437,7 @@ impl Default for AskOptions {
             translate: true,
             judge: true,
             reuse_turns: false,
+            fill_quotes: true,
             // One to three short bullets; a longer reply is a model that has lost its way.
             sampling: SamplingConfig {
                 max_new_tokens: 320,
@@ -461,7 +483,9 @@ pub fn ask(
         .sampling
         .stop_sequences
         .extend(prompts.reply_stops());
-    let judged = judge_and_generate(model, &prompt, &options, prefill_start, on_text)?;
+    let filler = QuoteFiller::new(&retrieved);
+    let mut steer = |reply: &str| options.fill_quotes.then(|| filler.fill(reply)).flatten();
+    let judged = judge_and_generate(model, &prompt, &options, prefill_start, on_text, &mut steer)?;
     if judged.generation.is_none() {
         on_text(prompts.refusal.get(language));
     }
@@ -493,6 +517,7 @@ pub fn ask(
             prompt_tokens: prompt.len(),
             reused_prompt_tokens: judged.reused,
             generated_tokens: judged.generation.as_ref().map_or(0, |g| g.tokens.len()),
+            quoted_tokens: judged.generation.as_ref().map_or(0, |g| g.steered_tokens),
             prefill_tokens_per_s: per_second(prompt.len(), prefill_time),
             decode_tokens_per_s: judged
                 .generation
@@ -520,6 +545,7 @@ fn judge_and_generate(
     options: &AskOptions,
     prefill_start: Instant,
     on_text: &mut dyn FnMut(&str),
+    steer: &mut Steer,
 ) -> Result<Judged, AnswerError> {
     let (logits, reused) = if options.reuse_turns {
         model.prefill_pieces(&prompt.head, &prompt.turns, &prompt.tail)?
@@ -548,7 +574,7 @@ fn judge_and_generate(
         context: prompt.len() + verdict.len(),
         start: prefill_start,
     };
-    let generation = continue_generation(model, prefilled, &options.sampling, on_text)?;
+    let generation = continue_generation(model, prefilled, &options.sampling, on_text, steer)?;
     Ok(Judged {
         reused,
         log_odds,
@@ -587,6 +613,60 @@ fn answered_log_odds(model: &Model, logits: &Tensor) -> Result<Option<f32>, Answ
             .unwrap_or(f32::NEG_INFINITY)
     };
     Ok(Some(weight(yes) - weight(no)))
+}
+
+/// Writes the quotations of an answer for the model. When the model cites a turn and opens a
+/// quotation, the quotation becomes the passage of that turn that retrieval found closest to the
+/// question, or the next closest when the answer has quoted it already. A small model asked to
+/// quote copies whole turns, the wrong sentence, or words the turn never said; a passage is word
+/// for word, and it costs a prefill instead of a decode.
+struct QuoteFiller<'a> {
+    given: &'a [Retrieved],
+    opening: Regex,
+}
+
+impl<'a> QuoteFiller<'a> {
+    fn new(given: &'a [Retrieved]) -> Self {
+        Self {
+            given,
+            opening: Regex::new(r#"[\[【]\s*(T\d+)\s*[\]】]\s*[:：]?\s*(["“「『])$"#)
+                .expect("static regex"),
+        }
+    }
+
+    /// The quotation's words and closing mark, when `reply` ends with a cited turn's opening
+    /// mark and some passage of that turn is not in the reply yet.
+    fn fill(&self, reply: &str) -> Option<String> {
+        let line = reply.rsplit('\n').next().unwrap_or(reply);
+        if !line.ends_with(['"', '“', '「', '『']) {
+            return None;
+        }
+        let caps = self.opening.captures(line)?;
+        let id = normalize_turn_id(caps.get(1)?.as_str());
+        let close = closing_mark(caps.get(2)?.as_str().chars().next()?)?;
+        let turn = self.given.iter().find(|r| r.turn.id == id)?;
+        turn.passages
+            .iter()
+            .map(|p| {
+                p.text
+                    .replace("**", "")
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .find(|words| !words.is_empty() && !reply.contains(words.as_str()))
+            .map(|words| format!("{words}{close}"))
+    }
+}
+
+fn closing_mark(open: char) -> Option<char> {
+    match open {
+        '"' => Some('"'),
+        '“' => Some('”'),
+        '「' => Some('」'),
+        '『' => Some('』'),
+        _ => None,
+    }
 }
 
 /// Splits the cited ids into turns that were in the prompt and ids that were not.
@@ -714,6 +794,7 @@ fn ms(d: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::retrieval::Passage;
 
     #[test]
     fn citation_forms_are_all_recognised() {
@@ -734,6 +815,7 @@ mod tests {
                 text: text.into(),
             },
             score: 1.0,
+            passages: Vec::new(),
             partner_of: None,
         }
     }
@@ -794,5 +876,42 @@ mod tests {
     fn truncation_counts_characters_not_bytes() {
         assert_eq!(truncate_chars("智能体很好", 3), "智能体…");
         assert_eq!(truncate_chars("abc", 3), "abc");
+    }
+
+    #[test]
+    fn an_opened_quotation_is_filled_with_the_cited_turns_closest_passage() {
+        let mut turn = given("T4", "前言。大约两百万美元，\n主要是**服务器**。后记。");
+        let passage = |text: &str, similarity| Passage {
+            text: text.into(),
+            similarity,
+        };
+        turn.passages = vec![
+            passage("大约两百万美元，\n主要是**服务器**。", 0.9),
+            passage("前言。", 0.8),
+        ];
+        let turns = [turn, given("T5", "没有段落。")];
+        let filler = QuoteFiller::new(&turns);
+        let best = "大约两百万美元， 主要是服务器。";
+        assert_eq!(
+            filler.fill("Answered: yes\n- [T4] \"").as_deref(),
+            Some(format!("{best}\"").as_str())
+        );
+        assert_eq!(
+            filler.fill("- 【T04】：“").as_deref(),
+            Some(format!("{best}”").as_str())
+        );
+        assert!(says_verbatim(&turns[0].turn.text, best));
+        let quoted_once = format!("- [T4] \"{best}\" ok\n- [T4] \"");
+        assert_eq!(filler.fill(&quoted_once).as_deref(), Some("前言。\""));
+        // A quotation not right after a citation, a turn without passages, one not given, and a
+        // turn quoted in full are left to the model.
+        assert_eq!(filler.fill("- [T4] He said \""), None);
+        assert_eq!(filler.fill("- [T5] \""), None);
+        assert_eq!(filler.fill("- [T9] \""), None);
+        assert_eq!(
+            filler.fill(&format!("{quoted_once}前言。\"\n- [T4] \"")),
+            None
+        );
+        assert_eq!(filler.fill("- [T4] \"大约"), None);
     }
 }

@@ -75,6 +75,9 @@ pub struct RetrievalMetrics {
     pub hit_at_3: f64,
     pub hit_at_5: f64,
     pub mrr: f64,
+    /// Share of items whose gold turn, wherever it ranks, has a gold quote in its passage closest
+    /// to the question: whether the passage picked out of a long turn is the one that answers.
+    pub highlight: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -97,14 +100,37 @@ pub struct RetrievalReport {
 
 /// Rank (1-based) of the first turn in `ranking` that holds one of the item's gold quotes.
 pub fn gold_rank(ranking: &[Retrieved], item: &EvalItem) -> Option<usize> {
-    let quotes: Vec<String> = item.gold_quotes.iter().map(|q| normalise(q)).collect();
     ranking
         .iter()
-        .position(|hit| {
-            let text = normalise(&hit.turn.text);
-            quotes.iter().any(|q| text.contains(q.as_str()))
-        })
+        .position(|hit| holds_gold_quote(&hit.turn.text, item))
         .map(|p| p + 1)
+}
+
+fn holds_gold_quote(text: &str, item: &EvalItem) -> bool {
+    let text = normalise(text);
+    item.gold_quotes
+        .iter()
+        .any(|q| text.contains(normalise(q).as_str()))
+}
+
+/// Where the gold turn ranks, and whether its closest passage holds a gold quote.
+#[derive(Debug, Clone, Copy)]
+struct GoldHit {
+    rank: Option<usize>,
+    highlighted: bool,
+}
+
+fn gold_hit(ranking: &[Retrieved], item: &EvalItem) -> GoldHit {
+    let rank = gold_rank(ranking, item);
+    let highlighted = ranking
+        .iter()
+        .filter(|hit| holds_gold_quote(&hit.turn.text, item))
+        .any(|hit| {
+            hit.passages
+                .first()
+                .is_some_and(|best| holds_gold_quote(&best.text, item))
+        });
+    GoldHit { rank, highlighted }
 }
 
 /// hit@1/3/5 and MRR over the answerable items, overall and split by language and speaker.
@@ -122,15 +148,15 @@ pub fn evaluate_retrieval(
         let refs: Vec<&str> = wordings.iter().map(String::as_str).collect();
         rankings.push(index.rank(&refs)?);
     }
-    let ranks: Vec<Option<usize>> = answerable
+    let hits: Vec<GoldHit> = answerable
         .iter()
         .zip(&rankings)
-        .map(|(item, ranking)| gold_rank(ranking, item))
+        .map(|(item, ranking)| gold_hit(ranking, item))
         .collect();
     let metrics = |keep: &dyn Fn(&EvalItem) -> bool| {
-        let selected: Vec<Option<usize>> = answerable
+        let selected: Vec<GoldHit> = answerable
             .iter()
-            .zip(&ranks)
+            .zip(&hits)
             .filter(|(item, _)| keep(item))
             .map(|(_, r)| *r)
             .collect();
@@ -146,12 +172,12 @@ pub fn evaluate_retrieval(
     };
     let missed = answerable
         .iter()
-        .zip(ranks.iter().zip(&rankings))
-        .filter(|(_, (r, _))| !r.is_some_and(|r| r <= 5))
-        .map(|(item, (r, ranking))| RetrievalMiss {
+        .zip(hits.iter().zip(&rankings))
+        .filter(|(_, (hit, _))| !hit.rank.is_some_and(|r| r <= 5))
+        .map(|(item, (hit, ranking))| RetrievalMiss {
             id: item.id.clone(),
             question: item.question.clone(),
-            gold_rank: *r,
+            gold_rank: hit.rank,
             top: ranking.iter().take(5).map(|h| h.turn.id.clone()).collect(),
         })
         .collect();
@@ -163,19 +189,22 @@ pub fn evaluate_retrieval(
     })
 }
 
-fn metrics_of(ranks: &[Option<usize>]) -> RetrievalMetrics {
-    let n = ranks.len().max(1) as f64;
-    let hit = |k: usize| ranks.iter().filter(|r| r.is_some_and(|r| r <= k)).count() as f64 / n;
+fn metrics_of(hits: &[GoldHit]) -> RetrievalMetrics {
+    let n = hits.len().max(1) as f64;
+    let share =
+        |test: &dyn Fn(&GoldHit) -> bool| hits.iter().filter(|h| test(h)).count() as f64 / n;
+    let within = |k: usize| share(&|h| h.rank.is_some_and(|r| r <= k));
     RetrievalMetrics {
-        items: ranks.len(),
-        hit_at_1: hit(1),
-        hit_at_3: hit(3),
-        hit_at_5: hit(5),
-        mrr: ranks
+        items: hits.len(),
+        hit_at_1: within(1),
+        hit_at_3: within(3),
+        hit_at_5: within(5),
+        mrr: hits
             .iter()
-            .map(|r| r.map_or(0.0, |r| 1.0 / r as f64))
+            .map(|h| h.rank.map_or(0.0, |r| 1.0 / r as f64))
             .sum::<f64>()
             / n,
+        highlight: share(&|h| h.highlighted),
     }
 }
 
@@ -355,11 +384,18 @@ mod tests {
 
     #[test]
     fn metrics_count_hits_within_k() {
-        let m = metrics_of(&[Some(1), Some(3), Some(6), None]);
+        let hit = |rank, highlighted| GoldHit { rank, highlighted };
+        let m = metrics_of(&[
+            hit(Some(1), true),
+            hit(Some(3), false),
+            hit(Some(6), true),
+            hit(None, false),
+        ]);
         assert_eq!(m.hit_at_1, 0.25);
         assert_eq!(m.hit_at_3, 0.5);
         assert_eq!(m.hit_at_5, 0.5);
         assert!((m.mrr - (1.0 + 1.0 / 3.0 + 1.0 / 6.0) / 4.0).abs() < 1e-9);
+        assert_eq!(m.highlight, 0.5);
     }
 
     fn item(answerable: bool, facts: &[&[&str]]) -> EvalItem {
@@ -402,6 +438,7 @@ mod tests {
                 prompt_tokens: 10,
                 reused_prompt_tokens: 0,
                 generated_tokens: 5,
+                quoted_tokens: 0,
                 prefill_tokens_per_s: 1.0,
                 decode_tokens_per_s: 1.0,
                 total_ms: 200.0,

@@ -73,6 +73,12 @@ fn an_english_question_over_chinese_turns_is_answered_in_english_citing_a_gold_t
         .collect();
     let is_gold = |text: &String| item.gold_quotes.iter().any(|q| text.contains(q.as_str()));
     assert!(cited.iter().any(is_gold), "no gold turn cited: {answer}");
+    // A quotation opened after a citation is filled from the cited turn, so it is word for word.
+    let quotes = v["quotes"].as_array().expect("quotes");
+    assert!(
+        !quotes.is_empty() && quotes.iter().all(|q| q["verbatim"] == true),
+        "{answer}"
+    );
     assert!(
         v["invalid_citations"]
             .as_array()

@@ -2,6 +2,7 @@
 mod common;
 
 use common::Behaviour;
+use tqa::model::generate::{continue_generation, Prefilled};
 use tqa::model::{generate, Model, ModelError, ModelSource, SamplingConfig, StopReason};
 
 fn load(path: &std::path::Path) -> Model {
@@ -149,4 +150,53 @@ fn truncated_and_foreign_files_are_refused_with_a_reason() {
         .err()
         .unwrap();
     assert!(matches!(err, ModelError::NotGguf { .. }), "{err}");
+}
+
+#[test]
+fn steered_text_enters_the_reply_and_generation_goes_on_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load(&common::tiny_model(dir.path(), Behaviour::Random(7)));
+    let config = SamplingConfig {
+        max_new_tokens: 20,
+        repeat_penalty: 1.0,
+        ..SamplingConfig::default()
+    };
+    let prompt = model.encode("<|im_start|>user\nhello<|im_end|>\n").unwrap();
+    let inserted = model.encode("xyz").unwrap();
+    let (logits, _) = model.prefill(&prompt).unwrap();
+    let prefilled = Prefilled {
+        logits,
+        context: prompt.len(),
+        start: std::time::Instant::now(),
+    };
+    let mut streamed = String::new();
+    let mut done = false;
+    let steered = continue_generation(
+        &mut model,
+        prefilled,
+        &config,
+        &mut |t| streamed.push_str(t),
+        &mut |_| (!std::mem::replace(&mut done, true)).then(|| "xyz".to_string()),
+    )
+    .unwrap();
+    assert_eq!(streamed, steered.text);
+    assert!(steered.text.contains("xyz"));
+    assert_eq!(steered.steered_tokens, inserted.len());
+
+    // What follows the steered text is what the model says after a prompt that ends with it:
+    // the inserted tokens went into the KV cache at the right positions.
+    let at = steered
+        .tokens
+        .windows(inserted.len())
+        .position(|w| w == inserted.as_slice())
+        .unwrap()
+        + inserted.len();
+    let mut longer = prompt.clone();
+    longer.extend_from_slice(&steered.tokens[..at]);
+    let rest = SamplingConfig {
+        max_new_tokens: config.max_new_tokens - at,
+        ..config.clone()
+    };
+    let reference = generate(&mut model, &longer, &rest, &mut |_| {}).unwrap();
+    assert_eq!(reference.tokens, steered.tokens[at..]);
 }

@@ -153,8 +153,8 @@ async fn retrieval(args: EvalRetrievalArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<22} {:>5} {:>6} {:>6} {:>6} {:>6}",
-        "", "items", "hit@1", "hit@3", "hit@5", "MRR"
+        "{:<22} {:>5} {:>6} {:>6} {:>6} {:>6} {:>9}",
+        "", "items", "hit@1", "hit@3", "hit@5", "MRR", "highlight"
     );
     print_row("overall", &report.overall);
     for (lang, m) in &report.by_language {
@@ -182,7 +182,7 @@ async fn retrieval(args: EvalRetrievalArgs) -> anyhow::Result<()> {
 
 fn print_row(label: &str, m: &RetrievalMetrics) {
     println!(
-        "{label:<22} {:>5} {:>6.3} {:>6.3} {:>6.3} {:>6.3}",
-        m.items, m.hit_at_1, m.hit_at_3, m.hit_at_5, m.mrr
+        "{label:<22} {:>5} {:>6.3} {:>6.3} {:>6.3} {:>6.3} {:>9.3}",
+        m.items, m.hit_at_1, m.hit_at_3, m.hit_at_5, m.mrr, m.highlight
     );
 }

@@ -146,6 +146,10 @@ pub struct AnswerArgs {
     /// for the first word once the turns have been seen, but each turn is read without the others.
     #[arg(long)]
     pub reuse_turns: bool,
+    /// Let the model write its quotations itself, instead of filling each one it opens after a
+    /// citation with the passage of the cited turn that best matches the question.
+    #[arg(long)]
+    pub no_quote_fill: bool,
     /// Read the prompt files from this folder instead of the built-in `prompts/`.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
@@ -167,6 +171,7 @@ impl AnswerArgs {
             translate: !self.no_translate,
             judge: !self.no_judge,
             reuse_turns: self.reuse_turns,
+            fill_quotes: !self.no_quote_fill,
             sampling: self.sampling.config(),
         }
     }
@@ -177,9 +182,6 @@ pub struct SamplingArgs {
     /// Most tokens to generate.
     #[arg(long, default_value_t = AskOptions::default().sampling.max_new_tokens)]
     pub max_tokens: usize,
-    /// Close a quotation in the answer after this many sentences (0: no limit).
-    #[arg(long, default_value_t = AskOptions::default().sampling.max_quoted_sentences.unwrap_or(0))]
-    pub max_quoted_sentences: usize,
     /// 0 = greedy (deterministic).
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
@@ -201,8 +203,6 @@ impl SamplingArgs {
             seed: self.seed,
             repeat_penalty: self.repeat_penalty,
             max_new_tokens: self.max_tokens,
-            max_quoted_sentences: (self.max_quoted_sentences > 0)
-                .then_some(self.max_quoted_sentences),
             ..SamplingConfig::default()
         }
     }

@@ -34,9 +34,14 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
             None => format!("score {:.4}", hit.score),
         };
         println!(
-            "[{}] {} · {how}\n{}\n",
+            "[{}] {} · {how}\n{}",
             hit.turn.id, hit.turn.speaker, hit.turn.text
         );
+        // In a turn of several passages, point at the one the question is closest to.
+        if let (Some(closest), true) = (hit.passages.first(), hit.passages.len() > 1) {
+            println!("» closest passage: {}", closest.text);
+        }
+        println!();
     }
     Ok(())
 }

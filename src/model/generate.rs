@@ -22,9 +22,6 @@ pub struct SamplingConfig {
     /// Texts that end the reply where they begin; they are neither shown nor kept. A small model
     /// that has seen a worked example in its prompt tends to go on with the example's next line.
     pub stop_sequences: Vec<String>,
-    /// A quotation is closed after this many sentences by forcing its closing mark: a small
-    /// model asked to quote the one sentence that answers tends to copy the whole turn.
-    pub max_quoted_sentences: Option<usize>,
 }
 
 impl Default for SamplingConfig {
@@ -37,7 +34,6 @@ impl Default for SamplingConfig {
             repeat_last_n: 64,
             max_new_tokens: 512,
             stop_sequences: Vec::new(),
-            max_quoted_sentences: None,
         }
     }
 }
@@ -73,6 +69,11 @@ pub struct Generation {
     /// Every token after the first.
     #[serde(serialize_with = "crate::serialize_ms")]
     pub decode_time: Duration,
+    /// Tokens of `tokens` that a steer supplied rather than the sampler.
+    pub steered_tokens: usize,
+    /// Part of `decode_time` spent running steered text through the model.
+    #[serde(serialize_with = "crate::serialize_ms")]
+    pub steer_time: Duration,
 }
 
 impl Generation {
@@ -80,8 +81,12 @@ impl Generation {
         per_second(self.prompt_tokens, self.prefill_time)
     }
 
+    /// Sampled tokens only: steered text goes through the model as a prefill does.
     pub fn decode_tokens_per_s(&self) -> f64 {
-        per_second(self.tokens.len().saturating_sub(1), self.decode_time)
+        per_second(
+            self.tokens.len().saturating_sub(self.steered_tokens + 1),
+            self.decode_time.saturating_sub(self.steer_time),
+        )
     }
 }
 
@@ -113,8 +118,13 @@ pub fn generate(
         },
         config,
         on_text,
+        &mut |_| None,
     )
 }
+
+/// Given the reply so far, text to put into it next as if the model had written it, for a caller
+/// that knows better than the model what comes next (the exact words of a quotation).
+pub type Steer<'a> = dyn FnMut(&str) -> Option<String> + 'a;
 
 /// A prompt that has been run through the model: the logits for the next token, how many tokens
 /// the KV cache holds, and when the prefill began (for time to first token).
@@ -142,11 +152,13 @@ pub fn check_context(
 }
 
 /// The token loop, from a prompt already in the KV cache: sample, stop or feed the token back.
+/// Text that `steer` supplies goes through the model in one chunk, like a prompt.
 pub fn continue_generation(
     model: &mut Model,
     prefilled: Prefilled,
     config: &SamplingConfig,
     on_text: &mut dyn FnMut(&str),
+    steer: &mut Steer,
 ) -> Result<Generation, ModelError> {
     let Prefilled {
         logits,
@@ -161,32 +173,41 @@ pub fn continue_generation(
     let mut next = sample(&mut sampler, &logits, &[], config)?;
     let prefill_time = start.elapsed();
 
+    let mut steered_tokens = 0;
+    let mut steer_time = Duration::ZERO;
     let decode_start = Instant::now();
     let stop = loop {
         if model.is_stop_token(next) {
             break StopReason::EndOfTurn;
         }
+        let mut step = vec![next];
         generated.push(next);
         if let Some(piece) = stream.push(next, |t| model.decode(t))? {
             if text.push(&piece, on_text) {
                 break StopReason::StopSequence;
             }
+            // Consulted only when the text has grown, so that one opening is steered once.
+            if let Some(steered) = steer(text.so_far()) {
+                let tokens = model.encode(&steered)?;
+                let room = config.max_new_tokens.saturating_sub(generated.len());
+                let tokens = &tokens[..tokens.len().min(room)];
+                generated.extend_from_slice(tokens);
+                step.extend_from_slice(tokens);
+                if text.push(&model.decode(tokens)?, on_text) {
+                    break StopReason::StopSequence;
+                }
+            }
         }
         if generated.len() >= config.max_new_tokens {
             break StopReason::TokenLimit;
         }
-        let logits = model.forward(&[next], context + generated.len() - 1)?;
-        let forced = match config
-            .max_quoted_sentences
-            .and_then(|n| quote_to_close(text.so_far(), n))
-        {
-            Some(mark) => single_token(model, mark)?,
-            None => None,
-        };
-        next = match forced {
-            Some(token) => token,
-            None => sample(&mut sampler, &logits, &generated, config)?,
-        };
+        let step_start = Instant::now();
+        let logits = model.forward(&step, context + generated.len() - step.len())?;
+        if step.len() > 1 {
+            steered_tokens += step.len() - 1;
+            steer_time += step_start.elapsed();
+        }
+        next = sample(&mut sampler, &logits, &generated, config)?;
     };
     if stop != StopReason::StopSequence {
         if let Some(rest) = stream.finish(|t| model.decode(t))? {
@@ -200,67 +221,9 @@ pub fn continue_generation(
         prompt_tokens: context,
         prefill_time,
         decode_time: decode_start.elapsed(),
+        steered_tokens,
+        steer_time,
     })
-}
-
-/// The token that is exactly `mark`, if the vocabulary has one.
-fn single_token(model: &Model, mark: char) -> Result<Option<u32>, ModelError> {
-    let tokens = model.encode(&mark.to_string())?;
-    Ok(match tokens.as_slice() {
-        [token] => Some(*token),
-        _ => None,
-    })
-}
-
-/// The closing mark of the quotation still open on the last line of `text`, when that quotation
-/// has just completed its `max_sentences`-th sentence.
-fn quote_to_close(text: &str, max_sentences: usize) -> Option<char> {
-    let line = text.rsplit('\n').next().unwrap_or(text);
-    let mut open: Option<(char, usize)> = None;
-    for (at, c) in line.char_indices() {
-        match open {
-            Some((close, _)) if c == close => open = None,
-            Some(_) => {}
-            None => open = closing_mark(c).map(|close| (close, at + c.len_utf8())),
-        }
-    }
-    let (close, start) = open?;
-    let quoted = &line[start..];
-    (ends_a_sentence(quoted) && sentence_ends(quoted) >= max_sentences).then_some(close)
-}
-
-fn closing_mark(open: char) -> Option<char> {
-    match open {
-        '"' => Some('"'),
-        '“' => Some('”'),
-        '「' => Some('」'),
-        '『' => Some('』'),
-        _ => None,
-    }
-}
-
-/// Sentence ends in `text`.
-fn sentence_ends(text: &str) -> usize {
-    let mut before = None;
-    let mut count = 0;
-    for c in text.chars() {
-        count += usize::from(is_sentence_end(before, c));
-        before = Some(c);
-    }
-    count
-}
-
-fn ends_a_sentence(text: &str) -> bool {
-    let mut backwards = text.chars().rev();
-    backwards
-        .next()
-        .is_some_and(|c| is_sentence_end(backwards.next(), c))
-}
-
-/// CJK and ASCII end marks; a full stop only after a lowercase letter, so that numbers ("1.5")
-/// and initials ("U.S.") do not end a sentence.
-fn is_sentence_end(before: Option<char>, c: char) -> bool {
-    "。！？!?".contains(c) || (c == '.' && before.is_some_and(char::is_lowercase))
 }
 
 /// The repeat penalty looks at the answer only: an answer is expected to repeat the prompt's
@@ -443,24 +406,6 @@ mod tests {
         let (shown, text, _) = scan(&["\nQuestion:"], &["done", "\n"]);
         assert_eq!(shown.concat(), "done\n");
         assert_eq!(text, "done\n");
-    }
-
-    #[test]
-    fn an_open_quotation_is_closed_after_its_last_allowed_sentence() {
-        assert_eq!(quote_to_close("- [T4] \"大约两百万美元。", 1), Some('"'));
-        assert_eq!(quote_to_close("- [T4] “It was cheap.", 1), Some('”'));
-        assert_eq!(quote_to_close("- [T4] 「大约两百万美元。我们还", 1), None);
-        assert_eq!(
-            quote_to_close("- [T4] 「大约两百万美元。我们还招了人！", 1),
-            Some('」')
-        );
-        assert_eq!(quote_to_close("- [T4] \"大约两百万美元。", 2), None);
-        assert_eq!(quote_to_close("- [T4] \"It cost 1.", 1), None);
-        assert_eq!(quote_to_close("- [T4] \"大约。\" 他说。", 1), None);
-        assert_eq!(
-            quote_to_close("- [T4] \"大约。\"\n- [T5] 没有引号。", 1),
-            None
-        );
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub struct DenseIndex {
     embedder: Arc<Embedder>,
     /// For each passage, the index of its turn.
     passage_turn: Vec<usize>,
+    passages: Vec<String>,
     vectors: Vec<Vec<f32>>,
     turn_count: usize,
     /// Whether the passage vectors came from the cache.
@@ -84,21 +85,43 @@ impl DenseIndex {
         Ok(Self {
             embedder,
             passage_turn,
+            passages,
             vectors,
             turn_count: turns.len(),
             from_cache,
         })
     }
 
-    /// Cosine similarity of the query with each turn's best passage, in turn order.
-    pub fn scores(&self, query: &str) -> Result<Vec<f32>, DenseError> {
+    /// Cosine similarity of the query with every passage, in passage order.
+    pub fn passage_similarities(&self, query: &str) -> Result<Vec<f32>, DenseError> {
         let q = self.embedder.embed(&[query], TextKind::Query)?;
         let q = q.first().map(Vec::as_slice).unwrap_or(&[]);
+        Ok(self.vectors.iter().map(|v| cosine(q, v)).collect())
+    }
+
+    /// Each turn's best passage similarity, in turn order.
+    pub fn turn_scores(&self, passage_similarities: &[f32]) -> Vec<f32> {
         let mut best = vec![f32::MIN; self.turn_count];
-        for (vector, &turn) in self.vectors.iter().zip(&self.passage_turn) {
-            best[turn] = best[turn].max(cosine(q, vector));
+        for (&similarity, &turn) in passage_similarities.iter().zip(&self.passage_turn) {
+            best[turn] = best[turn].max(similarity);
         }
-        Ok(best)
+        best
+    }
+
+    /// Each turn's passages with their similarities, the closest first, in turn order.
+    pub fn ranked_passages(&self, passage_similarities: &[f32]) -> Vec<Vec<(&str, f32)>> {
+        let mut per_turn: Vec<Vec<(&str, f32)>> = vec![Vec::new(); self.turn_count];
+        for ((&similarity, &turn), text) in passage_similarities
+            .iter()
+            .zip(&self.passage_turn)
+            .zip(&self.passages)
+        {
+            per_turn[turn].push((text.trim(), similarity));
+        }
+        for passages in &mut per_turn {
+            passages.sort_by(|a, b| b.1.total_cmp(&a.1));
+        }
+        per_turn
     }
 }
 

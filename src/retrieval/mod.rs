@@ -32,6 +32,18 @@ pub struct Retrieved {
     /// `None` for a turn that matched the query; the id of the matching turn for a partner turn
     /// (the host question before an answer, or the answer after a question).
     pub partner_of: Option<String>,
+    /// The turn's passages, the closest to the question first: where in a long turn the answer
+    /// is likely to be. Empty when the index has no embedder.
+    pub passages: Vec<Passage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Passage {
+    pub text: String,
+    /// Its cosine similarity with the question, averaged over the question's wordings: how
+    /// closely it matches, on a scale that does not depend on the other turns (unlike
+    /// `Retrieved::score`).
+    pub similarity: f32,
 }
 
 pub struct Index {
@@ -91,20 +103,25 @@ impl Index {
     /// Every turn that matches the query, best first. `queries` are one question in several
     /// wordings (the question, and its translation into the transcript's language).
     pub fn rank(&self, queries: &[&str]) -> Result<Vec<Retrieved>, DenseError> {
-        let scores = self.scores(queries)?;
+        let Scored { turns, passages } = self.scores(queries)?;
+        Ok(self.ranked(&turns, &passages))
+    }
+
+    fn ranked(&self, scores: &[f32], passages: &[Vec<Passage>]) -> Vec<Retrieved> {
         let mut ranked: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] > 0.0).collect();
         ranked.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-        Ok(ranked
+        ranked
             .into_iter()
-            .map(|i| self.retrieved(i, scores[i], None))
-            .collect())
+            .map(|i| self.retrieved(i, scores[i], None, passages))
+            .collect()
     }
 
     /// The `k` best-matching turns, best first, each followed by its partner turn unless that is
     /// already in the list.
     pub fn search(&self, queries: &[&str], k: usize) -> Result<Vec<Retrieved>, DenseError> {
+        let Scored { turns, passages } = self.scores(queries)?;
         let mut out: Vec<Retrieved> = Vec::new();
-        for hit in self.rank(queries)?.into_iter().take(k) {
+        for hit in self.ranked(&turns, &passages).into_iter().take(k) {
             if let Some(seen) = out.iter_mut().find(|r| r.turn.id == hit.turn.id) {
                 // Already present as a partner: it is a match in its own right.
                 *seen = hit;
@@ -115,15 +132,17 @@ impl Index {
             out.push(hit);
             if let Some(p) = partner.filter(|&p| !out.iter().any(|r| r.turn.id == self.turns[p].id))
             {
-                out.push(self.retrieved(p, 0.0, Some(hit_id)));
+                out.push(self.retrieved(p, 0.0, Some(hit_id), &passages));
             }
         }
         Ok(out)
     }
 
-    /// Fused score of every turn, in turn order; 0 means no match at all.
-    fn scores(&self, queries: &[&str]) -> Result<Vec<f32>, DenseError> {
+    /// Fused score of every turn, in turn order (0 means no match at all), and each turn's
+    /// passages ranked by closeness to all the wordings together.
+    fn scores(&self, queries: &[&str]) -> Result<Scored, DenseError> {
         let mut rankings: Vec<(Vec<f32>, f32)> = Vec::new();
+        let mut passage_similarities: Vec<f32> = Vec::new();
         let mut named: Vec<&str> = Vec::new();
         for query in queries {
             let terms = self.lexical.terms(query);
@@ -135,7 +154,12 @@ impl Index {
             let lexical_weight = self.lexical.known_share(&content_terms);
             rankings.push((self.lexical.scores(&content_terms), lexical_weight));
             if let Some(dense) = &self.dense {
-                rankings.push((dense.scores(query)?, 1.0));
+                let similarities = dense.passage_similarities(query)?;
+                rankings.push((dense.turn_scores(&similarities), 1.0));
+                passage_similarities.resize(similarities.len(), 0.0);
+                for (sum, s) in passage_similarities.iter_mut().zip(similarities) {
+                    *sum += s;
+                }
             }
         }
         let mut fused = match rankings.as_slice() {
@@ -151,7 +175,27 @@ impl Index {
                 }
             }
         }
-        Ok(fused)
+        let wordings = queries.len().max(1) as f32;
+        let passages = match &self.dense {
+            Some(dense) => dense
+                .ranked_passages(&passage_similarities)
+                .into_iter()
+                .map(|ranked| {
+                    ranked
+                        .into_iter()
+                        .map(|(text, similarity)| Passage {
+                            text: text.to_string(),
+                            similarity: similarity / wordings,
+                        })
+                        .collect()
+                })
+                .collect(),
+            None => vec![Vec::new(); self.turns.len()],
+        };
+        Ok(Scored {
+            turns: fused,
+            passages,
+        })
     }
 
     /// Speakers the query names, by a part of their name or, for the host, by role.
@@ -171,13 +215,26 @@ impl Index {
         self.turns.iter().position(|t| t.id == id)
     }
 
-    fn retrieved(&self, i: usize, score: f32, partner_of: Option<String>) -> Retrieved {
+    fn retrieved(
+        &self,
+        i: usize,
+        score: f32,
+        partner_of: Option<String>,
+        passages: &[Vec<Passage>],
+    ) -> Retrieved {
         Retrieved {
             turn: self.turns[i].clone(),
             score,
             partner_of,
+            passages: passages.get(i).cloned().unwrap_or_default(),
         }
     }
+}
+
+/// Per turn, in turn order.
+struct Scored {
+    turns: Vec<f32>,
+    passages: Vec<Vec<Passage>>,
 }
 
 /// Σ weight/(k + rank) over the scorers that give the item a positive score.
