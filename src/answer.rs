@@ -424,8 +424,8 @@ pub struct AskOptions {
     /// every later prompt (see `Model::prefill_pieces`). Off by default: the turns then do not
     /// see each other, which changes the answers.
     pub reuse_turns: bool,
-    /// Fill each quotation the model opens after a citation with the cited turn's highlight
-    /// (see `QuoteFiller`).
+    /// Fill each quotation the model opens after a citation with the cited turn's passage
+    /// closest to the question (see `QuoteFiller`).
     pub fill_quotes: bool,
     pub sampling: SamplingConfig,
 }

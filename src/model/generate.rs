@@ -175,12 +175,15 @@ pub fn continue_generation(
 
     let mut steered_tokens = 0;
     let mut steer_time = Duration::ZERO;
+    // The tokens that go through the model next: the sampled one, and any steered text after it.
+    let mut step: Vec<u32> = Vec::new();
     let decode_start = Instant::now();
     let stop = loop {
         if model.is_stop_token(next) {
             break StopReason::EndOfTurn;
         }
-        let mut step = vec![next];
+        step.clear();
+        step.push(next);
         generated.push(next);
         if let Some(piece) = stream.push(next, |t| model.decode(t))? {
             if text.push(&piece, on_text) {
@@ -188,12 +191,17 @@ pub fn continue_generation(
             }
             // Consulted only when the text has grown, so that one opening is steered once.
             if let Some(steered) = steer(text.so_far()) {
-                let tokens = model.encode(&steered)?;
+                let mut tokens = model.encode(&steered)?;
                 let room = config.max_new_tokens.saturating_sub(generated.len());
-                let tokens = &tokens[..tokens.len().min(room)];
-                generated.extend_from_slice(tokens);
-                step.extend_from_slice(tokens);
-                if text.push(&model.decode(tokens)?, on_text) {
+                let shown = if tokens.len() > room {
+                    tokens.truncate(room);
+                    model.decode(&tokens)?
+                } else {
+                    steered
+                };
+                generated.extend_from_slice(&tokens);
+                step.extend_from_slice(&tokens);
+                if text.push(&shown, on_text) {
                     break StopReason::StopSequence;
                 }
             }
