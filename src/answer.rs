@@ -638,9 +638,8 @@ impl<'a> QuoteFiller<'a> {
     /// mark and some passage of that turn is not in the reply yet.
     fn fill(&self, reply: &str) -> Option<String> {
         let line = reply.rsplit('\n').next().unwrap_or(reply);
-        if !line.ends_with(['"', '“', '「', '『']) {
-            return None;
-        }
+        // The regex runs only when the reply has just grown an opening mark.
+        closing_mark(line.chars().last()?)?;
         let caps = self.opening.captures(line)?;
         let id = normalize_turn_id(caps.get(1)?.as_str());
         let close = closing_mark(caps.get(2)?.as_str().chars().next()?)?;

@@ -38,8 +38,8 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
             hit.turn.id, hit.turn.speaker, hit.turn.text
         );
         // In a turn of several passages, point at the one the question is closest to.
-        if let (Some(closest), true) = (hit.passages.first(), hit.passages.len() > 1) {
-            println!("» closest passage: {}", closest.text);
+        if hit.passages.len() > 1 {
+            println!("» closest passage: {}", hit.passages[0].text);
         }
         println!();
     }

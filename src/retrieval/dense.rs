@@ -108,20 +108,18 @@ impl DenseIndex {
         best
     }
 
-    /// Each turn's passages with their similarities, the closest first, in turn order.
-    pub fn ranked_passages(&self, passage_similarities: &[f32]) -> Vec<Vec<(&str, f32)>> {
-        let mut per_turn: Vec<Vec<(&str, f32)>> = vec![Vec::new(); self.turn_count];
-        for ((&similarity, &turn), text) in passage_similarities
+    /// The passages of the turn at `turn` with their similarities, the closest first.
+    pub fn passages_of(&self, turn: usize, passage_similarities: &[f32]) -> Vec<(&str, f32)> {
+        let mut passages: Vec<(&str, f32)> = self
+            .passage_turn
             .iter()
-            .zip(&self.passage_turn)
             .zip(&self.passages)
-        {
-            per_turn[turn].push((text.trim(), similarity));
-        }
-        for passages in &mut per_turn {
-            passages.sort_by(|a, b| b.1.total_cmp(&a.1));
-        }
-        per_turn
+            .zip(passage_similarities)
+            .filter(|((&t, _), _)| t == turn)
+            .map(|((_, text), &similarity)| (text.trim(), similarity))
+            .collect();
+        passages.sort_by(|a, b| b.1.total_cmp(&a.1));
+        passages
     }
 }
 

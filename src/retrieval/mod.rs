@@ -103,25 +103,25 @@ impl Index {
     /// Every turn that matches the query, best first. `queries` are one question in several
     /// wordings (the question, and its translation into the transcript's language).
     pub fn rank(&self, queries: &[&str]) -> Result<Vec<Retrieved>, DenseError> {
-        let Scored { turns, passages } = self.scores(queries)?;
-        Ok(self.ranked(&turns, &passages))
+        Ok(self.ranked(&self.scores(queries)?))
     }
 
-    fn ranked(&self, scores: &[f32], passages: &[Vec<Passage>]) -> Vec<Retrieved> {
+    fn ranked(&self, scored: &Scored) -> Vec<Retrieved> {
+        let scores = &scored.turns;
         let mut ranked: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] > 0.0).collect();
         ranked.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
         ranked
             .into_iter()
-            .map(|i| self.retrieved(i, scores[i], None, passages))
+            .map(|i| self.retrieved(i, scores[i], None, scored))
             .collect()
     }
 
     /// The `k` best-matching turns, best first, each followed by its partner turn unless that is
     /// already in the list.
     pub fn search(&self, queries: &[&str], k: usize) -> Result<Vec<Retrieved>, DenseError> {
-        let Scored { turns, passages } = self.scores(queries)?;
+        let scored = self.scores(queries)?;
         let mut out: Vec<Retrieved> = Vec::new();
-        for hit in self.ranked(&turns, &passages).into_iter().take(k) {
+        for hit in self.ranked(&scored).into_iter().take(k) {
             if let Some(seen) = out.iter_mut().find(|r| r.turn.id == hit.turn.id) {
                 // Already present as a partner: it is a match in its own right.
                 *seen = hit;
@@ -132,14 +132,14 @@ impl Index {
             out.push(hit);
             if let Some(p) = partner.filter(|&p| !out.iter().any(|r| r.turn.id == self.turns[p].id))
             {
-                out.push(self.retrieved(p, 0.0, Some(hit_id), &passages));
+                out.push(self.retrieved(p, 0.0, Some(hit_id), &scored));
             }
         }
         Ok(out)
     }
 
-    /// Fused score of every turn, in turn order (0 means no match at all), and each turn's
-    /// passages ranked by closeness to all the wordings together.
+    /// Fused score of every turn (0 means no match at all), and every passage's similarity to
+    /// the wordings.
     fn scores(&self, queries: &[&str]) -> Result<Scored, DenseError> {
         let mut rankings: Vec<(Vec<f32>, f32)> = Vec::new();
         let mut passage_similarities: Vec<f32> = Vec::new();
@@ -176,25 +176,12 @@ impl Index {
             }
         }
         let wordings = queries.len().max(1) as f32;
-        let passages = match &self.dense {
-            Some(dense) => dense
-                .ranked_passages(&passage_similarities)
-                .into_iter()
-                .map(|ranked| {
-                    ranked
-                        .into_iter()
-                        .map(|(text, similarity)| Passage {
-                            text: text.to_string(),
-                            similarity: similarity / wordings,
-                        })
-                        .collect()
-                })
-                .collect(),
-            None => vec![Vec::new(); self.turns.len()],
-        };
+        for similarity in &mut passage_similarities {
+            *similarity /= wordings;
+        }
         Ok(Scored {
             turns: fused,
-            passages,
+            passage_similarities,
         })
     }
 
@@ -220,21 +207,32 @@ impl Index {
         i: usize,
         score: f32,
         partner_of: Option<String>,
-        passages: &[Vec<Passage>],
+        scored: &Scored,
     ) -> Retrieved {
+        let passages = self.dense.as_ref().map_or_else(Vec::new, |dense| {
+            dense
+                .passages_of(i, &scored.passage_similarities)
+                .into_iter()
+                .map(|(text, similarity)| Passage {
+                    text: text.to_string(),
+                    similarity,
+                })
+                .collect()
+        });
         Retrieved {
             turn: self.turns[i].clone(),
             score,
             partner_of,
-            passages: passages.get(i).cloned().unwrap_or_default(),
+            passages,
         }
     }
 }
 
-/// Per turn, in turn order.
 struct Scored {
+    /// Fused score per turn, in turn order.
     turns: Vec<f32>,
-    passages: Vec<Vec<Passage>>,
+    /// Cosine similarity per passage, averaged over the wordings; empty without an embedder.
+    passage_similarities: Vec<f32>,
 }
 
 /// Σ weight/(k + rank) over the scorers that give the item a positive score.
