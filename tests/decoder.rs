@@ -87,6 +87,12 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+fn log_probability(logits: &[f32], token: u32) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+    logits[token as usize] - max - log_sum
+}
+
 fn argmax(v: &[f32]) -> u32 {
     v.iter()
         .enumerate()
@@ -125,6 +131,24 @@ fn llama_logits_match_candle_transformers() {
 #[test]
 fn qwen2_with_grouped_query_heads_matches_candle_transformers() {
     assert_tiny_matches(Arch::Qwen2);
+}
+
+/// Prompts longer than a prefill chunk go through the layers a chunk at a time; the reference
+/// takes them whole.
+#[test]
+fn a_prompt_of_several_chunks_gives_the_logits_of_one_pass() {
+    let (_dir, path) = tiny(5, Arch::Qwen2);
+    let mut ours = load(&path, false);
+    let mut reference = Reference::load(&path);
+    let prompt = ours
+        .encode(&"what did the guest say about agents and pricing? ".repeat(60))
+        .unwrap();
+    assert!(prompt.len() > 512, "{} tokens", prompt.len());
+    let diff = max_abs_diff(
+        &reference.forward(&prompt, 0),
+        &logits(&mut ours, &prompt, 0),
+    );
+    assert!(diff < 1e-4, "logits differ by {diff}");
 }
 
 #[test]
@@ -256,10 +280,13 @@ fn turn_pieces_alone_equal_a_plain_prefill_and_are_reused_wherever_they_land() {
 }
 
 /// The real quantized models, teacher-forced along the reference's greedy tokens. Activations
-/// are rounded to 8 bits before every quantized matmul, so a different (equally exact) order of
-/// float additions in attention moves the logits by up to about a logit; exact agreement is
-/// therefore asked where the reference's choice is clear, and closeness everywhere.
+/// are rounded to 8 bits before every quantized matmul, in blocks of 32 by the reference and of
+/// 256 by the fast kernels tqa's padded matrices reach, and a different (equally exact) order of
+/// float additions does the rest: the chosen token's log-probability moves by up to about 0.35.
+/// So it must stay within `NOISE` of the reference's, and the greedy choice must agree wherever
+/// the reference's top two are further apart than two such moves.
 fn assert_real_model_matches(name: &str) {
+    const NOISE: f32 = 0.75;
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let source = runtime.block_on(tqa::model::resolve(Some(name))).unwrap();
     let mut ours = load(&source.path, source.optimize);
@@ -270,13 +297,16 @@ fn assert_real_model_matches(name: &str) {
         .unwrap();
     let (mut expected, mut got) = (reference.forward(&prompt, 0), logits(&mut ours, &prompt, 0));
     let mut clear_choices = 0;
-    for pos in prompt.len()..prompt.len() + 32 {
-        let diff = max_abs_diff(&expected, &got);
-        assert!(diff < 2.5, "{name} at {pos}: logits differ by {diff}");
+    for pos in prompt.len()..prompt.len() + 48 {
+        let next = argmax(&expected);
+        let shift = (log_probability(&got, next) - log_probability(&expected, next)).abs();
+        assert!(
+            shift < NOISE,
+            "{name} at {pos}: the chosen token's log-probability moved by {shift}"
+        );
         let mut sorted = expected.clone();
         sorted.sort_by(|a, b| b.total_cmp(a));
-        let next = argmax(&expected);
-        if sorted[0] - sorted[1] > 2.0 * diff {
+        if sorted[0] - sorted[1] > 2.0 * NOISE {
             clear_choices += 1;
             assert_eq!(
                 argmax(&got),

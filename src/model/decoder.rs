@@ -8,8 +8,8 @@ use std::borrow::Cow;
 use std::io::{Read, Seek};
 use std::sync::Arc;
 
-use candle_core::quantized::{gguf_file, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
 
 /// The hyper-parameters the forward pass needs, read from the GGUF metadata.
 #[derive(Debug, Clone)]
@@ -138,28 +138,29 @@ impl KvCache {
 }
 
 /// Token embeddings. On the CPU the table stays quantized and only the rows a forward pass needs
-/// are expanded: Qwen2.5's 151k-row table is about 0.9 GB in f32.
+/// are expanded: Qwen2.5's 151k-row table is about 0.9 GB in f32. A table tied to the output
+/// projection is read from the projection's copy, which may carry zero columns past `hidden`.
 enum Embeddings {
-    Quantized(Arc<QTensor>),
+    Quantized { table: Arc<QTensor>, hidden: usize },
     Dense(Tensor),
 }
 
 impl Embeddings {
-    fn new(table: Arc<QTensor>, device: &Device) -> Result<Self> {
+    fn new(table: Arc<QTensor>, hidden: usize, device: &Device) -> Result<Self> {
         if device.is_cpu() {
-            Ok(Self::Quantized(table))
+            Ok(Self::Quantized { table, hidden })
         } else {
-            Ok(Self::Dense(table.dequantize(device)?))
+            Ok(Self::Dense(table.dequantize(device)?.narrow(1, 0, hidden)?))
         }
     }
 
     fn rows(&self, tokens: &[u32], device: &Device) -> Result<Tensor> {
         match self {
             Self::Dense(table) => table.index_select(&Tensor::new(tokens, device)?, 0),
-            Self::Quantized(table) => {
-                let (n_vocab, hidden) = table.shape().dims2()?;
+            Self::Quantized { table, hidden } => {
+                let (n_vocab, width) = table.shape().dims2()?;
                 let dtype = table.dtype();
-                let row_bytes = hidden / dtype.block_size() * dtype.type_size();
+                let row_bytes = width / dtype.block_size() * dtype.type_size();
                 let data = table.data()?;
                 let mut picked = Vec::with_capacity(tokens.len() * row_bytes);
                 for &token in tokens {
@@ -172,25 +173,114 @@ impl Embeddings {
                     picked.extend_from_slice(&data[token * row_bytes..(token + 1) * row_bytes]);
                 }
                 let storage = QStorage::from_data(Cow::Owned(picked), device, dtype)?;
-                QTensor::new(storage, (tokens.len(), hidden))?.dequantize(device)
+                let rows = QTensor::new(storage, (tokens.len(), width))?.dequantize(device)?;
+                if width == *hidden {
+                    Ok(rows)
+                } else {
+                    rows.narrow(1, 0, *hidden)?.contiguous()
+                }
             }
         }
     }
 }
 
+/// A quantized weight matrix applied to activations. candle's fast x86 kernels (AVX-512 VNNI,
+/// AMX) quantize the activations in blocks of 256 values; for a matrix of any other width they
+/// fall back to a scalar loop over rows that is several times slower. Q8_0 matrices whose width is
+/// not a multiple of 256 (SmolLM2's 576, Qwen2.5-0.5B's 896) therefore get zero columns up to the
+/// next multiple, and their inputs zeros to match: zero columns add nothing to the products.
+struct Projection {
+    matmul: QMatMul,
+    weight: Arc<QTensor>,
+    padding: usize,
+}
+
+impl Projection {
+    fn new(weight: Arc<QTensor>) -> Result<Self> {
+        let padding = padding_for_fast_kernels(&weight)?;
+        let weight = if padding == 0 {
+            weight
+        } else {
+            Arc::new(pad_columns(&weight, padding)?)
+        };
+        Ok(Self {
+            matmul: QMatMul::from_arc(weight.clone())?,
+            weight,
+            padding,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.padding == 0 {
+            return self.matmul.forward(x);
+        }
+        self.matmul
+            .forward(&x.pad_with_zeros(D::Minus1, 0, self.padding)?)
+    }
+}
+
+const FAST_KERNEL_BLOCK: usize = 256;
+
+fn padding_for_fast_kernels(weight: &QTensor) -> Result<usize> {
+    let (_, width) = weight.shape().dims2()?;
+    let padding = width.next_multiple_of(FAST_KERNEL_BLOCK) - width;
+    let worth_it = padding > 0
+        && weight.dtype() == GgmlDType::Q8_0
+        && weight.device().is_cpu()
+        && has_int8_dot_product_instructions();
+    Ok(if worth_it { padding } else { 0 })
+}
+
+/// candle runs Q8_0 through its repacked kernels only with AVX-512 VNNI or AVX-VNNI; without
+/// them padding would only add work.
+fn has_int8_dot_product_instructions() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
+            || is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Appends `padding` zero columns to a row-major quantized matrix. A block of zero bytes is a
+/// block of zeros (zero scale, zero values), so this is a copy, not a re-quantization.
+fn pad_columns(weight: &QTensor, padding: usize) -> Result<QTensor> {
+    let (rows, width) = weight.shape().dims2()?;
+    let dtype = weight.dtype();
+    let block = dtype.block_size();
+    if width % block != 0 || padding % block != 0 {
+        candle_core::bail!("cannot pad a {dtype:?} matrix of width {width} by {padding}");
+    }
+    let row_bytes = width / block * dtype.type_size();
+    let padded_row_bytes = (width + padding) / block * dtype.type_size();
+    let data = weight.data()?;
+    let mut padded = vec![0u8; rows * padded_row_bytes];
+    for (src, dst) in data
+        .chunks_exact(row_bytes)
+        .zip(padded.chunks_exact_mut(padded_row_bytes))
+    {
+        dst[..row_bytes].copy_from_slice(src);
+    }
+    let storage = QStorage::from_data(Cow::Owned(padded), &weight.device(), dtype)?;
+    QTensor::new(storage, (rows, width + padding))
+}
+
 struct Attention {
-    q: QMatMul,
-    k: QMatMul,
-    v: QMatMul,
-    o: QMatMul,
+    q: Projection,
+    k: Projection,
+    v: Projection,
+    o: Projection,
     /// qwen2 has biases on q, k and v; llama has none.
     bias: Option<[Tensor; 3]>,
 }
 
 struct Mlp {
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Projection,
+    up: Projection,
+    down: Projection,
 }
 
 impl Mlp {
@@ -207,12 +297,19 @@ struct Layer {
     mlp: Mlp,
 }
 
+/// Long prompts go through the layers this many tokens at a time. Attention scores grow with the
+/// square of a chunk's length: 2,048 tokens at once made SmolLM2 spend most of its prefill on
+/// (and hold 240 MB per layer for) scores, mask and softmax. Measured on this machine, 128–256
+/// doubled prefill at 2,048 tokens for SmolLM2 and gained a third at 1,024 for the 1.5B model;
+/// the quantized matmuls are as fast at 256 rows as at more.
+const PREFILL_CHUNK: usize = 256;
+
 pub struct Decoder {
     config: Config,
     embeddings: Embeddings,
     layers: Vec<Layer>,
     output_norm: Tensor,
-    output: QMatMul,
+    output: Projection,
     /// Rotation angles per position, `(context_length, head_dim / 2)`.
     cos: Tensor,
     sin: Tensor,
@@ -231,15 +328,19 @@ impl Decoder {
         let mut qtensor = |name: &str| content.tensor(reader, name, device);
         let embedding_table = Arc::new(qtensor("token_embd.weight")?);
         // Models with tied embeddings (Qwen2.5 up to 3B, SmolLM2) have no output matrix.
-        let output = match qtensor("output.weight") {
-            Ok(w) => QMatMul::from_qtensor(w)?,
-            Err(_) => QMatMul::from_arc(embedding_table.clone())?,
+        let (output, embedding_table) = match qtensor("output.weight") {
+            Ok(w) => (Projection::new(Arc::new(w))?, embedding_table),
+            Err(_) => {
+                let output = Projection::new(embedding_table)?;
+                let table = output.weight.clone();
+                (output, table)
+            }
         };
         let output_norm = qtensor("output_norm.weight")?.dequantize(device)?;
         let mut layers = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
             let mut weight = |name: &str| qtensor(&format!("blk.{i}.{name}"));
-            let matmul = |t: QTensor| QMatMul::from_qtensor(t);
+            let matmul = |t: QTensor| Projection::new(Arc::new(t));
             let bias = if arch == "qwen2" {
                 Some([
                     weight("attn_q.bias")?.dequantize(device)?,
@@ -268,7 +369,7 @@ impl Decoder {
         }
         let (cos, sin) = rope_tables(&config, device)?;
         Ok(Self {
-            embeddings: Embeddings::new(embedding_table, device)?,
+            embeddings: Embeddings::new(embedding_table, config.n_head * config.head_dim, device)?,
             layers,
             output_norm,
             output,
@@ -284,11 +385,14 @@ impl Decoder {
         &self.config
     }
 
-    /// Runs two tokens through every layer and forgets them. candle repacks quantized weights
-    /// for its AVX-512 VNNI kernels on their first use (one-token and many-token products pack
-    /// different types); doing that here moves the cost from the first question to loading.
+    /// Runs a short prompt and one more token through every layer and forgets them. candle
+    /// repacks quantized weights for its fast kernels on their first use, differently for one
+    /// token and for 32 or more (AMX tiles for Q4_K, about 2.5 s for the 1.5B model); doing that
+    /// here moves the cost from the first question to loading.
     pub fn warm_up(&mut self) -> Result<()> {
-        self.forward(&[0, 0], 0)?;
+        const AMX_MIN_ROWS: usize = 32;
+        self.forward(&[0; AMX_MIN_ROWS], 0)?;
+        self.forward(&[0], AMX_MIN_ROWS)?;
         self.cache.len = 0;
         Ok(())
     }
@@ -324,6 +428,16 @@ impl Decoder {
         }
         self.cache
             .reserve(pos + n, pos, &self.config, &self.device)?;
+        let mut logits = None;
+        for (i, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
+            logits = Some(self.forward_chunk(chunk, pos + i * PREFILL_CHUNK)?);
+        }
+        logits.ok_or_else(|| candle_core::Error::Msg("forward needs at least one token".into()))
+    }
+
+    /// `forward` for at most `PREFILL_CHUNK` tokens.
+    fn forward_chunk(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor> {
+        let n = tokens.len();
         let cos = self.cos.narrow(0, pos, n)?;
         let sin = self.sin.narrow(0, pos, n)?;
         let mask = causal_mask(n, pos, &self.device)?;
@@ -551,5 +665,47 @@ mod tests {
         assert_eq!(mask[0], [0.0, 0.0, 0.0, 0.0, f32::NEG_INFINITY]);
         assert_eq!(mask[1], [0.0; 5]);
         assert!(causal_mask(1, 7, &Device::Cpu).unwrap().is_none());
+    }
+
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// The shapes of SmolLM2 (width 576) and Qwen2.5-0.5B (width 896), for one token and for a
+    /// prompt chunk. Both paths round the activations to 8 bits (in blocks of different sizes),
+    /// so each is held to the float product of the dequantized weights, within 2% of its range.
+    #[test]
+    fn padded_projections_compute_the_product_of_the_unpadded_matrix() {
+        let device = Device::Cpu;
+        for (rows, width) in [(896, 896), (128, 896), (4864, 896), (576, 576), (1536, 576)] {
+            let weight = Tensor::randn(0f32, 0.05, (rows, width), &device).unwrap();
+            let quantized = Arc::new(QTensor::quantize(&weight, GgmlDType::Q8_0).unwrap());
+            let exact_weight = quantized.dequantize(&device).unwrap();
+            let plain = QMatMul::from_arc(quantized.clone()).unwrap();
+            let projection = Projection::new(quantized).unwrap();
+            if has_int8_dot_product_instructions() {
+                assert_eq!(projection.padding, width.next_multiple_of(256) - width);
+            }
+            for tokens in [1, 37] {
+                let x = Tensor::randn(0f32, 1.0, (tokens, width), &device).unwrap();
+                let exact = x.matmul(&exact_weight.t().unwrap()).unwrap();
+                let tolerance = 0.02 * max_abs(&exact);
+                for (path, got) in [
+                    ("padded", projection.forward(&x).unwrap()),
+                    ("plain", plain.forward(&x).unwrap()),
+                ] {
+                    let error = max_abs(&(got - &exact).unwrap());
+                    assert!(
+                        error < tolerance,
+                        "{path} {rows}x{width}, {tokens} tokens: off by {error} (tolerance {tolerance})"
+                    );
+                }
+            }
+        }
     }
 }
