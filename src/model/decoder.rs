@@ -281,25 +281,97 @@ fn pad_columns(weight: &QTensor, padding: usize) -> Result<QTensor> {
     QTensor::new(storage, (rows, width + padding))
 }
 
+/// Matrices that read the same input (q, k and v; gate and up). When they share a tensor type
+/// they are stacked into one matrix at load, so that a step pads and quantizes the input and
+/// wakes the thread pool once instead of once per matrix; the result is cut back into parts.
+/// Stacking copies bytes, so it is done on the CPU only.
+enum SharedInput {
+    Stacked {
+        projection: Projection,
+        rows: Vec<usize>,
+    },
+    Apart(Vec<Projection>),
+}
+
+impl SharedInput {
+    fn new(weights: Vec<QTensor>) -> Result<Self> {
+        let layout = |w: &QTensor| -> Result<_> { Ok((w.dtype(), w.shape().dims2()?.1)) };
+        let first = match weights.first() {
+            Some(w) => layout(w)?,
+            None => candle_core::bail!("no matrices to stack"),
+        };
+        let mut stackable = true;
+        for w in &weights {
+            stackable &= w.device().is_cpu() && layout(w)? == first;
+        }
+        if !stackable {
+            let apart = weights
+                .into_iter()
+                .map(|w| Projection::new(Arc::new(w)))
+                .collect::<Result<_>>()?;
+            return Ok(Self::Apart(apart));
+        }
+        let rows = weights
+            .iter()
+            .map(|w| Ok(w.shape().dims2()?.0))
+            .collect::<Result<Vec<_>>>()?;
+        let mut bytes = Vec::new();
+        for w in &weights {
+            bytes.extend_from_slice(&w.data()?);
+        }
+        let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, first.0)?;
+        let stacked = QTensor::new(storage, (rows.iter().sum::<usize>(), first.1))?;
+        Ok(Self::Stacked {
+            projection: Projection::new(Arc::new(stacked))?,
+            rows,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Self::Apart(projections) => projections.iter().map(|p| p.forward(x)).collect(),
+            Self::Stacked { projection, rows } => {
+                let all = projection.forward(x)?;
+                let mut start = 0;
+                rows.iter()
+                    .map(|&count| {
+                        let part = all.narrow(D::Minus1, start, count);
+                        start += count;
+                        part
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn projections(&self) -> Vec<&Projection> {
+        match self {
+            Self::Apart(projections) => projections.iter().collect(),
+            Self::Stacked { projection, .. } => vec![projection],
+        }
+    }
+}
+
 struct Attention {
-    q: Projection,
-    k: Projection,
-    v: Projection,
+    qkv: SharedInput,
     o: Projection,
     /// qwen2 has biases on q, k and v; llama has none.
     bias: Option<[Tensor; 3]>,
 }
 
 struct Mlp {
-    gate: Projection,
-    up: Projection,
+    /// Gate and up.
+    gate_up: SharedInput,
     down: Projection,
 }
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate.forward(x)?)?;
-        self.down.forward(&(gate * self.up.forward(x)?)?)
+        let parts = self.gate_up.forward(x)?;
+        let [gate, up] = parts.as_slice() else {
+            candle_core::bail!("the feed-forward block needs a gate and an up matrix");
+        };
+        self.down.forward(&(candle_nn::ops::silu(gate)? * up)?)
     }
 }
 
@@ -311,9 +383,12 @@ struct Layer {
 }
 
 impl Layer {
-    fn projections(&self) -> [&Projection; 7] {
+    fn projections(&self) -> Vec<&Projection> {
         let (a, m) = (&self.attn, &self.mlp);
-        [&a.q, &a.k, &a.v, &a.o, &m.gate, &m.up, &m.down]
+        let mut all = a.qkv.projections();
+        all.extend(m.gate_up.projections());
+        all.extend([&a.o, &m.down]);
+        all
     }
 }
 
@@ -373,16 +448,20 @@ impl Decoder {
             layers.push(Layer {
                 attn_norm: weight("attn_norm.weight")?.dequantize(device)?,
                 attn: Attention {
-                    q: matmul(weight("attn_q.weight")?)?,
-                    k: matmul(weight("attn_k.weight")?)?,
-                    v: matmul(weight("attn_v.weight")?)?,
+                    qkv: SharedInput::new(vec![
+                        weight("attn_q.weight")?,
+                        weight("attn_k.weight")?,
+                        weight("attn_v.weight")?,
+                    ])?,
                     o: matmul(weight("attn_output.weight")?)?,
                     bias,
                 },
                 ffn_norm: weight("ffn_norm.weight")?.dequantize(device)?,
                 mlp: Mlp {
-                    gate: matmul(weight("ffn_gate.weight")?)?,
-                    up: matmul(weight("ffn_up.weight")?)?,
+                    gate_up: SharedInput::new(vec![
+                        weight("ffn_gate.weight")?,
+                        weight("ffn_up.weight")?,
+                    ])?,
                     down: matmul(weight("ffn_down.weight")?)?,
                 },
             });
@@ -589,7 +668,11 @@ fn attention(
 ) -> Result<Tensor> {
     let n = x.dim(0)?;
     let (n_head, n_kv, d) = (config.n_head, config.n_kv_head, config.head_dim);
-    let (mut q, mut k, mut v) = (attn.q.forward(x)?, attn.k.forward(x)?, attn.v.forward(x)?);
+    let parts = attn.qkv.forward(x)?;
+    let [q, k, v] = parts.as_slice() else {
+        candle_core::bail!("attention needs q, k and v matrices");
+    };
+    let (mut q, mut k, mut v) = (q.clone(), k.clone(), v.clone());
     if let Some([bq, bk, bv]) = &attn.bias {
         q = q.broadcast_add(bq)?;
         k = k.broadcast_add(bk)?;
@@ -746,5 +829,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// q, k and v of Qwen2.5-0.5B's shapes; the 1.5B model's layers mix Q4_K and Q6_K.
+    #[test]
+    fn stacked_matrices_give_each_matrix_its_own_product() {
+        let device = Device::Cpu;
+        let floats: Vec<Tensor> = [896, 128, 128]
+            .iter()
+            .map(|&rows| Tensor::randn(0f32, 0.05, (rows, 896), &device).unwrap())
+            .collect();
+        let quantized = |w: &Tensor, dtype| QTensor::quantize(w, dtype).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (5, 896), &device).unwrap();
+
+        let stacked = SharedInput::new(
+            floats
+                .iter()
+                .map(|w| quantized(w, GgmlDType::Q8_0))
+                .collect(),
+        )
+        .unwrap();
+        assert!(matches!(stacked, SharedInput::Stacked { .. }));
+        let parts = stacked.forward(&x).unwrap();
+        assert_eq!(parts.len(), 3);
+        for (part, w) in parts.iter().zip(&floats) {
+            let alone = Projection::new(Arc::new(quantized(w, GgmlDType::Q8_0)))
+                .unwrap()
+                .forward(&x)
+                .unwrap();
+            assert_eq!(part.dims(), alone.dims());
+            let diff = max_abs(&(part - alone).unwrap());
+            assert!(diff < 1e-5, "a stacked part differs by {diff}");
+        }
+
+        let mixed = vec![
+            quantized(&floats[0], GgmlDType::Q8_0),
+            quantized(&floats[1], GgmlDType::Q4_0),
+        ];
+        assert!(matches!(
+            SharedInput::new(mixed).unwrap(),
+            SharedInput::Apart(_)
+        ));
     }
 }
