@@ -192,6 +192,34 @@ fn the_same_prompt_twice_still_computes_its_last_token() {
     );
 }
 
+/// A first run computes and stores the system turn; a later one reads it back. Both must then
+/// compute the rest of a long prompt in the same chunks, or the last bits (and a near-tie greedy
+/// choice) could differ between the first answer to a question and the next.
+#[test]
+fn the_first_run_of_a_long_prompt_computes_what_later_runs_compute() {
+    let (dir, path) = tiny(13, Arch::Llama);
+    let cache = dir.path().join("prefixes");
+    let mut first = load_caching(&path, false, Some(&cache));
+    let prompt = first
+        .encode(&format!(
+            "<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n",
+            "answer from the excerpts only. ".repeat(30),
+            "what did the guest say about agents and pricing? ".repeat(30)
+        ))
+        .unwrap();
+    let (on_first_run, reused) = first.prefill(&prompt).unwrap();
+    assert_eq!(reused, 0);
+    let (on_later_run, reused) = load_caching(&path, false, Some(&cache))
+        .prefill(&prompt)
+        .unwrap();
+    assert!(reused > 0, "the stored system turn is reused");
+    let diff = max_abs_diff(
+        &on_first_run.to_vec1::<f32>().unwrap(),
+        &on_later_run.to_vec1::<f32>().unwrap(),
+    );
+    assert_eq!(diff, 0.0, "the first run's logits differ by {diff}");
+}
+
 #[test]
 fn a_system_turn_computed_once_is_reused_by_the_next_process_and_survives_damage() {
     let (dir, path) = tiny(10, Arch::Qwen2);
@@ -262,11 +290,15 @@ fn turn_pieces_alone_equal_a_plain_prefill_and_are_reused_wherever_they_land() {
         "a single piece differs from the plain prefill by {diff}"
     );
 
-    // `a`, stored at the first position after the head, is reused behind `b`.
+    // `a`, stored at the first position after the head, is reused behind `b`. Of the head, only
+    // its system turn is reused: the rest is computed again, as on a first run.
     let (got, reused) = model
         .prefill_pieces(&head, &[b.clone(), a.clone()], &tail)
         .unwrap();
-    assert_eq!(reused, head.len() + a.len());
+    let system_turn = model
+        .encode("<|im_start|>system\nrules<|im_end|>\n")
+        .unwrap();
+    assert_eq!(reused, system_turn.len() + a.len());
     let (expected, _) = fresh()
         .prefill_pieces(&head, &[b.clone(), a.clone()], &tail)
         .unwrap();
@@ -274,9 +306,9 @@ fn turn_pieces_alone_equal_a_plain_prefill_and_are_reused_wherever_they_land() {
     assert!(diff < 1e-4, "a reused piece changes the logits by {diff}");
 
     // Pieces put together are not what a plain prefill computes: the same tokens as a plain
-    // prompt are recomputed past the head.
+    // prompt are recomputed past the system turn.
     let (_, reused) = model.prefill(&[&head[..], &b, &a, &tail].concat()).unwrap();
-    assert_eq!(reused, head.len());
+    assert_eq!(reused, system_turn.len());
 }
 
 /// The real quantized models, teacher-forced along the reference's greedy tokens. Activations

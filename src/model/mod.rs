@@ -212,16 +212,27 @@ impl Model {
     }
 
     /// Runs a whole prompt and returns the logits for the next token, computing only what is
-    /// not already known: the part it shares with the previous prompt (an earlier turn of a
-    /// chat), or its system turn when that was computed before, by this process or an earlier
-    /// one. Returns how many prompt tokens were reused.
+    /// not already known: its system turn when that was computed before, by this process or an
+    /// earlier one, or for a prompt without one the part it shares with the previous prompt.
+    /// Returns how many prompt tokens were reused.
+    ///
+    /// A prompt goes through the model in chunks, and products over chunks of other sizes round
+    /// their last bits differently. So that the first run of a question and every later one
+    /// compute exactly the same thing (and greedy answers repeat), a system turn is always
+    /// computed on its own, stored, and the rest computed from its end, whether it was stored
+    /// already or not; nothing past it is reused.
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<(Tensor, usize), ModelError> {
         // At least one token has to go through the model to produce logits.
         let reused = self
             .reuse_prefix(prompt)?
             .min(prompt.len().saturating_sub(1));
-        let logits = self.forward(&prompt[reused..], reused)?;
-        self.store_system_turn(prompt)?;
+        let mut start = reused;
+        if let Some(end) = self.system_turn_end(prompt).filter(|&end| end > start) {
+            self.forward(&prompt[start..end], start)?;
+            self.store_system_turn(prompt)?;
+            start = end;
+        }
+        let logits = self.forward(&prompt[start..], start)?;
         Ok((logits, reused))
     }
 
@@ -272,17 +283,19 @@ impl Model {
         Ok((logits, reused))
     }
 
-    /// Puts the longest known prefix of `prompt` in the cache: what the cache already holds of
-    /// it, or its stored system turn. Returns its length.
+    /// Puts the longest known prefix of `prompt`, up to the end of its system turn, in the
+    /// cache: what the cache already holds of it, or its stored system turn. Returns its length.
     fn reuse_prefix(&mut self, prompt: &[u32]) -> Result<usize, ModelError> {
+        let system_turn_end = self.system_turn_end(prompt);
         let shared = self
             .cached
             .iter()
             .zip(prompt)
             .take_while(|(a, b)| a == b)
             .count()
-            .min(self.exact);
-        let Some(end) = self.system_turn_end(prompt).filter(|&end| end > shared) else {
+            .min(self.exact)
+            .min(system_turn_end.unwrap_or(usize::MAX));
+        let Some(end) = system_turn_end.filter(|&end| end > shared) else {
             return Ok(shared);
         };
         let device = self.decoder.device().clone();
