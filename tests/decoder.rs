@@ -195,29 +195,43 @@ fn the_same_prompt_twice_still_computes_its_last_token() {
 /// A first run computes and stores the system turn; a later one reads it back. Both must then
 /// compute the rest of a long prompt in the same chunks, or the last bits (and a near-tie greedy
 /// choice) could differ between the first answer to a question and the next.
-#[test]
-fn the_first_run_of_a_long_prompt_computes_what_later_runs_compute() {
+fn assert_first_run_repeats(run: impl Fn(&mut Model, &[u32]) -> (candle_core::Tensor, usize)) {
     let (dir, path) = tiny(13, Arch::Llama);
     let cache = dir.path().join("prefixes");
     let mut first = load_caching(&path, false, Some(&cache));
-    let prompt = first
+    let head = first
         .encode(&format!(
-            "<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n",
+            "<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\n{}",
             "answer from the excerpts only. ".repeat(30),
             "what did the guest say about agents and pricing? ".repeat(30)
         ))
         .unwrap();
-    let (on_first_run, reused) = first.prefill(&prompt).unwrap();
+    let (on_first_run, reused) = run(&mut first, &head);
     assert_eq!(reused, 0);
-    let (on_later_run, reused) = load_caching(&path, false, Some(&cache))
-        .prefill(&prompt)
-        .unwrap();
+    let (on_later_run, reused) = run(&mut load_caching(&path, false, Some(&cache)), &head);
     assert!(reused > 0, "the stored system turn is reused");
     let diff = max_abs_diff(
         &on_first_run.to_vec1::<f32>().unwrap(),
         &on_later_run.to_vec1::<f32>().unwrap(),
     );
     assert_eq!(diff, 0.0, "the first run's logits differ by {diff}");
+}
+
+#[test]
+fn the_first_run_of_a_long_prompt_computes_what_later_runs_compute() {
+    assert_first_run_repeats(|model, head| {
+        let end = model.encode("<|im_end|>\n").unwrap();
+        model.prefill(&[head, &end].concat()).unwrap()
+    });
+}
+
+#[test]
+fn the_first_run_of_long_prompt_pieces_computes_what_later_runs_compute() {
+    assert_first_run_repeats(|model, head| {
+        let piece = model.encode("[T1] Guest: agents.\n\n").unwrap();
+        let tail = model.encode("<|im_end|>\n").unwrap();
+        model.prefill_pieces(head, &[piece], &tail).unwrap()
+    });
 }
 
 #[test]

@@ -215,25 +215,30 @@ impl Model {
     /// not already known: its system turn when that was computed before, by this process or an
     /// earlier one, or for a prompt without one the part it shares with the previous prompt.
     /// Returns how many prompt tokens were reused.
-    ///
-    /// A prompt goes through the model in chunks, and products over chunks of other sizes round
-    /// their last bits differently. So that the first run of a question and every later one
-    /// compute exactly the same thing (and greedy answers repeat), a system turn is always
-    /// computed on its own, stored, and the rest computed from its end, whether it was stored
-    /// already or not; nothing past it is reused.
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<(Tensor, usize), ModelError> {
         // At least one token has to go through the model to produce logits.
         let reused = self
             .reuse_prefix(prompt)?
             .min(prompt.len().saturating_sub(1));
-        let mut start = reused;
+        let logits = self.compute_from(prompt, reused)?;
+        Ok((logits, reused))
+    }
+
+    /// Computes `prompt` from `start` on and returns the logits of its last position.
+    ///
+    /// A prompt goes through the model in chunks, and products over chunks of other sizes round
+    /// their last bits differently. So that the first run of a question and every later one
+    /// compute exactly the same thing (and greedy answers repeat), a system turn not known yet
+    /// is computed on its own and stored, and the rest from its end, as a later run that reads
+    /// the stored turn back does; `reuse_prefix` never reuses anything past it.
+    fn compute_from(&mut self, prompt: &[u32], start: usize) -> Result<Tensor, ModelError> {
+        let mut start = start;
         if let Some(end) = self.system_turn_end(prompt).filter(|&end| end > start) {
             self.forward(&prompt[start..end], start)?;
             self.store_system_turn(prompt)?;
             start = end;
         }
-        let logits = self.forward(&prompt[start..], start)?;
-        Ok((logits, reused))
+        self.forward(&prompt[start..], start)
     }
 
     /// Like `prefill` for the prompt `head + pieces + tail`, except that each piece attends only
@@ -248,8 +253,7 @@ impl Model {
     ) -> Result<(Tensor, usize), ModelError> {
         let mut reused = self.reuse_prefix(head)?;
         if reused < head.len() {
-            self.forward(&head[reused..], reused)?;
-            self.store_system_turn(head)?;
+            self.compute_from(head, reused)?;
         }
         let config = self.decoder.config().clone();
         let device = self.decoder.device().clone();
