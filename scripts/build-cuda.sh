@@ -4,6 +4,9 @@
 # PyPI wheels. The CPU build and CI do not need any of this.
 #
 #   scripts/build-cuda.sh            ->  target/cuda/release/tqa   (run it with --device cuda)
+#   scripts/build-cuda.sh --tests    ->  also target/cuda/gpu-tests/{decoder,generation}, the
+#                                        tests that run tqa's model on the GPU when
+#                                        TQA_TEST_DEVICE=cuda (scripts/gpu-check.sh runs them)
 #
 # Env: TQA_CUDA_TOOLKIT  where the toolkit is assembled (default ~/.cache/tqa/cuda-13); if it
 #                        points at an existing CUDA 13 toolkit (bin/nvcc, no .assembled stamp),
@@ -156,4 +159,14 @@ export RUSTFLAGS="-C target-cpu=x86-64-v3"
 [ -x "$NVCC" ] || die "no nvcc in $prefix/bin."
 nvcc --version | tail -n 2 | head -n 1 >&2
 cargo build --release --features cuda --target-dir target/cuda
+if [ "${1:-}" = "--tests" ]; then
+  mkdir -p target/cuda/gpu-tests
+  for test in decoder generation; do
+    exe="$(cargo test --release --features cuda --target-dir target/cuda --no-run --test "$test" \
+      --message-format=json | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)"
+    [ -x "$exe" ] || die "cargo built no executable for tests/$test.rs"
+    cp "$exe" "target/cuda/gpu-tests/$test"
+  done
+  echo "built target/cuda/gpu-tests/{decoder,generation}" >&2
+fi
 echo "built target/cuda/release/tqa (CUDA 13, compute capability $CUDA_COMPUTE_CAP; needs NVIDIA driver >= 580)" >&2

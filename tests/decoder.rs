@@ -72,7 +72,7 @@ fn load_caching(path: &Path, optimize: bool, prefix_cache: Option<&Path>) -> Mod
         min_answered_log_odds_reused_turns: 0.0,
         prefix_cache: prefix_cache.map(Path::to_path_buf),
     };
-    Model::load(&source, &Device::Cpu).unwrap()
+    Model::load(&source, &common::test_device()).unwrap()
 }
 
 fn logits(model: &mut Model, tokens: &[u32], pos: usize) -> Vec<f32> {

@@ -16,7 +16,7 @@ fn load(path: &std::path::Path) -> Model {
         min_answered_log_odds_reused_turns: 0.0,
         prefix_cache: None,
     };
-    Model::load(&source, &candle_core::Device::Cpu).unwrap()
+    Model::load(&source, &common::test_device()).unwrap()
 }
 
 fn run(

@@ -19,17 +19,19 @@ pub type Entries = Vec<(Tensor, Tensor)>;
 pub struct KvStore {
     /// Where prefixes are written; `None` keeps them in memory only.
     dir: Option<PathBuf>,
-    /// Identifies the model file, so that another model never reads these entries.
+    /// Identifies the model file and the device, so that another model never reads these
+    /// entries, and a GPU never reads what the CPU computed (their last bits differ, and a greedy
+    /// answer must repeat on each).
     model_id: String,
     /// Keyed by the tokens the entries depend on; most recently used last.
     memory: Vec<(Vec<u32>, Entries)>,
 }
 
 impl KvStore {
-    pub fn new(dir: Option<PathBuf>, model_path: &Path) -> Self {
+    pub fn new(dir: Option<PathBuf>, model_path: &Path, device: &Device) -> Self {
         Self {
             dir,
-            model_id: model_identity(model_path),
+            model_id: format!("{}|{:?}", model_identity(model_path), device.location()),
             memory: Vec::new(),
         }
     }

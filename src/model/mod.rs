@@ -176,7 +176,7 @@ impl Model {
         let mut decoder = Decoder::from_gguf(&content, &mut file, &arch, device)?;
         decoder.warm_up()?;
         let context_length = decoder.config().context_length;
-        let stored = KvStore::new(source.prefix_cache.clone(), path);
+        let stored = KvStore::new(source.prefix_cache.clone(), path, device);
         Ok(Self {
             decoder,
             cached: Vec::new(),

@@ -240,3 +240,16 @@ pub fn hybrid_index(cache_dir: &Path) -> tqa::retrieval::Index {
     .expect("dense index");
     Index::build(&transcript).with_dense(dense)
 }
+
+/// The device tqa's own model runs on in tests: the CPU, or the GPU when `TQA_TEST_DEVICE=cuda`
+/// (scripts/gpu-check.sh, with a binary built by scripts/build-cuda.sh --tests). References such
+/// as candle-transformers stay on the CPU either way.
+pub fn test_device() -> Device {
+    match std::env::var("TQA_TEST_DEVICE").as_deref() {
+        Ok("cuda") => tqa::model::DeviceChoice::Cuda
+            .open()
+            .expect("TQA_TEST_DEVICE=cuda needs a CUDA build and a GPU"),
+        Ok("cpu") | Err(_) => Device::Cpu,
+        Ok(other) => panic!("TQA_TEST_DEVICE={other}: expected cpu or cuda"),
+    }
+}
