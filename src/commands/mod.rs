@@ -96,7 +96,9 @@ pub struct ModelArgs {
     /// CPU threads for the model.
     #[arg(long, default_value_t = default_threads())]
     pub threads: usize,
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    /// Where the model runs: `auto` takes the GPU when this build has CUDA (scripts/build-cuda.sh)
+    /// and a GPU is present, else the CPU; the load message says which.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
     /// Load the GGUF as it is, without converting slow tensor types (Q4_1, Q5_0, Q5_1) to Q8_0.
     #[arg(long)]
