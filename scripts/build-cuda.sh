@@ -61,6 +61,10 @@ required=(
 )
 
 die() { echo "error: $*" >&2; exit 1; }
+case "${1:-}" in
+  "" | --tests) ;;
+  *) die "unknown argument $1; usage: scripts/build-cuda.sh [--tests]" ;;
+esac
 
 missing_in() {  # prints the required files missing under $1
   local f
