@@ -34,6 +34,7 @@ fn gold_turns_rank_in_the_top_5_in_both_languages() {
         report.by_language["zh"]
     );
     assert!(report.overall.mrr >= 0.45, "{:?}", report.overall);
+    assert!(report.overall.hit_at_3 >= 0.60, "{:?}", report.overall);
 }
 
 #[test]

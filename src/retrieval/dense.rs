@@ -2,17 +2,22 @@
 //! turn that means the same thing without sharing a word with it.
 //!
 //! Long turns are split into passages (the embedder reads at most 512 tokens, and one vector for
-//! a whole page blurs its points); a turn scores as its best passage. Passage vectors are
-//! computed once per transcript and embedder and cached on disk.
+//! a whole page blurs its points); a turn scores as its best passage. Each turn is split twice:
+//! into passages of a few sentences, which give quotations enough context, and into pieces of a
+//! sentence or two, where one matching sentence is not diluted by its neighbours. Passage vectors
+//! are computed once per transcript and embedder and cached on disk.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::embed::{cosine, EmbedError, Embedder, TextKind};
 use crate::transcript::Turn;
 
-/// Passage length in characters: a few sentences, one point each.
+/// Passage length in characters: a few sentences, one point each. Quotations come from these.
 const PASSAGE_CHARS: usize = 160;
+/// The finer split: about a sentence or two.
+const SENTENCE_CHARS: usize = 80;
 /// Bumped whenever passage splitting or the file layout changes, so old caches are not reused.
 const CACHE_VERSION: u32 = 1;
 const CACHE_MAGIC: &[u8; 4] = b"TQAE";
@@ -33,13 +38,35 @@ pub enum DenseError {
 pub struct DenseIndex {
     /// Shared, so that one loaded embedder can serve several indexes (and benchmarks).
     embedder: Arc<Embedder>,
-    /// For each passage, the index of its turn.
-    passage_turn: Vec<usize>,
-    passages: Vec<String>,
-    vectors: Vec<Vec<f32>>,
+    passages: PassageSet,
+    sentences: PassageSet,
     turn_count: usize,
     /// Whether the passage vectors came from the cache.
     pub from_cache: bool,
+}
+
+/// One query's cosine similarities with every passage of both splits, in passage order.
+pub struct Similarities {
+    pub passages: Vec<f32>,
+    sentences: Vec<f32>,
+}
+
+/// The turns split one way, with a vector per piece.
+struct PassageSet {
+    /// For each passage, the index of its turn.
+    turn_of: Vec<usize>,
+    texts: Vec<String>,
+    vectors: Vec<Vec<f32>>,
+    from_cache: bool,
+}
+
+/// Where passage vectors come from and go to.
+struct Embedding<'a> {
+    embedder: &'a Embedder,
+    model_id: &'a str,
+    cache_dir: Option<&'a Path>,
+    /// Tells the user once that the slow path runs, however many splits need it.
+    announce: &'a dyn Fn(),
 }
 
 impl DenseIndex {
@@ -53,26 +80,91 @@ impl DenseIndex {
         cache_dir: Option<&Path>,
         on_embed: &dyn Fn(),
     ) -> Result<Self, DenseError> {
-        let (passage_turn, passages): (Vec<usize>, Vec<String>) = turns
+        let embedder = embedder.into();
+        let announced = Cell::new(false);
+        let announce = || {
+            if !announced.replace(true) {
+                on_embed();
+            }
+        };
+        let embedding = Embedding {
+            embedder: &embedder,
+            model_id,
+            cache_dir,
+            announce: &announce,
+        };
+        let passages = PassageSet::build(turns, PASSAGE_CHARS, &embedding)?;
+        let sentences = PassageSet::build(turns, SENTENCE_CHARS, &embedding)?;
+        Ok(Self {
+            from_cache: passages.from_cache && sentences.from_cache,
+            embedder,
+            passages,
+            sentences,
+            turn_count: turns.len(),
+        })
+    }
+
+    /// Cosine similarity of the query with every passage of both splits.
+    pub fn similarities(&self, query: &str) -> Result<Similarities, DenseError> {
+        let q = self.embedder.embed(&[query], TextKind::Query)?;
+        let q = q.first().map(Vec::as_slice).unwrap_or(&[]);
+        Ok(Similarities {
+            passages: self.passages.similarities(q),
+            sentences: self.sentences.similarities(q),
+        })
+    }
+
+    /// Each turn's best passage similarity, in turn order: one ranking per split.
+    pub fn turn_scores(&self, similarities: &Similarities) -> [Vec<f32>; 2] {
+        [
+            self.passages
+                .turn_scores(&similarities.passages, self.turn_count),
+            self.sentences
+                .turn_scores(&similarities.sentences, self.turn_count),
+        ]
+    }
+
+    /// The passages of the turn at `turn` with their similarities (`Similarities::passages`, or
+    /// an average of several), the closest first.
+    pub fn passages_of(&self, turn: usize, passage_similarities: &[f32]) -> Vec<(&str, f32)> {
+        let set = &self.passages;
+        let mut passages: Vec<(&str, f32)> = set
+            .turn_of
+            .iter()
+            .zip(&set.texts)
+            .zip(passage_similarities)
+            .filter(|((&t, _), _)| t == turn)
+            .map(|((_, text), &similarity)| (text.trim(), similarity))
+            .collect();
+        passages.sort_by(|a, b| b.1.total_cmp(&a.1));
+        passages
+    }
+}
+
+impl PassageSet {
+    fn build(turns: &[Turn], max_chars: usize, embedding: &Embedding) -> Result<Self, DenseError> {
+        let (turn_of, texts): (Vec<usize>, Vec<String>) = turns
             .iter()
             .enumerate()
             .flat_map(|(i, t)| {
-                split_passages(&t.text, PASSAGE_CHARS)
+                split_passages(&t.text, max_chars)
                     .into_iter()
                     .map(move |p| (i, p))
             })
             .unzip();
-        let embedder = embedder.into();
-        let cache_file = cache_dir.map(|dir| dir.join(cache_name(model_id, &passages)));
+        let embedder = embedding.embedder;
+        let cache_file = embedding
+            .cache_dir
+            .map(|dir| dir.join(cache_name(embedding.model_id, &texts)));
         let cached = cache_file
             .as_deref()
-            .and_then(|path| read_cache(path, passages.len(), embedder.dim()));
+            .and_then(|path| read_cache(path, texts.len(), embedder.dim()));
         let from_cache = cached.is_some();
         let vectors = match cached {
             Some(v) => v,
             None => {
-                on_embed();
-                let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
+                (embedding.announce)();
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
                 let v = embedder.embed(&refs, TextKind::Passage)?;
                 // The cache only saves time: a folder that cannot be written costs the next run
                 // another embedding pass, not this answer.
@@ -83,43 +175,24 @@ impl DenseIndex {
             }
         };
         Ok(Self {
-            embedder,
-            passage_turn,
-            passages,
+            turn_of,
+            texts,
             vectors,
-            turn_count: turns.len(),
             from_cache,
         })
     }
 
-    /// Cosine similarity of the query with every passage, in passage order.
-    pub fn passage_similarities(&self, query: &str) -> Result<Vec<f32>, DenseError> {
-        let q = self.embedder.embed(&[query], TextKind::Query)?;
-        let q = q.first().map(Vec::as_slice).unwrap_or(&[]);
-        Ok(self.vectors.iter().map(|v| cosine(q, v)).collect())
+    fn similarities(&self, query: &[f32]) -> Vec<f32> {
+        self.vectors.iter().map(|v| cosine(query, v)).collect()
     }
 
-    /// Each turn's best passage similarity, in turn order.
-    pub fn turn_scores(&self, passage_similarities: &[f32]) -> Vec<f32> {
-        let mut best = vec![f32::MIN; self.turn_count];
-        for (&similarity, &turn) in passage_similarities.iter().zip(&self.passage_turn) {
+    /// A turn without passages, or with none closer than orthogonal, scores 0: no match.
+    fn turn_scores(&self, similarities: &[f32], turn_count: usize) -> Vec<f32> {
+        let mut best = vec![0.0_f32; turn_count];
+        for (&similarity, &turn) in similarities.iter().zip(&self.turn_of) {
             best[turn] = best[turn].max(similarity);
         }
         best
-    }
-
-    /// The passages of the turn at `turn` with their similarities, the closest first.
-    pub fn passages_of(&self, turn: usize, passage_similarities: &[f32]) -> Vec<(&str, f32)> {
-        let mut passages: Vec<(&str, f32)> = self
-            .passage_turn
-            .iter()
-            .zip(&self.passages)
-            .zip(passage_similarities)
-            .filter(|((&t, _), _)| t == turn)
-            .map(|((_, text), &similarity)| (text.trim(), similarity))
-            .collect();
-        passages.sort_by(|a, b| b.1.total_cmp(&a.1));
-        passages
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Two scorers rank the turns: BM25 over CJK-aware terms ([`bm25`]), which is exact about names
 //! and rare words, and a multilingual embedder ([`dense`]), which matches meaning across
-//! languages. Their rankings are fused by reciprocal rank. A question that names a speaker
+//! languages. Their standardized scores are summed. A question that names a speaker
 //! prefers that speaker's turns, and an interview pairs a host question with the guest's answer,
 //! so every hit brings its partner turn along as context.
 
@@ -17,9 +17,6 @@ pub use dense::{DenseError, DenseIndex};
 
 use crate::transcript::{Language, Transcript, Turn};
 
-/// Reciprocal-rank-fusion constant: the usual 60 keeps one scorer's top rank from drowning out
-/// agreement between both.
-const RRF_K: f32 = 60.0;
 /// Score factor for turns by the speaker a question names ("what did Altman say…").
 const SPEAKER_BOOST: f32 = 1.3;
 /// Words that name the interviewer's role rather than a person.
@@ -154,17 +151,25 @@ impl Index {
             let lexical_weight = self.lexical.known_share(&content_terms);
             rankings.push((self.lexical.scores(&content_terms), lexical_weight));
             if let Some(dense) = &self.dense {
-                let similarities = dense.passage_similarities(query)?;
-                rankings.push((dense.turn_scores(&similarities), 1.0));
-                passage_similarities.resize(similarities.len(), 0.0);
-                for (sum, s) in passage_similarities.iter_mut().zip(similarities) {
+                let similarities = dense.similarities(query)?;
+                let [passages, sentences] = dense.turn_scores(&similarities);
+                // Across languages the small embedder needs a passage's context: matched one
+                // sentence at a time, an English question's ranking got worse (README).
+                if Language::of(query) == self.language {
+                    rankings.push((passages, 0.5));
+                    rankings.push((sentences, 0.5));
+                } else {
+                    rankings.push((passages, 1.0));
+                }
+                passage_similarities.resize(similarities.passages.len(), 0.0);
+                for (sum, s) in passage_similarities.iter_mut().zip(similarities.passages) {
                     *sum += s;
                 }
             }
         }
         let mut fused = match rankings.as_slice() {
             [(lexical, _)] => lexical.clone(),
-            _ => reciprocal_rank_fusion(&rankings),
+            _ => standardized_fusion(&rankings),
         };
         named.sort_unstable();
         named.dedup();
@@ -235,18 +240,41 @@ struct Scored {
     passage_similarities: Vec<f32>,
 }
 
-/// Σ weight/(k + rank) over the scorers that give the item a positive score.
-fn reciprocal_rank_fusion(score_lists: &[(Vec<f32>, f32)]) -> Vec<f32> {
+/// Σ weight × (score − mean) / standard deviation, per scorer. Standardizing puts BM25's
+/// unbounded scores and the embedder's narrow band of cosines (0.7–0.9 for every turn) on one
+/// scale, on which a scorer's clear favourite stands out by how far it lies above the rest.
+/// Fusing ranks instead (reciprocal-rank fusion, measured in the README) rewarded turns that
+/// were middling for every scorer. Shifted so that the weakest turn any scorer matched scores
+/// just above 0, and a turn no scorer matched scores 0.
+fn standardized_fusion(score_lists: &[(Vec<f32>, f32)]) -> Vec<f32> {
     let n = score_lists.first().map_or(0, |(s, _)| s.len());
-    let mut fused = vec![0.0; n];
+    let mut fused = vec![0.0_f32; n];
     for (scores, weight) in score_lists {
-        let mut order: Vec<usize> = (0..n).filter(|&i| scores[i] > 0.0).collect();
-        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-        for (rank, i) in order.into_iter().enumerate() {
-            fused[i] += weight / (RRF_K + rank as f32 + 1.0);
+        let mean = scores.iter().sum::<f32>() / n as f32;
+        let variance = scores.iter().map(|s| (s - mean).powi(2)).sum::<f32>() / n as f32;
+        if variance <= 0.0 {
+            // A scorer that rates every turn alike says nothing about any of them.
+            continue;
+        }
+        let sd = variance.sqrt();
+        for (sum, s) in fused.iter_mut().zip(scores) {
+            *sum += weight * (s - mean) / sd;
         }
     }
+    let matched: Vec<bool> = (0..n)
+        .map(|i| score_lists.iter().any(|(s, _)| s[i] > 0.0))
+        .collect();
+    let floor = fused
+        .iter()
+        .zip(&matched)
+        .filter(|(_, &m)| m)
+        .map(|(f, _)| *f)
+        .fold(f32::INFINITY, f32::min);
     fused
+        .iter()
+        .zip(matched)
+        .map(|(f, m)| if m { f - floor + 1e-3 } else { 0.0 })
+        .collect()
 }
 
 /// The host is the speaker whose turns most often ask questions; each host turn pairs with the
@@ -331,9 +359,18 @@ mod tests {
     }
 
     #[test]
-    fn fusion_rewards_agreement() {
-        let fused =
-            reciprocal_rank_fusion(&[(vec![3.0, 2.0, 0.0], 1.0), (vec![0.1, 0.9, 0.5], 1.0)]);
-        assert!(fused[1] > fused[0] && fused[0] > fused[2]);
+    fn fusion_rewards_agreement_and_weighs_scorers() {
+        let fused = standardized_fusion(&[(vec![3.0, 2.0, 0.0], 1.0), (vec![0.1, 0.9, 0.5], 1.0)]);
+        assert!(fused[1] > fused[0] && fused[0] > fused[2] && fused[2] > 0.0);
+        let lexical_only =
+            standardized_fusion(&[(vec![3.0, 2.0, 0.0], 1.0), (vec![0.1, 0.9, 0.5], 0.0)]);
+        assert!(lexical_only[0] > lexical_only[1]);
+    }
+
+    #[test]
+    fn fusion_scores_unmatched_turns_zero() {
+        let fused = standardized_fusion(&[(vec![2.0, 0.0, 1.0], 1.0), (vec![0.0, 0.0, 0.0], 1.0)]);
+        assert_eq!(fused[1], 0.0);
+        assert!(fused[0] > fused[2] && fused[2] > 0.0);
     }
 }
