@@ -173,7 +173,7 @@ pub fn evaluate_retrieval(
     let missed = answerable
         .iter()
         .zip(hits.iter().zip(&rankings))
-        .filter(|(_, (hit, _))| !hit.rank.is_some_and(|r| r <= 5))
+        .filter(|(_, (hit, _))| hit.rank.is_none_or(|r| r > 5))
         .map(|(item, (hit, ranking))| RetrievalMiss {
             id: item.id.clone(),
             question: item.question.clone(),

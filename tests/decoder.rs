@@ -112,14 +112,12 @@ fn assert_tiny_matches(arch: Arch) {
         .unwrap();
     let mut expected = reference.forward(&prompt, 0);
     let mut got = logits(&mut ours, &prompt, 0);
-    let mut pos = prompt.len();
-    for step in 0..12 {
+    for (step, pos) in (prompt.len()..).enumerate().take(12) {
         let diff = max_abs_diff(&expected, &got);
         assert!(diff < 1e-4, "{arch:?} step {step}: logits differ by {diff}");
         let next = argmax(&expected);
         expected = reference.forward(&[next], pos);
         got = logits(&mut ours, &[next], pos);
-        pos += 1;
     }
 }
 
@@ -296,7 +294,9 @@ fn turn_pieces_alone_equal_a_plain_prefill_and_are_reused_wherever_they_land() {
     // One piece sees the head and itself, exactly as in a plain prefill.
     let plain: Vec<u32> = [&head[..], &a, &tail].concat();
     let (expected, _) = fresh().prefill(&plain).unwrap();
-    let (got, reused) = model.prefill_pieces(&head, &[a.clone()], &tail).unwrap();
+    let (got, reused) = model
+        .prefill_pieces(&head, std::slice::from_ref(&a), &tail)
+        .unwrap();
     assert_eq!(reused, 0);
     let diff = max_abs_diff(&expected.to_vec1().unwrap(), &got.to_vec1().unwrap());
     assert!(

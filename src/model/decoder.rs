@@ -264,7 +264,7 @@ fn pad_columns(weight: &QTensor, padding: usize) -> Result<QTensor> {
     let (rows, width) = weight.shape().dims2()?;
     let dtype = weight.dtype();
     let block = dtype.block_size();
-    if width % block != 0 || padding % block != 0 {
+    if !width.is_multiple_of(block) || !padding.is_multiple_of(block) {
         candle_core::bail!("cannot pad a {dtype:?} matrix of width {width} by {padding}");
     }
     let row_bytes = width / block * dtype.type_size();
