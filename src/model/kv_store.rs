@@ -23,8 +23,9 @@ pub struct KvStore {
     /// entries, and a GPU never reads what the CPU computed (their last bits differ, and a greedy
     /// answer must repeat on each).
     model_id: String,
-    /// Keyed by the tokens the entries depend on; most recently used last.
-    memory: Vec<(Vec<u32>, Entries)>,
+    /// Keyed by the tokens the entries depend on and how many positions they hold; most recently
+    /// used last.
+    memory: Vec<((Vec<u32>, usize), Entries)>,
 }
 
 impl KvStore {
@@ -45,13 +46,17 @@ impl KvStore {
         config: &Config,
         device: &Device,
     ) -> Option<Entries> {
-        if let Some(i) = self.memory.iter().position(|(k, _)| k == key) {
+        if let Some(i) = self
+            .memory
+            .iter()
+            .position(|((k, l), _)| k == key && *l == len)
+        {
             let entry = self.memory.remove(i);
             let entries = entry.1.clone();
             self.memory.push(entry);
             return Some(entries);
         }
-        let path = self.path(key)?;
+        let path = self.path(key, len)?;
         let floats = match crate::cache::read_floats(&path, MAGIC, &dims(config, len))? {
             Some(floats) => floats,
             None => {
@@ -65,13 +70,16 @@ impl KvStore {
             }
         };
         let entries = split_layers(floats, config, len, device).ok()?;
-        self.remember(key, entries.clone(), config);
+        self.remember(key, len, entries.clone(), config);
         Some(entries)
     }
 
-    /// Whether entries are stored under `key`, without reading them.
+    /// Whether entries for all of `key` are stored, without reading them.
     pub fn contains(&self, key: &[u32]) -> bool {
-        self.memory.iter().any(|(k, _)| k == key) || self.path(key).is_some_and(|p| p.is_file())
+        self.memory
+            .iter()
+            .any(|((k, l), _)| k == key && *l == key.len())
+            || self.path(key, key.len()).is_some_and(|p| p.is_file())
     }
 
     /// Keeps `entries` under `key`, in memory and, when a folder is set, on disk. A cache that
@@ -81,7 +89,7 @@ impl KvStore {
             .first()
             .map_or(Ok(0), |(k, _)| k.dim(1))
             .unwrap_or(0);
-        if let Some(path) = self.path(key) {
+        if let Some(path) = self.path(key, len) {
             let written = join_layers(&entries)
                 .map_err(|e| e.to_string())
                 .and_then(|floats| {
@@ -95,10 +103,10 @@ impl KvStore {
                 );
             }
         }
-        self.remember(key, entries, config);
+        self.remember(key, len, entries, config);
     }
 
-    fn remember(&mut self, key: &[u32], entries: Entries, config: &Config) {
+    fn remember(&mut self, key: &[u32], len: usize, entries: Entries, config: &Config) {
         let floats =
             |e: &Entries| e.first().map_or(0, |(k, _)| k.elem_count()) * 2 * config.n_layer;
         let mut used: usize =
@@ -106,14 +114,19 @@ impl KvStore {
         while used > MEMORY_BUDGET && !self.memory.is_empty() {
             used -= floats(&self.memory.remove(0).1);
         }
-        self.memory.push((key.to_vec(), entries));
+        self.memory.push(((key.to_vec(), len), entries));
     }
 
-    fn path(&self, key: &[u32]) -> Option<PathBuf> {
+    /// The file of the last `len` positions of `key`. The length is part of the name: the same
+    /// tokens split into a context and a piece in two ways are two different entries.
+    fn path(&self, key: &[u32], len: usize) -> Option<PathBuf> {
         let version = FORMAT_VERSION.to_le_bytes();
+        let len = (len as u64).to_le_bytes();
         let token_bytes: Vec<u8> = key.iter().flat_map(|t| t.to_le_bytes()).collect();
-        let name =
-            crate::cache::content_name("kv", &[&version, self.model_id.as_bytes(), &token_bytes]);
+        let name = crate::cache::content_name(
+            "kv",
+            &[&version, self.model_id.as_bytes(), &len, &token_bytes],
+        );
         Some(self.dir.as_ref()?.join(name))
     }
 }
@@ -163,4 +176,59 @@ fn split_layers(
             Ok((kv.get(0)?.reshape(shape)?, kv.get(1)?.reshape(shape)?))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            n_layer: 2,
+            n_head: 2,
+            n_kv_head: 1,
+            head_dim: 4,
+            rms_eps: 1e-6,
+            rope_base: 10_000.0,
+            rope_halves: true,
+            context_length: 64,
+        }
+    }
+
+    fn entries(config: &Config, len: usize, value: f32) -> Entries {
+        let shape = (config.n_kv_head, len, config.head_dim);
+        (0..config.n_layer)
+            .map(|_| {
+                let t = Tensor::full(value, shape, &Device::Cpu).expect("tensor");
+                (t.clone(), t)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_same_tokens_split_two_ways_are_two_entries() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = config();
+        let new_store =
+            || KvStore::new(Some(dir.path().to_path_buf()), Path::new("m"), &Device::Cpu);
+        let key = [1, 2, 3, 4, 5];
+        let mut store = new_store();
+        store.put(&key, entries(&config, 3, 1.0), &config);
+        store.put(&key, entries(&config, 2, 2.0), &config);
+        // From memory, then from disk in a fresh store: each length finds its own entries.
+        for mut store in [store, new_store()] {
+            for (len, value) in [(3, 1.0), (2, 2.0)] {
+                let got = store.get(&key, len, &config, &Device::Cpu).expect("stored");
+                let (k, _) = &got[0];
+                assert_eq!(k.dim(1).expect("dim"), len);
+                let first: f32 = k
+                    .flatten_all()
+                    .and_then(|t| t.get(0))
+                    .and_then(|t| t.to_scalar())
+                    .expect("value");
+                assert_eq!(first, value);
+            }
+            assert!(store.get(&key, 4, &config, &Device::Cpu).is_none());
+        }
+    }
 }
