@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::answer::{quotation_regex, Answer, AnswerError, Language};
-use crate::retrieval::{Index, Retrieved};
+use crate::retrieval::Retrieved;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -134,20 +134,16 @@ fn gold_hit(ranking: &[Retrieved], item: &EvalItem) -> GoldHit {
 }
 
 /// hit@1/3/5 and MRR over the answerable items, overall and split by language and speaker.
-/// `queries` gives the wordings retrieval searches with for an item (see
-/// [`crate::answer::search_queries`]).
+/// `rank` ranks the turns for an item's question (see [`crate::answer::rank_turns`]).
 pub fn evaluate_retrieval(
-    index: &Index,
     items: &[EvalItem],
-    queries: &mut dyn FnMut(&EvalItem) -> Result<Vec<String>, AnswerError>,
+    rank: &mut dyn FnMut(&EvalItem) -> Result<Vec<Retrieved>, AnswerError>,
 ) -> Result<RetrievalReport, AnswerError> {
     let answerable: Vec<&EvalItem> = items.iter().filter(|i| i.answerable).collect();
-    let mut rankings: Vec<Vec<Retrieved>> = Vec::with_capacity(answerable.len());
-    for item in &answerable {
-        let wordings = queries(item)?;
-        let refs: Vec<&str> = wordings.iter().map(String::as_str).collect();
-        rankings.push(index.rank(&refs)?);
-    }
+    let rankings = answerable
+        .iter()
+        .map(|item| rank(item))
+        .collect::<Result<Vec<_>, _>>()?;
     let hits: Vec<GoldHit> = answerable
         .iter()
         .zip(&rankings)
@@ -247,6 +243,8 @@ pub struct AnswerRecord {
     pub refused: bool,
     /// The model's confidence that the given turns answer the question (see `Answer`).
     pub answered_log_odds: Option<f32>,
+    /// The model's judgement of the likeliest turn, with reranking (see `Answer`).
+    pub best_relevance: Option<f32>,
     /// Turns given to the model, best first.
     pub given: Vec<String>,
     pub cited: Vec<String>,
@@ -281,6 +279,7 @@ pub fn score_answer(item: &EvalItem, answer: &Answer, markers: &[String]) -> Ans
         correct,
         refused,
         answered_log_odds: answer.answered_log_odds,
+        best_relevance: answer.best_relevance,
         given: answer.retrieved.iter().map(|r| r.turn.id.clone()).collect(),
         cited: answer.citations.iter().map(|t| t.id.clone()).collect(),
         invalid_citations: answer.invalid_citations.clone(),
@@ -426,6 +425,7 @@ mod tests {
             language: Language::En,
             answered: !cited.is_empty(),
             answered_log_odds: None,
+            best_relevance: None,
             answer: text.into(),
             citations: cited.iter().map(|id| turn(id)).collect(),
             invalid_citations: invalid.iter().map(|s| s.to_string()).collect(),

@@ -1,5 +1,6 @@
 //! Answers from the default model, end to end through the CLI: a refusal, the question's
-//! language with a cited gold turn, and a transcript that tries to give the model orders.
+//! language with a cited gold turn, a transcript that tries to give the model orders, and the
+//! model's reranking of the retrieved turns.
 mod common;
 
 use std::path::Path;
@@ -14,16 +15,29 @@ const UNANSWERABLE: &str = "d38";
 const ANSWERABLE_EN: &str = "d19";
 
 fn ask(question: &str, transcript: &Path) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_tqa"))
-        .args([
-            "ask",
-            question,
-            "--max-tokens",
-            "160",
-            "--json",
-            "--transcript",
-        ])
-        .arg(transcript)
+    run_ask(
+        Command::new(env!("CARGO_BIN_EXE_tqa"))
+            .args(["ask", question, "--max-tokens", "160"])
+            .arg("--transcript")
+            .arg(transcript),
+    )
+}
+
+/// A short answer with its own cache folder and `extra` options.
+fn ask_in(question: &str, transcript: &Path, cache: &Path, extra: &[&str]) -> serde_json::Value {
+    run_ask(
+        Command::new(env!("CARGO_BIN_EXE_tqa"))
+            .args(["ask", question, "--max-tokens", "8"])
+            .args(extra)
+            .arg("--transcript")
+            .arg(transcript)
+            .env("TQA_CACHE_DIR", cache),
+    )
+}
+
+fn run_ask(command: &mut Command) -> serde_json::Value {
+    let out = command
+        .arg("--json")
         .env("HF_HUB_OFFLINE", "1")
         .output()
         .expect("run tqa");
@@ -122,4 +136,61 @@ fn instructions_inside_a_turn_are_not_obeyed() {
             .any(|w| lower.contains(w)),
         "not about agents: {answer}"
     );
+}
+
+/// Each judged turn with the model's log-odds that it answers, in the order the prompt got them.
+fn judged(v: &serde_json::Value) -> Vec<(String, f64)> {
+    v["retrieved"]
+        .as_array()
+        .expect("retrieved")
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r["turn"]["id"].as_str()?.to_string(),
+                r["relevance"].as_f64()?,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn reranking_puts_the_turn_that_answers_ahead_of_turns_that_only_share_its_words() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("phone.txt");
+    std::fs::write(
+        &path,
+        "Host: Let's talk about the new phone.\n\n\
+         Guest: The new phone is the phone we are proudest of. Everyone asks about the new phone, and I love talking about the new phone and how the new phone looks.\n\n\
+         Host: Who designed it?\n\n\
+         Guest: A small team in Berlin designed it over two years.\n\n\
+         Host: What will customers pay?\n\n\
+         Guest: It sells for 499 dollars, and a smaller model costs 399.\n\n\
+         Host: When does it ship?\n\n\
+         Guest: In October, first in Europe.\n",
+    )
+    .expect("write transcript");
+    let question = "What did the guest say about the price of the new phone?";
+    let cache = dir.path().join("cache");
+    let ask_with = |extra: &[&str]| ask_in(question, &path, &cache, extra);
+    let given = |v: &serde_json::Value| -> Vec<String> {
+        v["retrieved"]
+            .as_array()
+            .expect("retrieved")
+            .iter()
+            .filter_map(|r| r["turn"]["id"].as_str().map(String::from))
+            .collect()
+    };
+
+    let plain = ask_with(&["-k", "1"]);
+    assert!(
+        !given(&plain).contains(&"T6".to_string()),
+        "the index alone already finds the price; this transcript no longer tests reranking"
+    );
+    let reranked = ask_with(&["-k", "1", "--rerank"]);
+    assert!(given(&reranked).contains(&"T6".to_string()), "{reranked}");
+    let judgements = judged(&reranked);
+    assert!(!judgements.is_empty(), "{reranked}");
+    // The second run reads each exchange's keys and values back from the cache: same judgements.
+    let again = ask_with(&["-k", "1", "--rerank"]);
+    assert_eq!(judged(&again), judgements);
 }

@@ -14,6 +14,7 @@ fn load(path: &std::path::Path) -> Model {
         optimize: false,
         min_answered_log_odds: 0.0,
         min_answered_log_odds_reused_turns: 0.0,
+        min_rerank_relevance: 0.0,
         prefix_cache: None,
     };
     Model::load(&source, &common::test_device()).unwrap()
@@ -138,6 +139,7 @@ fn truncated_and_foreign_files_are_refused_with_a_reason() {
         optimize: false,
         min_answered_log_odds: 0.0,
         min_answered_log_odds_reused_turns: 0.0,
+        min_rerank_relevance: 0.0,
         prefix_cache: None,
     };
     let err = Model::load(&source(&cut), &candle_core::Device::Cpu)

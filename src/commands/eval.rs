@@ -2,10 +2,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use tqa::answer::{self, Prompts};
+use tqa::answer::{self, AskOptions};
 use tqa::eval::{self, AnswerMetrics, RetrievalMetrics};
 
-use super::{ModelArgs, PipelineArgs, TranscriptArgs};
+use super::{prompts_from, ModelArgs, PipelineArgs, RerankArgs, TranscriptArgs};
 
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
@@ -30,6 +30,11 @@ pub struct EvalRetrievalArgs {
     /// transcript's language, as `tqa ask` does.
     #[arg(long)]
     pub translate: bool,
+    #[command(flatten)]
+    pub rerank: RerankArgs,
+    /// Read the prompt files from this folder instead of the built-in `prompts/`.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
     #[command(flatten)]
     pub transcript: TranscriptArgs,
     #[command(flatten)]
@@ -139,14 +144,21 @@ fn print_answer_row(label: &str, m: &AnswerMetrics) {
 async fn retrieval(args: EvalRetrievalArgs) -> anyhow::Result<()> {
     let items = eval::load_set(&args.set)?;
     let index = args.transcript.index()?;
-    let report = if args.translate {
+    let options = AskOptions {
+        translate: args.translate,
+        rerank: args.rerank.candidates(),
+        ..AskOptions::default()
+    };
+    let report = if options.translate || options.rerank > 0 {
         let mut model = args.model.load().await?;
-        let prompts = Prompts::default();
-        eval::evaluate_retrieval(&index, &items, &mut |item| {
-            answer::search_queries(&index, &mut model, &prompts, &item.question, true)
+        let prompts = prompts_from(args.prompts.as_deref())?;
+        eval::evaluate_retrieval(&items, &mut |item| {
+            let (_, ranking) =
+                answer::rank_turns(&index, &mut model, &prompts, &item.question, &options)?;
+            Ok(ranking.hits)
         })?
     } else {
-        eval::evaluate_retrieval(&index, &items, &mut |item| Ok(vec![item.question.clone()]))?
+        eval::evaluate_retrieval(&items, &mut |item| Ok(index.rank(&[&item.question])?))?
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

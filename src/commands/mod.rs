@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use tqa::answer::rerank::DEFAULT_CANDIDATES;
 use tqa::answer::{AnswerError, AskOptions, Prompts};
 use tqa::cache::default_cache_dir;
 use tqa::model::registry::Registry;
@@ -140,6 +141,8 @@ pub struct AnswerArgs {
     /// Retrieve with the question as asked, without translating it into the transcript's language.
     #[arg(long)]
     pub no_translate: bool,
+    #[command(flatten)]
+    pub rerank: RerankArgs,
     /// Let the model answer even when its verdict is that the retrieved turns do not hold the
     /// answer (the verdict is still reported in --json).
     #[arg(long)]
@@ -161,21 +164,43 @@ pub struct AnswerArgs {
 
 impl AnswerArgs {
     pub fn prompts(&self) -> Result<Prompts, AnswerError> {
-        match &self.prompts {
-            Some(dir) => Prompts::from_dir(dir),
-            None => Ok(Prompts::default()),
-        }
+        prompts_from(self.prompts.as_deref())
     }
 
     pub fn options(&self) -> AskOptions {
         AskOptions {
             k: self.k,
             translate: !self.no_translate,
+            rerank: self.rerank.candidates(),
             judge: !self.no_judge,
             reuse_turns: self.reuse_turns,
             fill_quotes: !self.no_quote_fill,
             sampling: self.sampling.config(),
         }
+    }
+}
+
+/// The prompt files of `dir`, or the built-in ones.
+pub fn prompts_from(dir: Option<&std::path::Path>) -> Result<Prompts, AnswerError> {
+    match dir {
+        Some(dir) => Prompts::from_dir(dir),
+        None => Ok(Prompts::default()),
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RerankArgs {
+    /// Let the answering model judge the N best-ranked turns (default 8) and re-order them
+    /// before the best are picked: better turns, at one short prompt per turn. Each turn is
+    /// computed once and cached, so later questions cost much less than the first.
+    #[arg(long, value_name = "N")]
+    pub rerank: Option<Option<usize>>,
+}
+
+impl RerankArgs {
+    pub fn candidates(&self) -> usize {
+        self.rerank
+            .map_or(0, |candidates| candidates.unwrap_or(DEFAULT_CANDIDATES))
     }
 }
 

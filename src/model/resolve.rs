@@ -33,6 +33,8 @@ pub struct ModelSource {
     pub min_answered_log_odds: f32,
     /// The same for prompts built with `AskOptions::reuse_turns`.
     pub min_answered_log_odds_reused_turns: f32,
+    /// How sure the model must be that the best reranked turn answers (see `answer::rerank`).
+    pub min_rerank_relevance: f32,
     /// Where computed system turns are kept for later runs (`model::kv_store`); `None` keeps them
     /// for this process only.
     pub prefix_cache: Option<PathBuf>,
@@ -80,6 +82,7 @@ pub async fn resolve(spec: Option<&str>) -> Result<ModelSource, ModelError> {
             .min_answered_log_odds_reused_turns
             .or(entry.min_answered_log_odds)
             .unwrap_or(0.0),
+        min_rerank_relevance: entry.min_rerank_relevance.unwrap_or(0.0),
         prefix_cache: default_prefix_cache(),
     })
 }
@@ -102,6 +105,7 @@ fn resolve_path(path: &Path) -> Result<ModelSource, ModelError> {
         optimize: true,
         min_answered_log_odds: 0.0,
         min_answered_log_odds_reused_turns: 0.0,
+        min_rerank_relevance: 0.0,
         prefix_cache: default_prefix_cache(),
     })
 }

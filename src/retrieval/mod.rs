@@ -32,6 +32,17 @@ pub struct Retrieved {
     /// The turn's passages, the closest to the question first: where in a long turn the answer
     /// is likely to be. Empty when the index has no embedder.
     pub passages: Vec<Passage>,
+    /// The answering model's log-odds that the turn answers the question, for the turns it
+    /// judged (see `answer::rerank`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relevance: Option<f32>,
+}
+
+/// Every turn that matches a question, best first, as [`Index::ranking`] found them; `hits` may
+/// be re-ordered before [`Index::select`] picks from them.
+pub struct Ranking {
+    pub hits: Vec<Retrieved>,
+    scored: Scored,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -100,25 +111,34 @@ impl Index {
     /// Every turn that matches the query, best first. `queries` are one question in several
     /// wordings (the question, and its translation into the transcript's language).
     pub fn rank(&self, queries: &[&str]) -> Result<Vec<Retrieved>, DenseError> {
-        Ok(self.ranked(&self.scores(queries)?))
+        Ok(self.ranking(queries)?.hits)
     }
 
-    fn ranked(&self, scored: &Scored) -> Vec<Retrieved> {
+    /// Like [`Index::rank`], keeping what [`Index::select`] needs, so that the order can be
+    /// changed in between (see `answer::rerank`).
+    pub fn ranking(&self, queries: &[&str]) -> Result<Ranking, DenseError> {
+        let scored = self.scores(queries)?;
         let scores = &scored.turns;
         let mut ranked: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] > 0.0).collect();
         ranked.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-        ranked
+        let hits = ranked
             .into_iter()
-            .map(|i| self.retrieved(i, scores[i], None, scored))
-            .collect()
+            .map(|i| self.retrieved(i, scores[i], None, &scored))
+            .collect();
+        Ok(Ranking { hits, scored })
     }
 
     /// The `k` best-matching turns, best first, each followed by its partner turn unless that is
     /// already in the list.
     pub fn search(&self, queries: &[&str], k: usize) -> Result<Vec<Retrieved>, DenseError> {
-        let scored = self.scores(queries)?;
+        Ok(self.select(&self.ranking(queries)?, k))
+    }
+
+    /// The first `k` turns of `ranking`, each followed by its partner turn unless that is already
+    /// in the list.
+    pub fn select(&self, ranking: &Ranking, k: usize) -> Vec<Retrieved> {
         let mut out: Vec<Retrieved> = Vec::new();
-        for hit in self.ranked(&scored).into_iter().take(k) {
+        for hit in ranking.hits.iter().take(k).cloned() {
             if let Some(seen) = out.iter_mut().find(|r| r.turn.id == hit.turn.id) {
                 // Already present as a partner: it is a match in its own right.
                 *seen = hit;
@@ -129,10 +149,10 @@ impl Index {
             out.push(hit);
             if let Some(p) = partner.filter(|&p| !out.iter().any(|r| r.turn.id == self.turns[p].id))
             {
-                out.push(self.retrieved(p, 0.0, Some(hit_id), &scored));
+                out.push(self.retrieved(p, 0.0, Some(hit_id), &ranking.scored));
             }
         }
-        Ok(out)
+        out
     }
 
     /// Fused score of every turn (0 means no match at all), and every passage's similarity to
@@ -203,6 +223,18 @@ impl Index {
             .collect()
     }
 
+    /// The exchange `turn` belongs to: the turn with its partner (see [`Index::select`]), in
+    /// transcript order.
+    pub fn exchange(&self, turn: &Turn) -> Vec<&Turn> {
+        let Some(i) = self.position(&turn.id) else {
+            return Vec::new();
+        };
+        let mut positions = vec![i];
+        positions.extend(self.partners[i]);
+        positions.sort_unstable();
+        positions.into_iter().map(|p| &self.turns[p]).collect()
+    }
+
     fn position(&self, id: &str) -> Option<usize> {
         self.turns.iter().position(|t| t.id == id)
     }
@@ -227,6 +259,7 @@ impl Index {
         Retrieved {
             turn: self.turns[i].clone(),
             score,
+            relevance: None,
             partner_of,
             passages,
         }
@@ -246,7 +279,7 @@ struct Scored {
 /// Fusing ranks instead (reciprocal-rank fusion, measured in the README) rewarded turns that
 /// were middling for every scorer. Shifted so that the weakest turn any scorer matched scores
 /// just above 0, and a turn no scorer matched scores 0.
-fn standardized_fusion(score_lists: &[(Vec<f32>, f32)]) -> Vec<f32> {
+pub(crate) fn standardized_fusion(score_lists: &[(Vec<f32>, f32)]) -> Vec<f32> {
     let n = score_lists.first().map_or(0, |(s, _)| s.len());
     let mut fused = vec![0.0_f32; n];
     for (scores, weight) in score_lists {

@@ -1,5 +1,7 @@
 //! Retrieved turns → prompt → generated answer with checked citations.
 
+pub mod rerank;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -12,7 +14,7 @@ use crate::model::generate::{check_context, continue_generation, per_second, Pre
 use crate::model::{
     generate, ChatTemplate, Generation, Message, Model, ModelError, Role, SamplingConfig,
 };
-use crate::retrieval::{DenseError, Index, Retrieved};
+use crate::retrieval::{DenseError, Index, Ranking, Retrieved};
 pub use crate::transcript::Language;
 use crate::transcript::Turn;
 
@@ -70,6 +72,9 @@ pub struct Prompts {
     pub refusal: PerLanguage,
     pub translate: String,
     pub rewrite: String,
+    /// The instruction and the message with which the model judges one turn (see [`rerank`]).
+    pub rerank_system: String,
+    pub rerank_user: String,
 }
 
 impl Default for Prompts {
@@ -77,16 +82,18 @@ impl Default for Prompts {
         let text = |s: &str| s.trim().to_string();
         Self {
             system: PerLanguage {
-                en: text(include_str!("../prompts/system-en.txt")),
-                zh: text(include_str!("../prompts/system-zh.txt")),
+                en: text(include_str!("../../prompts/system-en.txt")),
+                zh: text(include_str!("../../prompts/system-zh.txt")),
             },
-            user: text(include_str!("../prompts/user.txt")),
+            user: text(include_str!("../../prompts/user.txt")),
             refusal: PerLanguage {
-                en: text(include_str!("../prompts/refusal-en.txt")),
-                zh: text(include_str!("../prompts/refusal-zh.txt")),
+                en: text(include_str!("../../prompts/refusal-en.txt")),
+                zh: text(include_str!("../../prompts/refusal-zh.txt")),
             },
-            translate: text(include_str!("../prompts/translate.txt")),
-            rewrite: text(include_str!("../prompts/rewrite.txt")),
+            translate: text(include_str!("../../prompts/translate.txt")),
+            rewrite: text(include_str!("../../prompts/rewrite.txt")),
+            rerank_system: text(include_str!("../../prompts/rerank-system.txt")),
+            rerank_user: text(include_str!("../../prompts/rerank-user.txt")),
         }
     }
 }
@@ -100,16 +107,20 @@ impl Prompts {
                 .map(|s| s.trim().to_string())
                 .map_err(|source| AnswerError::Prompt { path, source })
         };
-        let user = read("user.txt")?;
-        for (placeholder, what) in [("{turns}", "transcript turns"), ("{question}", "question")] {
-            if !user.contains(placeholder) {
-                return Err(AnswerError::PromptPlaceholder {
-                    file: dir.join("user.txt"),
-                    placeholder,
-                    what,
-                });
+        let with_placeholders = |name: &str, turns: &'static str| {
+            let text = read(name)?;
+            for (placeholder, what) in [(turns, "transcript turns"), ("{question}", "question")] {
+                if !text.contains(placeholder) {
+                    return Err(AnswerError::PromptPlaceholder {
+                        file: dir.join(name),
+                        placeholder,
+                        what,
+                    });
+                }
             }
-        }
+            Ok(text)
+        };
+        let user = with_placeholders("user.txt", "{turns}")?;
         Ok(Self {
             system: PerLanguage {
                 en: read("system-en.txt")?,
@@ -122,6 +133,8 @@ impl Prompts {
             },
             translate: read("translate.txt")?,
             rewrite: read("rewrite.txt")?,
+            rerank_system: read("rerank-system.txt")?,
+            rerank_user: with_placeholders("rerank-user.txt", "{turn}")?,
         })
     }
 
@@ -307,6 +320,29 @@ pub fn search_queries(
     Ok(queries)
 }
 
+/// Every turn that matches `question`, best first, and the wordings retrieval searched with: the
+/// index's ranking, with its first `options.rerank` turns re-ordered by the model's judgement.
+pub fn rank_turns(
+    index: &Index,
+    model: &mut Model,
+    prompts: &Prompts,
+    question: &str,
+    options: &AskOptions,
+) -> Result<(Vec<String>, Ranking), AnswerError> {
+    let queries = search_queries(index, model, prompts, question, options.translate)?;
+    let query_refs: Vec<&str> = queries.iter().map(String::as_str).collect();
+    let mut ranking = index.ranking(&query_refs)?;
+    rerank::rerank(
+        model,
+        prompts,
+        question,
+        &mut ranking.hits,
+        options.rerank,
+        index,
+    )?;
+    Ok((queries, ranking))
+}
+
 /// Each exchange (a matched turn with its partner) in transcript order, so that a question reads
 /// before its answer; the exchanges from the weakest match to the best, so that the best stands
 /// next to the question, where a small model looks first. Each turn ends with a blank line.
@@ -330,16 +366,20 @@ fn format_turns(turns: &[Retrieved], host: Option<&str>) -> Vec<String> {
             exchange.sort_by_key(|t| turn_number(&t.id));
             exchange.iter()
         })
-        .map(|t| {
-            let role = if Some(t.speaker.as_str()) == host {
-                " (host)"
-            } else {
-                ""
-            };
-            let text = truncate_chars(&t.text, MAX_TURN_CHARS);
-            format!("[{}] {}{role}: {text}\n\n", t.id, t.speaker)
-        })
+        .map(|t| format_turn(t, host))
         .collect()
+}
+
+/// A turn as the model reads it: id, speaker, marked when it is the host, and its text, cut to
+/// `MAX_TURN_CHARS`, ending with a blank line.
+fn format_turn(turn: &Turn, host: Option<&str>) -> String {
+    let role = if Some(turn.speaker.as_str()) == host {
+        " (host)"
+    } else {
+        ""
+    };
+    let text = truncate_chars(&turn.text, MAX_TURN_CHARS);
+    format!("[{}] {}{role}: {text}\n\n", turn.id, turn.speaker)
 }
 
 fn turn_number(id: &str) -> usize {
@@ -399,8 +439,13 @@ pub struct Answer {
     /// is the refusal.
     pub answered: bool,
     /// The verdict's logit for "yes" minus that for "no"; absent for a vocabulary whose first
-    /// tokens of the two words are the same, where the answer goes ahead unjudged.
+    /// tokens of the two words are the same, where the answer goes ahead unjudged, and when the
+    /// reranking judged no turn likely enough to answer (`retrieved[].relevance`), where no
+    /// verdict was asked for.
     pub answered_log_odds: Option<f32>,
+    /// With reranking: the model's log-odds that the best turn it judged answers the question;
+    /// below the model's `min_rerank_relevance` tqa refuses.
+    pub best_relevance: Option<f32>,
     pub answer: String,
     /// Cited turns that were given to the model, in order of first citation.
     pub citations: Vec<Turn>,
@@ -418,6 +463,9 @@ pub struct AskOptions {
     pub k: usize,
     /// Translate a question that is not in the transcript's language before retrieval.
     pub translate: bool,
+    /// How many of the best-ranked turns the model judges and re-orders before the `k` best are
+    /// picked (see [`rerank`]); 0 keeps the index's order.
+    pub rerank: usize,
     /// Refuse when the model's verdict says the retrieved turns do not answer the question.
     pub judge: bool,
     /// Compute each transcript turn once, attending to the instructions only, and reuse it in
@@ -435,6 +483,7 @@ impl Default for AskOptions {
         Self {
             k: 3,
             translate: true,
+            rerank: 0,
             judge: true,
             reuse_turns: false,
             fill_quotes: true,
@@ -460,9 +509,8 @@ pub fn ask(
         return Err(AnswerError::EmptyQuestion);
     }
     let start = Instant::now();
-    let search_queries = search_queries(index, model, prompts, question, options.translate)?;
-    let query_refs: Vec<&str> = search_queries.iter().map(String::as_str).collect();
-    let retrieved = index.search(&query_refs, options.k)?;
+    let (search_queries, ranking) = rank_turns(index, model, prompts, question, options)?;
+    let retrieved = index.select(&ranking, options.k);
     let retrieval = start.elapsed();
 
     let language = Language::of(question);
@@ -485,7 +533,12 @@ pub fn ask(
         .extend(prompts.reply_stops());
     let filler = QuoteFiller::new(&retrieved);
     let mut steer = |reply: &str| options.fill_quotes.then(|| filler.fill(reply)).flatten();
-    let judged = judge_and_generate(model, &prompt, &options, prefill_start, on_text, &mut steer)?;
+    let too_weak = best_relevance(&ranking).is_some_and(|r| r < model.info.min_rerank_relevance);
+    let judged = if options.judge && too_weak {
+        Judged::refused_unread()
+    } else {
+        judge_and_generate(model, &prompt, &options, prefill_start, on_text, &mut steer)?
+    };
     if judged.generation.is_none() {
         on_text(prompts.refusal.get(language));
     }
@@ -506,6 +559,7 @@ pub fn ask(
         language,
         answered: judged.generation.is_some(),
         answered_log_odds: judged.log_odds,
+        best_relevance: best_relevance(&ranking),
         answer: text.to_string(),
         citations,
         invalid_citations,
@@ -535,6 +589,29 @@ struct Judged {
     verdict_time: Duration,
     /// `None` when the verdict was "no".
     generation: Option<Generation>,
+}
+
+impl Judged {
+    /// A refusal decided before the prompt was read.
+    fn refused_unread() -> Self {
+        Self {
+            reused: 0,
+            log_odds: None,
+            verdict_time: Duration::ZERO,
+            generation: None,
+        }
+    }
+}
+
+/// The model's judgement of the turn it found likeliest to answer, when it judged turns of
+/// `ranking` (see [`rerank`]). Below the model's threshold no prompt of these turns would hold the
+/// answer either, and the model is not asked to write one.
+fn best_relevance(ranking: &Ranking) -> Option<f32> {
+    ranking
+        .hits
+        .iter()
+        .filter_map(|h| h.relevance)
+        .reduce(f32::max)
 }
 
 /// Prefills `prompt` (which ends with the verdict prefix), reads the verdict and, when it is "yes"
@@ -594,25 +671,57 @@ const VERDICT_TOKENS: usize = 4;
 
 /// How much likelier the model finds "yes" than "no" at the verdict.
 fn answered_log_odds(model: &Model, logits: &Tensor) -> Result<Option<f32>, AnswerError> {
-    let first_token = |text: &str| -> Result<u32, AnswerError> {
-        model.encode(text)?.first().copied().ok_or_else(|| {
-            AnswerError::Model(ModelError::Tokenizer(format!(
-                "{text:?} encodes to no token"
-            )))
-        })
+    log_odds(model, logits, &[VERDICT_YES], &[VERDICT_NO])
+}
+
+/// How much likelier the model finds a reply beginning with one of `yes` than with one of `no`,
+/// from the logits of the reply's first token: the log of the ratio of their summed
+/// probabilities. `None` when the two sets share a first token, and the logits cannot tell them
+/// apart.
+fn log_odds(
+    model: &Model,
+    logits: &Tensor,
+    yes: &[&str],
+    no: &[&str],
+) -> Result<Option<f32>, AnswerError> {
+    let first_tokens = |words: &[&str]| -> Result<Vec<u32>, AnswerError> {
+        words
+            .iter()
+            .map(|text| {
+                model.encode(text)?.first().copied().ok_or_else(|| {
+                    AnswerError::Model(ModelError::Tokenizer(format!(
+                        "{text:?} encodes to no token"
+                    )))
+                })
+            })
+            .collect()
     };
-    let (yes, no) = (first_token(VERDICT_YES)?, first_token(VERDICT_NO)?);
-    if yes == no {
+    let (mut yes, mut no) = (first_tokens(yes)?, first_tokens(no)?);
+    for ids in [&mut yes, &mut no] {
+        ids.sort_unstable();
+        ids.dedup();
+    }
+    if yes.iter().any(|t| no.contains(t)) {
         return Ok(None);
     }
     let logits = logits.to_vec1::<f32>().map_err(ModelError::from)?;
-    let weight = |id: u32| {
-        logits
-            .get(id as usize)
-            .copied()
-            .unwrap_or(f32::NEG_INFINITY)
+    let log_sum = |ids: &[u32]| {
+        let weights: Vec<f32> = ids
+            .iter()
+            .map(|&id| {
+                logits
+                    .get(id as usize)
+                    .copied()
+                    .unwrap_or(f32::NEG_INFINITY)
+            })
+            .collect();
+        let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if max == f32::NEG_INFINITY {
+            return max;
+        }
+        max + weights.iter().map(|w| (w - max).exp()).sum::<f32>().ln()
     };
-    Ok(Some(weight(yes) - weight(no)))
+    Ok(Some(log_sum(&yes) - log_sum(&no)))
 }
 
 /// Writes the quotations of an answer for the model. When the model cites a turn and opens a
@@ -815,6 +924,7 @@ mod tests {
             },
             score: 1.0,
             passages: Vec::new(),
+            relevance: None,
             partner_of: None,
         }
     }
@@ -869,6 +979,27 @@ mod tests {
     #[test]
     fn a_reply_stops_where_the_prompt_would_ask_the_next_question() {
         assert_eq!(Prompts::default().reply_stops(), ["\nQuestion:"]);
+    }
+
+    #[test]
+    fn prompt_folders_load_and_a_missing_placeholder_names_its_file() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts");
+        let prompts = Prompts::from_dir(&shipped).expect("the shipped prompts load");
+        assert_eq!(prompts.rerank_user, Prompts::default().rerank_user);
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        for entry in std::fs::read_dir(&shipped).expect("prompts folder") {
+            let path = entry.expect("entry").path();
+            std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
+        }
+        std::fs::write(dir.path().join("rerank-user.txt"), "Question: {question}").expect("write");
+        let err = Prompts::from_dir(dir.path())
+            .expect_err("no {turn}")
+            .to_string();
+        assert!(
+            err.contains("rerank-user.txt") && err.contains("{turn}"),
+            "{err}"
+        );
     }
 
     #[test]
