@@ -21,9 +21,10 @@ const NO: &[&str] = &["no", "No"];
 /// log-odds that it answers `question` in `Retrieved::relevance`, and re-orders those turns by it
 /// and the index's score; the rest keep their places.
 ///
-/// The turn comes before the question in the prompt, so that its keys and values depend on the
-/// instructions only: they are computed once per turn and model and reused for every later
-/// question (`Model::prefill_pieces`), and a question then costs only its own tokens per turn.
+/// The exchange comes before the question in the prompt, so that its keys and values depend on
+/// the instructions only: they are computed once per exchange and model and reused for every
+/// later question (`Model::prefill_pieces`), and a question then costs only its own tokens per
+/// turn judged.
 pub fn rerank(
     model: &mut Model,
     prompts: &Prompts,
