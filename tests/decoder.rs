@@ -217,6 +217,35 @@ fn assert_first_run_repeats(run: impl Fn(&mut Model, &[u32]) -> (candle_core::Te
 }
 
 #[test]
+fn a_system_turn_computed_after_another_prompt_is_what_a_fresh_model_computes() {
+    let (dir, path) = tiny(13, Arch::Llama);
+    let prompt = |model: &Model, instruction: &str| {
+        model
+            .encode(&format!(
+                "<|im_start|>system\nYou {}<|im_end|>\n<|im_start|>user\nagents?<|im_end|>\n",
+                instruction.repeat(30)
+            ))
+            .unwrap()
+    };
+    // Each model stores its system turns in a folder of its own, so nothing is read back.
+    let mut after_another = load_caching(&path, false, Some(&dir.path().join("a")));
+    let judge = prompt(&after_another, "judge whether the excerpt answers. ");
+    let answer = prompt(&after_another, "answer from the excerpts only. ");
+    after_another.prefill(&judge).unwrap();
+    let (got, _) = after_another.prefill(&answer).unwrap();
+    let mut fresh = load_caching(&path, false, Some(&dir.path().join("b")));
+    let (expected, _) = fresh.prefill(&answer).unwrap();
+    let diff = max_abs_diff(
+        &expected.to_vec1::<f32>().unwrap(),
+        &got.to_vec1::<f32>().unwrap(),
+    );
+    assert_eq!(
+        diff, 0.0,
+        "the logits depend on the prompt before by {diff}"
+    );
+}
+
+#[test]
 fn the_first_run_of_a_long_prompt_computes_what_later_runs_compute() {
     assert_first_run_repeats(|model, head| {
         let end = model.encode("<|im_end|>\n").unwrap();
