@@ -54,16 +54,23 @@ pub fn rerank(
         max_new_tokens: 1,
         ..SamplingConfig::default()
     };
+    // A question and its answer are often both candidates: their exchange is judged once.
+    let mut exchanges: Vec<(Vec<u32>, Option<f32>)> = Vec::new();
     for hit in hits.iter_mut().take(judged) {
         let exchange: String = index
             .exchange(&hit.turn)
             .into_iter()
             .map(|turn| format_turn(turn, index.host()))
             .collect();
-        let turn = model.encode(&exchange)?;
-        check_context(model, head.len() + turn.len() + tail.len(), &one_token)?;
-        let (logits, _) = model.prefill_pieces(&head, std::slice::from_ref(&turn), &tail)?;
+        let exchange = model.encode(&exchange)?;
+        if let Some((_, relevance)) = exchanges.iter().find(|(e, _)| *e == exchange) {
+            hit.relevance = *relevance;
+            continue;
+        }
+        check_context(model, head.len() + exchange.len() + tail.len(), &one_token)?;
+        let (logits, _) = model.prefill_pieces(&head, std::slice::from_ref(&exchange), &tail)?;
         hit.relevance = log_odds(model, &logits, YES, NO)?;
+        exchanges.push((exchange, hit.relevance));
     }
     let scores: Vec<f32> = hits[..judged].iter().map(|h| h.score).collect();
     let Some(relevances) = hits[..judged]
