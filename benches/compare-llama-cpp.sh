@@ -17,21 +17,36 @@ threads="${THREADS:-2}"
 models=("$@")
 [ ${#models[@]} -gt 0 ] || models=(smollm2-135m qwen2.5-coder-0.5b)
 
-bench_bin="$dir/build/bin/llama-bench"
+# GGML_NATIVE=ON dies with "Illegal instruction" on these virtual machines (their CPUs may report
+# AMX, which the guest may not use), so the SIMD kernels are switched on by hand, for the
+# features this CPU reports; the build folder is named after them, so a build made on another
+# kind of CPU is not reused.
+flags=$(grep -m1 '^flags' /proc/cpuinfo)
+has() { [[ " $flags " == *" $1 "* ]]; }
+simd=(-DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON)
+tag=avx2
+if has avx512f; then
+  simd+=(-DGGML_AVX512=ON)
+  tag=avx512
+  has avx512_vbmi && simd+=(-DGGML_AVX512_VBMI=ON) && tag+=-vbmi
+  has avx512_vnni && simd+=(-DGGML_AVX512_VNNI=ON) && tag+=-vnni
+  has avx512_bf16 && simd+=(-DGGML_AVX512_BF16=ON) && tag+=-bf16
+fi
+has avx_vnni && simd+=(-DGGML_AVX_VNNI=ON) && tag+=-avxvnni
+build="$dir/build-$tag"
+bench_bin="$build/bin/llama-bench"
 if [ ! -x "$bench_bin" ]; then
-  echo "building llama-bench from the llama-cpp-python sdist (once) …" >&2
+  echo "building llama-bench ($tag) from the llama-cpp-python sdist (once) …" >&2
   mkdir -p "$dir"
   command -v cmake >/dev/null || python3 -m pip install --quiet cmake
-  python3 -m pip download --quiet --no-deps --no-binary=llama-cpp-python llama-cpp-python==0.3.36 -d "$dir/sdist"
-  tar -xzf "$dir"/sdist/llama_cpp_python-*.tar.gz -C "$dir"
-  src=$(echo "$dir"/llama_cpp_python-*/vendor/llama.cpp)
-  # GGML_NATIVE=ON dies with "Illegal instruction" on these virtual machines (their CPUs report
-  # AMX, which the guest may not use), so the AVX-512/VNNI kernels are switched on by hand.
-  cmake -S "$src" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF \
-        -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON \
-        -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON \
-        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >&2
-  cmake --build "$dir/build" --target llama-bench -j "$(nproc)" >&2
+  [ -d "$dir"/llama_cpp_python-0.3.36 ] || {
+    python3 -m pip download --quiet --no-deps --no-binary=llama-cpp-python llama-cpp-python==0.3.36 -d "$dir/sdist"
+    tar -xzf "$dir"/sdist/llama_cpp_python-*.tar.gz -C "$dir"
+  }
+  src=$(echo "$dir"/llama_cpp_python-0.3.36/vendor/llama.cpp)
+  cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF \
+        "${simd[@]}" -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >&2
+  cmake --build "$build" --target llama-bench -j "$(nproc)" >&2
 fi
 cargo build --release --quiet
 
