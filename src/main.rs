@@ -17,6 +17,9 @@ use commands::{AskArgs, BenchArgs, ChatArgs, EvalCommand, ModelsCommand, SearchA
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// CPU threads for the model and the embedder.
+    #[arg(long, global = true, default_value_t = commands::default_threads())]
+    threads: usize,
 }
 
 #[derive(Subcommand)]
@@ -37,17 +40,14 @@ enum Command {
     Models(ModelsCommand),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     exit_quietly_on_closed_pipe();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Ask(args) => commands::ask::run(args).await,
-        Command::Chat(args) => commands::chat::run(args).await,
-        Command::Search(args) => commands::search::run(args),
-        Command::Eval(cmd) => commands::eval::run(cmd).await,
-        Command::Bench(args) => commands::bench::run(args).await,
-        Command::Models(cmd) => commands::models::run(cmd).await,
+    // Before any other thread starts: see `set_cpu_threads`.
+    tqa::model::set_cpu_threads(cli.threads);
+    let result = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(run(cli.command)),
+        Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -55,6 +55,17 @@ async fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Ask(args) => commands::ask::run(args).await,
+        Command::Chat(args) => commands::chat::run(args).await,
+        Command::Search(args) => commands::search::run(args),
+        Command::Eval(cmd) => commands::eval::run(cmd).await,
+        Command::Bench(args) => commands::bench::run(args).await,
+        Command::Models(cmd) => commands::models::run(cmd).await,
     }
 }
 

@@ -94,9 +94,6 @@ pub struct ModelArgs {
     /// A tokenizer.json to use instead of the tokenizer embedded in the GGUF.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// CPU threads for the model.
-    #[arg(long, default_value_t = default_threads())]
-    pub threads: usize,
     /// Where the model runs: `auto` takes the GPU when this build has CUDA (scripts/build-cuda.sh)
     /// and a GPU is present, else the CPU; the load message says which.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
@@ -106,14 +103,14 @@ pub struct ModelArgs {
     pub no_optimize: bool,
 }
 
-fn default_threads() -> usize {
+/// One thread per CPU the process may use.
+pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl ModelArgs {
     /// Resolves, fetches if needed, and loads the model, reporting on stderr.
     pub async fn load(&self) -> anyhow::Result<Model> {
-        model::set_cpu_threads(self.threads);
         let device = self.device.open()?;
         let mut source = model::resolve(self.model.as_deref()).await?;
         source.tokenizer_json = self.tokenizer.clone();

@@ -92,9 +92,16 @@ impl DeviceChoice {
     }
 }
 
-/// Number of CPU threads for the matmul kernels. candle's kernels run on rayon's global pool, so
-/// this has to happen before the first tensor operation.
+/// Number of CPU threads for every kernel: rayon's global pool, and candle's own pool and
+/// matrix products, which read the count from the environment on every call. Unset, candle
+/// re-parses /proc/cpuinfo for it in every f32 matrix product: two per layer and token, about a
+/// tenth of SmolLM2's decoding time. Call this before any other thread starts (the environment
+/// may only be changed then) and before the first tensor operation.
 pub fn set_cpu_threads(threads: usize) {
+    let threads = threads.max(1);
+    for variable in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
+        std::env::set_var(variable, threads.to_string());
+    }
     // Building the global pool fails only when it already exists; the first setting then stands.
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
