@@ -11,6 +11,8 @@ use std::sync::Arc;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
+use super::kernels::QuantMatrix;
+
 /// The hyper-parameters the forward pass needs, read from the GGUF metadata.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -184,18 +186,58 @@ impl Embeddings {
     }
 }
 
-/// A quantized weight matrix applied to activations. candle's fast x86 kernels (AVX-512 VNNI,
-/// AMX) quantize the activations in blocks of 256 values; for a matrix of any other width they
-/// fall back to a scalar loop over rows that is several times slower. Q8_0 matrices whose width is
-/// not a multiple of 256 (SmolLM2's 576, Qwen2.5-0.5B's 896) therefore get zero columns up to the
-/// next multiple, and their inputs zeros to match: zero columns add nothing to the products.
-struct Projection {
+/// A quantized weight matrix applied to activations, by tqa's own kernels where they take its
+/// block type on this CPU (see `kernels`), else by candle's.
+enum Projection {
+    Own(QuantMatrix),
+    Candle(CandleProjection),
+}
+
+impl Projection {
+    fn new(weight: Arc<QTensor>) -> Result<Self> {
+        match QuantMatrix::new(weight.clone())? {
+            Some(own) => Ok(Self::Own(own)),
+            None => Ok(Self::Candle(CandleProjection::new(weight)?)),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Own(matrix) => matrix.forward(x),
+            Self::Candle(projection) => projection.forward(x),
+        }
+    }
+
+    /// The weights as the kernels read them (with any padding).
+    fn weight(&self) -> &Arc<QTensor> {
+        match self {
+            Self::Own(matrix) => matrix.weight(),
+            Self::Candle(projection) => &projection.weight,
+        }
+    }
+
+    /// Runs the matrix on zeros of each of `row_counts` rows; see `Decoder::warm_up`. tqa's own
+    /// kernels read the weights as they are and need none.
+    fn warm_up(&self, row_counts: &[usize], device: &Device) -> Result<()> {
+        match self {
+            Self::Own(_) => Ok(()),
+            Self::Candle(projection) => projection.warm_up(row_counts, device),
+        }
+    }
+}
+
+/// candle's fast x86 kernels (AVX-512 VNNI, AMX) quantize the activations in blocks of 256
+/// values; for a matrix of any other width they fall back to a scalar loop over rows that is
+/// several times slower. Q8_0 matrices whose width is not a multiple of 256 (SmolLM2's 576,
+/// Qwen2.5-0.5B's 896) therefore get zero columns up to the next multiple, and their inputs zeros
+/// to match: zero columns add nothing to the products.
+struct CandleProjection {
     matmul: QMatMul,
     weight: Arc<QTensor>,
     padding: usize,
 }
 
-impl Projection {
+impl CandleProjection {
     fn new(weight: Arc<QTensor>) -> Result<Self> {
         let padding = padding_for_fast_kernels(&weight)?;
         let weight = if padding == 0 {
@@ -210,7 +252,6 @@ impl Projection {
         })
     }
 
-    /// Runs the matrix on zeros of each of `row_counts` rows.
     fn warm_up(&self, row_counts: &[usize], device: &Device) -> Result<()> {
         let (_, width) = self.weight.shape().dims2()?;
         for &rows in row_counts {
@@ -427,7 +468,7 @@ impl Decoder {
             Ok(w) => (Projection::new(Arc::new(w))?, embedding_table),
             Err(_) => {
                 let output = Projection::new(embedding_table)?;
-                let table = output.weight.clone();
+                let table = output.weight().clone();
                 (output, table)
             }
         };
@@ -809,7 +850,7 @@ mod tests {
             let quantized = Arc::new(QTensor::quantize(&weight, GgmlDType::Q8_0).unwrap());
             let exact_weight = quantized.dequantize(&device).unwrap();
             let plain = QMatMul::from_arc(quantized.clone()).unwrap();
-            let projection = Projection::new(quantized).unwrap();
+            let projection = CandleProjection::new(quantized).unwrap();
             if has_int8_dot_product_instructions() {
                 assert_eq!(projection.padding, width.next_multiple_of(256) - width);
             }

@@ -5,6 +5,7 @@ pub mod chat;
 pub mod decoder;
 pub mod fetch;
 pub mod generate;
+pub mod kernels;
 pub mod kv_store;
 pub mod optimize;
 pub mod registry;

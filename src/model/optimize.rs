@@ -1,6 +1,7 @@
 //! One-time conversion of tensor types that candle 0.11 runs only with scalar kernels (Q4_1,
 //! Q5_0, Q5_1) to Q8_0, which has AVX kernels: several times faster for the same answers. The
-//! converted file is written once next to the weights' cache and reused.
+//! converted file is written once next to the weights' cache and reused. Where tqa's own kernels
+//! run a type on this CPU (`super::kernels`), its tensors are left as they are.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -14,12 +15,14 @@ use super::ModelError;
 /// Types with no SIMD kernel in candle 0.11.
 const SLOW_TYPES: [GgmlDType; 3] = [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1];
 
-/// Whether any tensor of `content` uses a type that [`optimized_copy`] would convert.
+/// Whether any tensor of `content` uses a type that neither candle nor tqa's own kernels run
+/// fast on this CPU, so that [`write_optimized_copy`] is worth it.
 pub fn has_slow_tensors(content: &gguf_file::Content) -> bool {
-    content
-        .tensor_infos
-        .values()
-        .any(|t| SLOW_TYPES.contains(&t.ggml_dtype))
+    let own_kernels = super::kernels::available();
+    content.tensor_infos.values().any(|t| {
+        SLOW_TYPES.contains(&t.ggml_dtype)
+            && !(own_kernels && super::kernels::handles(t.ggml_dtype))
+    })
 }
 
 /// Path of the converted copy of `source` inside `dir`, named after the source file and its

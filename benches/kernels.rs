@@ -1,0 +1,102 @@
+//! tqa's own kernels for CPUs with AVX2 and no int8 dot products, against candle's product on the
+//! same weights converted to Q8_0 (what tqa ran before them), on the matrix shapes of
+//! SmolLM2-135M (Q4_1, its output matrix Q8_0) and Qwen2.5-Coder-0.5B (Q5_0): one token
+//! (decoding) and a prompt chunk of 256 tokens.
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use criterion::{criterion_group, criterion_main, Criterion};
+use tqa::model::kernels::{self, QuantMatrix};
+
+/// (name, dtype, rows, cols): stacked q/k/v, stacked gate/up and down of each model, and
+/// SmolLM2's output matrix.
+const SHAPES: [(&str, GgmlDType, usize, usize); 7] = [
+    ("smollm2-qkv", GgmlDType::Q4_1, 960, 576),
+    ("smollm2-gate-up", GgmlDType::Q4_1, 3072, 576),
+    ("smollm2-down", GgmlDType::Q4_1, 576, 1536),
+    ("smollm2-output", GgmlDType::Q8_0, 49152, 576),
+    ("qwen0.5b-qkv", GgmlDType::Q5_0, 1152, 896),
+    ("qwen0.5b-gate-up", GgmlDType::Q5_0, 9728, 896),
+    ("qwen0.5b-down", GgmlDType::Q5_0, 896, 4864),
+];
+
+fn products(c: &mut Criterion) {
+    if !kernels::available() {
+        eprintln!("this CPU does not run tqa's own kernels; nothing to compare");
+        return;
+    }
+    let device = Device::Cpu;
+    let mut group = c.benchmark_group("kernels");
+    group.sample_size(20);
+    for (name, dtype, rows, cols) in SHAPES {
+        let dense = Tensor::randn(0f32, 0.05, (rows, cols), &device).expect("weights");
+        let weight = std::sync::Arc::new(QTensor::quantize(&dense, dtype).expect("quantize"));
+        let own = QuantMatrix::new(weight.clone())
+            .expect("copy")
+            .expect("a type these kernels take");
+        let converted = weight
+            .dequantize(&device)
+            .and_then(|w| QTensor::quantize(&w, GgmlDType::Q8_0))
+            .and_then(QMatMul::from_qtensor)
+            .expect("Q8_0 copy");
+        for tokens in [1usize, 256] {
+            let x = Tensor::randn(0f32, 1.0, (tokens, cols), &device).expect("input");
+            group.bench_function(format!("{name}/{tokens}/own"), |b| {
+                b.iter(|| own.forward(&x).expect("own"))
+            });
+            group.bench_function(format!("{name}/{tokens}/candle-q8_0"), |b| {
+                b.iter(|| converted.forward(&x).expect("candle"))
+            });
+        }
+    }
+    group.finish();
+}
+
+/// Decoding reads every layer's weights once per token, from memory rather than cache: SmolLM2's
+/// 30 layers of gate/up matrices, one token each, in turn.
+fn decode_sweep(c: &mut Criterion) {
+    if !kernels::available() {
+        return;
+    }
+    let device = Device::Cpu;
+    let (rows, cols) = (3072, 576);
+    let weights: Vec<std::sync::Arc<QTensor>> = (0..30)
+        .map(|_| {
+            let dense = Tensor::randn(0f32, 0.05, (rows, cols), &device).expect("weights");
+            std::sync::Arc::new(QTensor::quantize(&dense, GgmlDType::Q4_1).expect("quantize"))
+        })
+        .collect();
+    let own: Vec<QuantMatrix> = weights
+        .iter()
+        .map(|w| QuantMatrix::new(w.clone()).expect("copy").expect("Q4_1"))
+        .collect();
+    let converted: Vec<QMatMul> = weights
+        .iter()
+        .map(|w| {
+            w.dequantize(&device)
+                .and_then(|w| QTensor::quantize(&w, GgmlDType::Q8_0))
+                .and_then(QMatMul::from_qtensor)
+                .expect("Q8_0 copy")
+        })
+        .collect();
+    let x = Tensor::randn(0f32, 1.0, (1, cols), &device).expect("input");
+    let mut group = c.benchmark_group("decode-sweep");
+    group.sample_size(20);
+    group.bench_function("smollm2-gate-up-x30/own", |b| {
+        b.iter(|| {
+            for matrix in &own {
+                std::hint::black_box(matrix.forward(&x).expect("own"));
+            }
+        })
+    });
+    group.bench_function("smollm2-gate-up-x30/candle-q8_0", |b| {
+        b.iter(|| {
+            for matrix in &converted {
+                std::hint::black_box(matrix.forward(&x).expect("candle"));
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, products, decode_sweep);
+criterion_main!(benches);
