@@ -177,6 +177,25 @@ impl QuantMatrix {
     }
 }
 
+/// Calls `f(i, chunk)` for each `chunk`-long piece of `out` (the last may be shorter), the
+/// pieces split between candle's CPU threads.
+pub fn parallel_chunks_mut(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let len = out.len();
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    candle_core::utils::barrier_pool().execute_chunked(len.div_ceil(chunk), |range| {
+        let out_ptr = &out_ptr;
+        for i in range {
+            let start = i * chunk;
+            // SAFETY: each index is handed to exactly one thread, so the pieces never overlap;
+            // `out` outlives the pool's call.
+            let piece = unsafe {
+                std::slice::from_raw_parts_mut(out_ptr.0.add(start), chunk.min(len - start))
+            };
+            f(i, piece);
+        }
+    });
+}
+
 struct SendPtr(*mut f32);
 // SAFETY: the pointer is only written through at positions no other thread writes.
 unsafe impl Sync for SendPtr {}
