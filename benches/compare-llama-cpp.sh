@@ -55,7 +55,9 @@ for model in "${models[@]}"; do
   path=$(target/release/tqa models fetch "$model" 2>/dev/null || echo "$model")
   for round in $(seq "$rounds"); do
     echo "$model round $round/$rounds" >&2
-    "$bench_bin" -m "$path" -t "$threads" -p 512 -n 128 -r 1 -o json > "$out/llama-$(basename "$path")-$round.json"
+    # GNU time's peak resident set (KiB), the figure tqa bench reports for itself.
+    /usr/bin/time -f %M -o "$out/llama-$(basename "$path")-$round.rss" \
+      "$bench_bin" -m "$path" -t "$threads" -p 512 -n 128 -r 1 -o json > "$out/llama-$(basename "$path")-$round.json"
     target/release/tqa bench --model "$path" --threads "$threads" --prefill 512 --depths 0 \
       --decode-tokens 128 --reps 1 --lexical --no-ask --json 2>/dev/null > "$out/tqa-$(basename "$path")-$round.json"
   done
@@ -65,9 +67,11 @@ python3 - "$out" <<'PY'
 import glob, json, os, statistics, sys
 out = sys.argv[1]
 models = sorted({os.path.basename(p)[4:].rsplit("-", 1)[0] for p in glob.glob(f"{out}/tqa-*.json")})
-print(f"{'model':42} {'llama pp512':>12} {'tqa pp512':>10} {'ratio':>6} {'llama tg128':>12} {'tqa tg128':>10} {'ratio':>6} {'tqa RSS MiB':>12}")
+print(f"{'model':42} {'llama pp512':>12} {'tqa pp512':>10} {'ratio':>6} {'llama tg128':>12} {'tqa tg128':>10} {'ratio':>6} {'llama RSS MiB':>14} {'tqa RSS MiB':>12} {'ratio':>6}")
 for m in models:
-    lp, lt, tp, tt, rss = [], [], [], [], []
+    lp, lt, tp, tt, rss, lrss = [], [], [], [], [], []
+    for p in glob.glob(f"{out}/llama-{m}-*.rss"):
+        lrss.append(int(open(p).read().split()[-1]) / 1024)
     for p in glob.glob(f"{out}/llama-{m}-*.json"):
         for row in json.load(open(p)):
             (lp if row["n_prompt"] > 0 else lt).append(row["avg_ts"])
@@ -77,5 +81,5 @@ for m in models:
         tt.append(r["decode"][0]["tokens_per_s"]["median"])
         rss.append(r["peak_rss_mib"] or 0)
     med = statistics.median
-    print(f"{m:42} {med(lp):12.1f} {med(tp):10.1f} {med(tp)/med(lp):6.2f} {med(lt):12.1f} {med(tt):10.1f} {med(tt)/med(lt):6.2f} {med(rss):12.0f}")
+    print(f"{m:42} {med(lp):12.1f} {med(tp):10.1f} {med(tp)/med(lp):6.2f} {med(lt):12.1f} {med(tt):10.1f} {med(tt)/med(lt):6.2f} {med(lrss):14.0f} {med(rss):12.0f} {med(rss)/med(lrss):6.2f}")
 PY
