@@ -187,9 +187,10 @@ pub fn prompts_from(dir: Option<&std::path::Path>) -> Result<Prompts, AnswerErro
 
 #[derive(Args, Debug, Clone)]
 pub struct RerankArgs {
-    /// Let the answering model judge the N best-ranked turns (default 8) and re-order them
-    /// before the best are picked: better turns, at one short prompt per turn. Each turn is
-    /// computed once and cached, so later questions cost much less than the first.
+    /// Let the answering model judge the N best-ranked turns (default 8), each with its partner
+    /// in the exchange, and re-order them before the best are picked: better turns, at one short
+    /// prompt per exchange. Each exchange is computed once and cached, so later questions cost
+    /// much less than the first.
     #[arg(long, value_name = "N")]
     pub rerank: Option<Option<usize>>,
 }
