@@ -2,6 +2,8 @@
 //! same weights converted to Q8_0 (what tqa ran before them), on the matrix shapes of
 //! SmolLM2-135M (Q4_1, its output matrix Q8_0) and Qwen2.5-Coder-0.5B (Q5_0): one token
 //! (decoding) and a prompt chunk of 256 tokens.
+use std::sync::Arc;
+
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -19,6 +21,23 @@ const SHAPES: [(&str, GgmlDType, usize, usize); 7] = [
     ("qwen0.5b-down", GgmlDType::Q5_0, 896, 4864),
 ];
 
+/// Random weights of `dtype` for tqa's kernels, and the same weights converted to Q8_0 for
+/// candle's.
+fn both_kernels(dtype: GgmlDType, rows: usize, cols: usize) -> (QuantMatrix, QMatMul) {
+    let device = Device::Cpu;
+    let dense = Tensor::randn(0f32, 0.05, (rows, cols), &device).expect("weights");
+    let weight = Arc::new(QTensor::quantize(&dense, dtype).expect("quantize"));
+    let own = QuantMatrix::new(weight.clone())
+        .expect("weights for tqa's kernels")
+        .expect("a type these kernels take");
+    let converted = weight
+        .dequantize(&device)
+        .and_then(|w| QTensor::quantize(&w, GgmlDType::Q8_0))
+        .and_then(QMatMul::from_qtensor)
+        .expect("Q8_0 copy");
+    (own, converted)
+}
+
 fn products(c: &mut Criterion) {
     if !kernels::available() {
         eprintln!("this CPU does not run tqa's own kernels; nothing to compare");
@@ -28,16 +47,7 @@ fn products(c: &mut Criterion) {
     let mut group = c.benchmark_group("kernels");
     group.sample_size(20);
     for (name, dtype, rows, cols) in SHAPES {
-        let dense = Tensor::randn(0f32, 0.05, (rows, cols), &device).expect("weights");
-        let weight = std::sync::Arc::new(QTensor::quantize(&dense, dtype).expect("quantize"));
-        let own = QuantMatrix::new(weight.clone())
-            .expect("copy")
-            .expect("a type these kernels take");
-        let converted = weight
-            .dequantize(&device)
-            .and_then(|w| QTensor::quantize(&w, GgmlDType::Q8_0))
-            .and_then(QMatMul::from_qtensor)
-            .expect("Q8_0 copy");
+        let (own, converted) = both_kernels(dtype, rows, cols);
         for tokens in [1usize, 256] {
             let x = Tensor::randn(0f32, 1.0, (tokens, cols), &device).expect("input");
             group.bench_function(format!("{name}/{tokens}/own"), |b| {
@@ -59,25 +69,9 @@ fn decode_sweep(c: &mut Criterion) {
     }
     let device = Device::Cpu;
     let (rows, cols) = (3072, 576);
-    let weights: Vec<std::sync::Arc<QTensor>> = (0..30)
-        .map(|_| {
-            let dense = Tensor::randn(0f32, 0.05, (rows, cols), &device).expect("weights");
-            std::sync::Arc::new(QTensor::quantize(&dense, GgmlDType::Q4_1).expect("quantize"))
-        })
-        .collect();
-    let own: Vec<QuantMatrix> = weights
-        .iter()
-        .map(|w| QuantMatrix::new(w.clone()).expect("copy").expect("Q4_1"))
-        .collect();
-    let converted: Vec<QMatMul> = weights
-        .iter()
-        .map(|w| {
-            w.dequantize(&device)
-                .and_then(|w| QTensor::quantize(&w, GgmlDType::Q8_0))
-                .and_then(QMatMul::from_qtensor)
-                .expect("Q8_0 copy")
-        })
-        .collect();
+    let (own, converted): (Vec<QuantMatrix>, Vec<QMatMul>) = (0..30)
+        .map(|_| both_kernels(GgmlDType::Q4_1, rows, cols))
+        .unzip();
     let x = Tensor::randn(0f32, 1.0, (1, cols), &device).expect("input");
     let mut group = c.benchmark_group("decode-sweep");
     group.sample_size(20);

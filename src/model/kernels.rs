@@ -42,7 +42,7 @@ impl Format {
         }
     }
 
-    fn block_bytes(self) -> usize {
+    const fn block_bytes(self) -> usize {
         match self {
             Self::Q4_1 => 20,
             Self::Q5_0 => 22,
@@ -59,17 +59,29 @@ struct ActBlock {
     q: [i8; BLOCK],
 }
 
-/// Whether this CPU runs these kernels. Without AVX2 there is no byte product to build on; with
-/// int8 dot-product instructions candle's kernels on Q8_0 copies are the faster path.
+/// Whether tqa uses these kernels on this CPU: it runs them (see [`runs_here`]) and has no int8
+/// dot-product instructions, with which candle's kernels on Q8_0 copies are the faster path.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         let vnni = (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
             || is_x86_feature_detected!("avxvnni");
+        runs_here() && !vnni
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether this CPU can run these kernels at all: without AVX2 there is no byte product to build
+/// on.
+fn runs_here() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
         is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
-            && !vnni
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -92,20 +104,31 @@ pub struct QuantMatrix {
 
 impl QuantMatrix {
     /// `weight` for these kernels, or `None` when they do not take it (another block type, not a
-    /// matrix, or a CPU they do not run on).
+    /// matrix, or a CPU where tqa does not use them).
     pub fn new(weight: Arc<QTensor>) -> Result<Option<Self>> {
+        if !available() {
+            return Ok(None);
+        }
+        Self::on_any_avx2_cpu(weight)
+    }
+
+    /// [`QuantMatrix::new`] wherever the kernels run, whether or not tqa prefers them there.
+    fn on_any_avx2_cpu(weight: Arc<QTensor>) -> Result<Option<Self>> {
         let Some(format) = Format::of(weight.dtype()) else {
             return Ok(None);
         };
         let Ok((rows, cols)) = weight.shape().dims2() else {
             return Ok(None);
         };
-        if !available() || !weight.device().is_cpu() || !cols.is_multiple_of(BLOCK) {
+        if !runs_here() || !weight.device().is_cpu() || !cols.is_multiple_of(BLOCK) {
             return Ok(None);
         }
         let bytes = weight.data()?.len();
         if bytes != rows * cols / BLOCK * format.block_bytes() {
-            candle_core::bail!("a {format:?} matrix of {rows}x{cols} has {bytes} bytes");
+            candle_core::bail!(
+                "a {format:?} matrix of {rows}x{cols} holds {bytes} bytes: the model file is \
+                 damaged; delete it and fetch it again (`models/fetch NAME`)"
+            );
         }
         Ok(Some(Self {
             format,
@@ -335,7 +358,8 @@ mod avx2 {
 
     /// A block type's bytes turned into its 32 values in one register.
     trait Block {
-        const BYTES: usize;
+        const BYTES: usize = Self::FORMAT.block_bytes();
+        const FORMAT: Format;
         /// Whether the values are signed bytes, not unsigned ones.
         const SIGNED: bool;
         unsafe fn unpack(block: *const u8) -> Unpacked<__m256i>;
@@ -362,7 +386,7 @@ mod avx2 {
     }
 
     impl Block for Q41 {
-        const BYTES: usize = 20;
+        const FORMAT: Format = Format::Q4_1;
         const SIGNED: bool = false;
         #[inline]
         #[target_feature(enable = "avx2,f16c")]
@@ -376,7 +400,7 @@ mod avx2 {
     }
 
     impl Block for Q50 {
-        const BYTES: usize = 22;
+        const FORMAT: Format = Format::Q5_0;
         const SIGNED: bool = false;
         #[inline]
         #[target_feature(enable = "avx2,f16c")]
@@ -408,7 +432,7 @@ mod avx2 {
     }
 
     impl Block for Q80 {
-        const BYTES: usize = 34;
+        const FORMAT: Format = Format::Q8_0;
         const SIGNED: bool = true;
         #[inline]
         #[target_feature(enable = "avx2,f16c")]
@@ -564,15 +588,17 @@ mod tests {
 
     #[test]
     fn the_kernels_compute_what_the_plain_reading_computes_for_every_row_count() {
-        if !available() {
-            eprintln!("skipped: this CPU does not run these kernels");
+        if !runs_here() {
+            eprintln!("skipped: this CPU has no AVX2");
             return;
         }
         for dtype in FORMATS {
             // SmolLM2's and Qwen2.5-0.5B's widths; 7 rows leaves remainders in every tile.
             for (rows, cols) in [(7, 576), (37, 896)] {
                 let weight = random_matrix(dtype, rows, cols);
-                let matrix = QuantMatrix::new(weight.clone()).unwrap().unwrap();
+                let matrix = QuantMatrix::on_any_avx2_cpu(weight.clone())
+                    .unwrap()
+                    .unwrap();
                 let data = weight.data().unwrap();
                 for m in [1, 2, 5, 9] {
                     let x = Tensor::randn(0f32, 1.0, (m, cols), &Device::Cpu).unwrap();
@@ -598,13 +624,15 @@ mod tests {
 
     #[test]
     fn the_kernels_agree_with_candles_matmul_on_the_same_weights() {
-        if !available() {
-            eprintln!("skipped: this CPU does not run these kernels");
+        if !runs_here() {
+            eprintln!("skipped: this CPU has no AVX2");
             return;
         }
         for dtype in FORMATS {
             let weight = random_matrix(dtype, 64, 576);
-            let matrix = QuantMatrix::new(weight.clone()).unwrap().unwrap();
+            let matrix = QuantMatrix::on_any_avx2_cpu(weight.clone())
+                .unwrap()
+                .unwrap();
             let reference = candle_core::quantized::QMatMul::from_arc(weight).unwrap();
             let x = Tensor::randn(0f32, 1.0, (3, 576), &Device::Cpu).unwrap();
             let values = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
