@@ -1,7 +1,7 @@
-//! tqa's own kernels for CPUs with AVX2 and no int8 dot products, against candle's product on the
-//! same weights converted to Q8_0 (what tqa ran before them), on the matrix shapes of
-//! SmolLM2-135M (Q4_1, its output matrix Q8_0) and Qwen2.5-Coder-0.5B (Q5_0): one token
-//! (decoding) and a prompt chunk of 256 tokens.
+//! tqa's own kernels for CPUs with AVX2 and no int8 dot products, against what tqa ran before
+//! them, on the matrix shapes of SmolLM2-135M (Q4_1, its output matrix Q8_0), Qwen2.5-Coder-0.5B
+//! (Q5_0) and Qwen2.5-Coder-1.5B (Q4_K, Q6_K): one token (decoding) and a prompt chunk of 256
+//! tokens. Before them, candle ran Q4_1 and Q5_0 as Q8_0 copies and the k-quants as they are.
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
@@ -11,7 +11,7 @@ use tqa::model::kernels::{self, QuantMatrix};
 
 /// (name, dtype, rows, cols): stacked q/k/v, stacked gate/up and down of each model, and
 /// SmolLM2's output matrix.
-const SHAPES: [(&str, GgmlDType, usize, usize); 7] = [
+const SHAPES: [(&str, GgmlDType, usize, usize); 10] = [
     ("smollm2-qkv", GgmlDType::Q4_1, 960, 576),
     ("smollm2-gate-up", GgmlDType::Q4_1, 3072, 576),
     ("smollm2-down", GgmlDType::Q4_1, 576, 1536),
@@ -19,10 +19,13 @@ const SHAPES: [(&str, GgmlDType, usize, usize); 7] = [
     ("qwen0.5b-qkv", GgmlDType::Q5_0, 1152, 896),
     ("qwen0.5b-gate-up", GgmlDType::Q5_0, 9728, 896),
     ("qwen0.5b-down", GgmlDType::Q5_0, 896, 4864),
+    ("qwen1.5b-qkv", GgmlDType::Q4K, 2048, 1536),
+    ("qwen1.5b-gate-up", GgmlDType::Q4K, 17920, 1536),
+    ("qwen1.5b-down", GgmlDType::Q6K, 1536, 8960),
 ];
 
-/// Random weights of `dtype` for tqa's kernels, and the same weights converted to Q8_0 for
-/// candle's.
+/// Random weights of `dtype` for tqa's kernels, and the same weights for candle's, as Q8_0 where
+/// candle has only scalar kernels for `dtype`.
 fn both_kernels(dtype: GgmlDType, rows: usize, cols: usize) -> (QuantMatrix, QMatMul) {
     let device = Device::Cpu;
     let dense = Tensor::randn(0f32, 0.05, (rows, cols), &device).expect("weights");
@@ -30,12 +33,16 @@ fn both_kernels(dtype: GgmlDType, rows: usize, cols: usize) -> (QuantMatrix, QMa
     let own = QuantMatrix::new(weight.clone())
         .expect("weights for tqa's kernels")
         .expect("a type these kernels take");
-    let converted = weight
-        .dequantize(&device)
-        .and_then(|w| QTensor::quantize(&w, GgmlDType::Q8_0))
-        .and_then(QMatMul::from_qtensor)
-        .expect("Q8_0 copy");
-    (own, converted)
+    let candles = if matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0) {
+        weight
+            .dequantize(&device)
+            .and_then(|w| QTensor::quantize(&w, GgmlDType::Q8_0))
+            .and_then(QMatMul::from_qtensor)
+            .expect("Q8_0 copy")
+    } else {
+        QMatMul::from_arc(weight).expect("candle's matrix")
+    };
+    (own, candles)
 }
 
 fn products(c: &mut Criterion) {
@@ -47,14 +54,14 @@ fn products(c: &mut Criterion) {
     let mut group = c.benchmark_group("kernels");
     group.sample_size(20);
     for (name, dtype, rows, cols) in SHAPES {
-        let (own, converted) = both_kernels(dtype, rows, cols);
+        let (own, candles) = both_kernels(dtype, rows, cols);
         for tokens in [1usize, 256] {
             let x = Tensor::randn(0f32, 1.0, (tokens, cols), &device).expect("input");
             group.bench_function(format!("{name}/{tokens}/own"), |b| {
                 b.iter(|| own.forward(&x).expect("own"))
             });
-            group.bench_function(format!("{name}/{tokens}/candle-q8_0"), |b| {
-                b.iter(|| converted.forward(&x).expect("candle"))
+            group.bench_function(format!("{name}/{tokens}/candle"), |b| {
+                b.iter(|| candles.forward(&x).expect("candle"))
             });
         }
     }
@@ -69,7 +76,7 @@ fn decode_sweep(c: &mut Criterion) {
     }
     let device = Device::Cpu;
     let (rows, cols) = (3072, 576);
-    let (own, converted): (Vec<QuantMatrix>, Vec<QMatMul>) = (0..30)
+    let (own, candles): (Vec<QuantMatrix>, Vec<QMatMul>) = (0..30)
         .map(|_| both_kernels(GgmlDType::Q4_1, rows, cols))
         .unzip();
     let x = Tensor::randn(0f32, 1.0, (1, cols), &device).expect("input");
@@ -82,9 +89,9 @@ fn decode_sweep(c: &mut Criterion) {
             }
         })
     });
-    group.bench_function("smollm2-gate-up-x30/candle-q8_0", |b| {
+    group.bench_function("smollm2-gate-up-x30/candle", |b| {
         b.iter(|| {
-            for matrix in &converted {
+            for matrix in &candles {
                 std::hint::black_box(matrix.forward(&x).expect("candle"));
             }
         })
