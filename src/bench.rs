@@ -95,10 +95,11 @@ pub struct AskTiming {
 
 /// Runs every measurement. `text` supplies the tokens for prefill and decode context (the
 /// transcript itself, so the token mix is the real one); lengths beyond the model's context are
-/// skipped.
+/// skipped. The time to first token is measured when there is both a question and an `index` to
+/// retrieve from.
 pub fn run(
     model: &mut Model,
-    index: &Index,
+    index: Option<&Index>,
     text: &str,
     config: &BenchConfig,
 ) -> Result<BenchReport, AnswerError> {
@@ -131,9 +132,11 @@ pub fn run(
         });
     }
 
-    let ask = match &config.question {
-        Some(question) => Some(ask_timing(model, index, question, config.repetitions)?),
-        None => None,
+    let ask = match (&config.question, index) {
+        (Some(question), Some(index)) => {
+            Some(ask_timing(model, index, question, config.repetitions)?)
+        }
+        _ => None,
     };
 
     Ok(BenchReport {
