@@ -12,8 +12,11 @@ pub mod registry;
 pub mod resolve;
 
 use std::fs::File;
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use memmap2::Mmap;
 
 use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
@@ -381,16 +384,26 @@ impl Model {
 }
 
 /// Opens a GGUF and checks that it is complete.
+/// Opens a model file and reads its GGUF header from a memory map of it. Read from the file,
+/// every one of the header's fields costs system calls (candle checks each string against the
+/// bytes left): 0.8 s for the 300,000 vocabulary and merge strings of Qwen2.5's header. The map
+/// is dropped with the header read: mapped, the weights would count twice in the peak memory,
+/// once as file pages and once as the tensors copied from them.
 fn open_checked(path: &Path) -> Result<(File, gguf_file::Content), ModelError> {
-    let mut file = File::open(path).map_err(|source| ModelError::Io {
+    let io = |source| ModelError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    let content = gguf_file::Content::read(&mut file).map_err(|e| ModelError::NotGguf {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    check_complete(&content, file_len(&file, path)?, path)?;
+    };
+    let file = File::open(path).map_err(io)?;
+    // SAFETY: tqa never writes a model file in place (downloads and conversions are written
+    // beside it and renamed), so the mapped bytes do not change while they are read.
+    let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+    let content =
+        gguf_file::Content::read(&mut Cursor::new(&map[..])).map_err(|e| ModelError::NotGguf {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    check_complete(&content, map.len() as u64, path)?;
     Ok((file, content))
 }
 
