@@ -5,18 +5,21 @@
 //! weight block across the rows of a prompt and nothing that keeps memory reads ahead of the
 //! arithmetic when decoding.
 //!
-//! The k-quants of the default model (Q4_K, Q6_K) have AVX2 kernels in candle, but they compute
-//! one weight row against one prompt row at a time, so a prompt reads every weight block once per
-//! token, and nothing reads ahead when decoding.
+//! The k-quants of the default model (Q4_K, Q6_K) have AVX2 kernels in candle that repack every
+//! Q4_K matrix (and Q6_K ones for prompts) into tiles of 16 rows with f32 scales, keeping the
+//! original as well: the default model took twice its file's size in memory, and seconds of
+//! repacking at load. These kernels read the blocks where they lie.
 //!
 //! Every format is read as groups of 32 values. Q4_1 and Q5_0 blocks are one group,
 //! `value = d * q + m` with an unsigned q (Q4_1: 4 bits and its own `m`; Q5_0: 5 bits and
-//! `m = -16 d`); Q8_0 is `d * q` with a signed q. Q4_K's super-blocks hold 8 groups, each with its
-//! own 6-bit scale and minimum, which make its `d` and `m`. Q6_K's hold 8 groups of signed
-//! `q - 32`, with an 8-bit scale for each half of a group, applied to the integer products. The
-//! activations are quantized to 8 bits per group with their sum kept, and a group's product is
-//! `d * d_x * Σ q·x_q + m * d_x * Σ x_q`, the first term from AVX2's unsigned-by-signed byte
-//! products.
+//! `m = -16 d`); Q8_0 is `d * q` with a signed q. The activations are quantized to 8 bits per
+//! group with their sum kept, and a group's product is `d * d_x * Σ q·x_q + m * d_x * Σ x_q`, the
+//! first term from AVX2's unsigned-by-signed byte products.
+//!
+//! Q4_K's and Q6_K's super-blocks hold 8 groups; the activations are quantized per 256 values,
+//! so that the groups' products add up as integers before the block's `d * d_x`. Q4_K's groups
+//! each have a 6-bit scale, applied to the integer products, and a 6-bit minimum times `dmin`;
+//! Q6_K's hold signed `q - 32` with an 8-bit scale for each half of a group.
 
 use std::sync::Arc;
 
