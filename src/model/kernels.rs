@@ -383,19 +383,19 @@ fn q4k_scales_and_mins(packed: &[u8; 12]) -> (u64, u64) {
     )
 }
 
-/// One weight block unpacked: its 32 values q, and `value = d * q + m`.
-#[derive(Clone, Copy)]
-struct Unpacked<Q> {
-    q: Q,
-    d: f32,
-    m: f32,
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{ActBlock, ActSuperBlock, Acts, Format, Unpacked, BLOCK};
+    use super::{ActBlock, ActSuperBlock, Acts, Format, BLOCK};
+
+    /// One weight block unpacked: its 32 values q, and `value = d * q + m`.
+    #[derive(Clone, Copy)]
+    struct Unpacked {
+        q: __m256i,
+        d: f32,
+        m: f32,
+    }
 
     /// Activation rows computed together, each weight block unpacked once for all of them.
     const ACT_TILE: usize = 4;
@@ -413,38 +413,22 @@ mod avx2 {
         m: usize,
         store: impl FnMut(usize, usize, f32),
     ) {
-        let row_bytes = weights.len() / n;
         match (format, acts) {
-            (Format::Q4_1, Acts::Blocks(acts)) => rows_of(
-                &Blocks::<Q41>::new(weights, row_bytes, acts, m),
-                n,
-                m,
-                store,
-            ),
-            (Format::Q5_0, Acts::Blocks(acts)) => rows_of(
-                &Blocks::<Q50>::new(weights, row_bytes, acts, m),
-                n,
-                m,
-                store,
-            ),
-            (Format::Q8_0, Acts::Blocks(acts)) => rows_of(
-                &Blocks::<Q80>::new(weights, row_bytes, acts, m),
-                n,
-                m,
-                store,
-            ),
-            (Format::Q4K, Acts::SuperBlocks(acts)) => rows_of(
-                &SuperBlocks::<Q4K>::new(weights, row_bytes, acts, m),
-                n,
-                m,
-                store,
-            ),
-            (Format::Q6K, Acts::SuperBlocks(acts)) => rows_of(
-                &SuperBlocks::<Q6K>::new(weights, row_bytes, acts, m),
-                n,
-                m,
-                store,
-            ),
+            (Format::Q4_1, Acts::Blocks(acts)) => {
+                rows_of(&Blocks::<Q41>::new(weights, n, acts, m), n, m, store)
+            }
+            (Format::Q5_0, Acts::Blocks(acts)) => {
+                rows_of(&Blocks::<Q50>::new(weights, n, acts, m), n, m, store)
+            }
+            (Format::Q8_0, Acts::Blocks(acts)) => {
+                rows_of(&Blocks::<Q80>::new(weights, n, acts, m), n, m, store)
+            }
+            (Format::Q4K, Acts::SuperBlocks(acts)) => {
+                rows_of(&SuperBlocks::<Q4K>::new(weights, n, acts, m), n, m, store)
+            }
+            (Format::Q6K, Acts::SuperBlocks(acts)) => {
+                rows_of(&SuperBlocks::<Q6K>::new(weights, n, acts, m), n, m, store)
+            }
             _ => unreachable!("`Acts::quantize` rounds activations to the format's blocks"),
         }
     }
@@ -468,10 +452,11 @@ mod avx2 {
     }
 
     impl<'a, B, Act> Rows<'a, B, Act> {
-        fn new(weights: &'a [u8], row_bytes: usize, acts: &'a [Act], m: usize) -> Self {
+        /// `n` weight rows and `m` activation rows.
+        fn new(weights: &'a [u8], n: usize, acts: &'a [Act], m: usize) -> Self {
             Self {
                 weights,
-                row_bytes,
+                row_bytes: weights.len() / n,
                 acts,
                 act_row_len: acts.len() / m,
                 format: std::marker::PhantomData,
@@ -571,7 +556,7 @@ mod avx2 {
         const FORMAT: Format;
         /// Whether the values are signed bytes, not unsigned ones.
         const SIGNED: bool;
-        unsafe fn unpack(block: *const u8) -> Unpacked<__m256i>;
+        unsafe fn unpack(block: *const u8) -> Unpacked;
     }
 
     struct Q41;
@@ -599,7 +584,7 @@ mod avx2 {
         const SIGNED: bool = false;
         #[inline]
         #[target_feature(enable = "avx2,f16c")]
-        unsafe fn unpack(block: *const u8) -> Unpacked<__m256i> {
+        unsafe fn unpack(block: *const u8) -> Unpacked {
             Unpacked {
                 q: nibbles(block.add(4)),
                 d: half_to_f32(block),
@@ -613,7 +598,7 @@ mod avx2 {
         const SIGNED: bool = false;
         #[inline]
         #[target_feature(enable = "avx2,f16c")]
-        unsafe fn unpack(block: *const u8) -> Unpacked<__m256i> {
+        unsafe fn unpack(block: *const u8) -> Unpacked {
             let d = half_to_f32(block);
             let high =
                 i32::from_le_bytes([*block.add(2), *block.add(3), *block.add(4), *block.add(5)]);
@@ -645,7 +630,7 @@ mod avx2 {
         const SIGNED: bool = true;
         #[inline]
         #[target_feature(enable = "avx2,f16c")]
-        unsafe fn unpack(block: *const u8) -> Unpacked<__m256i> {
+        unsafe fn unpack(block: *const u8) -> Unpacked {
             Unpacked {
                 q: _mm256_loadu_si256(block.add(2) as *const __m256i),
                 d: half_to_f32(block),
@@ -1022,7 +1007,7 @@ mod tests {
         match acts {
             Acts::Blocks(blocks) => blocks
                 .iter()
-                .map(|b| (b.d, &b.q[..], (b.s / b.d).round() as i32))
+                .map(|b| (b.d, &b.q[..], sum_of(&b.q)))
                 .collect(),
             Acts::SuperBlocks(blocks) => blocks
                 .iter()
