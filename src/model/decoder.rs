@@ -11,7 +11,10 @@ use std::sync::Arc;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
-use super::kernels::{parallel_chunks_mut, QuantMatrix};
+use memmap2::Mmap;
+
+use super::kernels::{self, parallel_chunks_mut, QuantMatrix};
+use super::weights::QuantBytes;
 
 /// The hyper-parameters the forward pass needs, read from the GGUF metadata.
 #[derive(Debug, Clone)]
@@ -143,16 +146,18 @@ impl KvCache {
 /// are expanded: Qwen2.5's 151k-row table is about 0.9 GB in f32. A table tied to the output
 /// projection is read from the projection's copy, which may carry zero columns past `hidden`.
 enum Embeddings {
-    Quantized { table: Arc<QTensor>, hidden: usize },
+    Quantized { table: QuantBytes, hidden: usize },
     Dense(Tensor),
 }
 
 impl Embeddings {
-    fn new(table: Arc<QTensor>, hidden: usize, device: &Device) -> Result<Self> {
+    fn new(table: QuantBytes, hidden: usize, device: &Device) -> Result<Self> {
         if device.is_cpu() {
             Ok(Self::Quantized { table, hidden })
         } else {
-            Ok(Self::Dense(table.dequantize(device)?.narrow(1, 0, hidden)?))
+            Ok(Self::Dense(
+                table.tensor()?.dequantize(device)?.narrow(1, 0, hidden)?,
+            ))
         }
     }
 
@@ -160,10 +165,10 @@ impl Embeddings {
         match self {
             Self::Dense(table) => table.index_select(&Tensor::new(tokens, device)?, 0),
             Self::Quantized { table, hidden } => {
-                let (n_vocab, width) = table.shape().dims2()?;
+                let (n_vocab, width) = (table.rows(), table.cols());
                 let dtype = table.dtype();
                 let row_bytes = width / dtype.block_size() * dtype.type_size();
-                let data = table.data()?;
+                let data = table.bytes()?;
                 let mut picked = Vec::with_capacity(tokens.len() * row_bytes);
                 for &token in tokens {
                     let token = token as usize;
@@ -194,10 +199,10 @@ enum Projection {
 }
 
 impl Projection {
-    fn new(weight: Arc<QTensor>) -> Result<Self> {
-        match QuantMatrix::new(weight.clone())? {
+    fn new(weight: QuantBytes) -> Result<Self> {
+        match QuantMatrix::stacked(vec![weight.clone()])? {
             Some(own) => Ok(Self::Own(own)),
-            None => Ok(Self::Candle(CandleProjection::new(weight)?)),
+            None => Ok(Self::Candle(CandleProjection::new(weight.tensor()?)?)),
         }
     }
 
@@ -205,14 +210,6 @@ impl Projection {
         match self {
             Self::Own(matrix) => matrix.forward(x),
             Self::Candle(projection) => projection.forward(x),
-        }
-    }
-
-    /// The weights as the kernels read them (with any padding).
-    fn weight(&self) -> &Arc<QTensor> {
-        match self {
-            Self::Own(matrix) => matrix.weight(),
-            Self::Candle(projection) => &projection.weight,
         }
     }
 
@@ -335,35 +332,35 @@ enum SharedInput {
 }
 
 impl SharedInput {
-    fn new(weights: Vec<QTensor>) -> Result<Self> {
-        let layout = |w: &QTensor| -> Result<_> { Ok((w.dtype(), w.shape().dims2()?.1)) };
-        let first = match weights.first() {
-            Some(w) => layout(w)?,
-            None => candle_core::bail!("no matrices to stack"),
-        };
-        let mut stackable = true;
-        for w in &weights {
-            stackable &= w.device().is_cpu() && layout(w)? == first;
+    fn new(weights: Vec<QuantBytes>) -> Result<Self> {
+        let rows = weights.iter().map(QuantBytes::rows).collect();
+        if let Some(own) = QuantMatrix::stacked(weights.clone())? {
+            return Ok(Self::Stacked {
+                projection: Projection::Own(own),
+                rows,
+            });
         }
+        let Some(first) = weights.first() else {
+            candle_core::bail!("no matrices to stack");
+        };
+        let stackable = weights
+            .iter()
+            .all(|w| w.is_cpu() && w.dtype() == first.dtype() && w.cols() == first.cols());
         if !stackable {
             let apart = weights
                 .into_iter()
-                .map(|w| Projection::new(Arc::new(w)))
+                .map(Projection::new)
                 .collect::<Result<_>>()?;
             return Ok(Self::Apart(apart));
         }
-        let rows = weights
-            .iter()
-            .map(|w| Ok(w.shape().dims2()?.0))
-            .collect::<Result<Vec<_>>>()?;
         let mut bytes = Vec::new();
         for w in &weights {
-            bytes.extend_from_slice(&w.data()?);
+            bytes.extend_from_slice(&w.bytes()?);
         }
-        let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, first.0)?;
-        let stacked = QTensor::new(storage, (rows.iter().sum::<usize>(), first.1))?;
+        let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, first.dtype())?;
+        let stacked = QTensor::new(storage, (rows.iter().sum::<usize>(), first.cols()))?;
         Ok(Self::Stacked {
-            projection: Projection::new(Arc::new(stacked))?,
+            projection: Projection::Candle(CandleProjection::new(Arc::new(stacked))?),
             rows,
         })
     }
@@ -440,6 +437,39 @@ impl Layer {
 /// the quantized matmuls are as fast at 256 rows as at more.
 const PREFILL_CHUNK: usize = 256;
 
+/// A GGUF file's tensors. Matrices tqa's own kernels take are read in place from the file's
+/// memory map when there is one; everything else is copied into candle's tensors.
+struct Tensors<'a, R> {
+    content: &'a gguf_file::Content,
+    reader: &'a mut R,
+    map: Option<Arc<Mmap>>,
+    device: &'a Device,
+}
+
+impl<R: Read + Seek> Tensors<'_, R> {
+    fn tensor(&mut self, name: &str) -> Result<QTensor> {
+        self.content.tensor(self.reader, name, self.device)
+    }
+
+    fn dequantized(&mut self, name: &str) -> Result<Tensor> {
+        self.tensor(name)?.dequantize(self.device)
+    }
+
+    fn matrix(&mut self, name: &str) -> Result<QuantBytes> {
+        let Some(info) = self.content.tensor_infos.get(name) else {
+            candle_core::bail!("the model file has no tensor {name}");
+        };
+        match &self.map {
+            Some(map) if kernels::handles(info.ggml_dtype) => {
+                let (rows, cols) = info.shape.dims2()?;
+                let start = self.content.tensor_data_offset + info.offset;
+                QuantBytes::mapped(map.clone(), start as usize, info.ggml_dtype, rows, cols)
+            }
+            _ => QuantBytes::of_tensor(Arc::new(self.tensor(name)?)),
+        }
+    }
+}
+
 pub struct Decoder {
     config: Config,
     embeddings: Embeddings,
@@ -454,56 +484,70 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// Builds the model from a GGUF file's tensors. With `map`, a memory map of the same file,
+    /// the matrices tqa's own kernels take are read in place from it instead of copied.
     pub fn from_gguf<R: Read + Seek>(
         content: &gguf_file::Content,
         reader: &mut R,
+        map: Option<Arc<Mmap>>,
         arch: &str,
         device: &Device,
     ) -> Result<Self> {
         let config = Config::from_gguf(content, arch)?;
-        let mut qtensor = |name: &str| content.tensor(reader, name, device);
-        let embedding_table = Arc::new(qtensor("token_embd.weight")?);
-        // Models with tied embeddings (Qwen2.5 up to 3B, SmolLM2) have no output matrix.
-        let (output, embedding_table) = match qtensor("output.weight") {
-            Ok(w) => (Projection::new(Arc::new(w))?, embedding_table),
-            Err(_) => {
-                let output = Projection::new(embedding_table)?;
-                let table = output.weight().clone();
-                (output, table)
-            }
+        let mut tensors = Tensors {
+            content,
+            reader,
+            map: map.filter(|_| device.is_cpu()),
+            device,
         };
-        let output_norm = qtensor("output_norm.weight")?.dequantize(device)?;
+        let embedding_table = tensors.matrix("token_embd.weight")?;
+        // Models with tied embeddings (Qwen2.5 up to 3B, SmolLM2) have no output matrix.
+        let (output, embedding_table) = if content.tensor_infos.contains_key("output.weight") {
+            (
+                Projection::new(tensors.matrix("output.weight")?)?,
+                embedding_table,
+            )
+        } else {
+            let output = Projection::new(embedding_table.clone())?;
+            // candle's projection may have padded a copy of the table: read the embeddings from
+            // that copy, so that the table is held once.
+            let table = match &output {
+                Projection::Candle(projection) => QuantBytes::of_tensor(projection.weight.clone())?,
+                Projection::Own(_) => embedding_table,
+            };
+            (output, table)
+        };
+        let output_norm = tensors.dequantized("output_norm.weight")?;
         let mut layers = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
-            let mut weight = |name: &str| qtensor(&format!("blk.{i}.{name}"));
-            let matmul = |t: QTensor| Projection::new(Arc::new(t));
+            let name = |suffix: &str| format!("blk.{i}.{suffix}");
             let bias = if arch == "qwen2" {
                 Some([
-                    weight("attn_q.bias")?.dequantize(device)?,
-                    weight("attn_k.bias")?.dequantize(device)?,
-                    weight("attn_v.bias")?.dequantize(device)?,
+                    tensors.dequantized(&name("attn_q.bias"))?,
+                    tensors.dequantized(&name("attn_k.bias"))?,
+                    tensors.dequantized(&name("attn_v.bias"))?,
                 ])
             } else {
                 None
             };
             layers.push(Layer {
-                attn_norm: weight("attn_norm.weight")?.dequantize(device)?,
+                attn_norm: tensors.dequantized(&name("attn_norm.weight"))?,
                 attn: Attention {
                     qkv: SharedInput::new(vec![
-                        weight("attn_q.weight")?,
-                        weight("attn_k.weight")?,
-                        weight("attn_v.weight")?,
+                        tensors.matrix(&name("attn_q.weight"))?,
+                        tensors.matrix(&name("attn_k.weight"))?,
+                        tensors.matrix(&name("attn_v.weight"))?,
                     ])?,
-                    o: matmul(weight("attn_output.weight")?)?,
+                    o: Projection::new(tensors.matrix(&name("attn_output.weight"))?)?,
                     bias,
                 },
-                ffn_norm: weight("ffn_norm.weight")?.dequantize(device)?,
+                ffn_norm: tensors.dequantized(&name("ffn_norm.weight"))?,
                 mlp: Mlp {
                     gate_up: SharedInput::new(vec![
-                        weight("ffn_gate.weight")?,
-                        weight("ffn_up.weight")?,
+                        tensors.matrix(&name("ffn_gate.weight"))?,
+                        tensors.matrix(&name("ffn_up.weight"))?,
                     ])?,
-                    down: matmul(weight("ffn_down.weight")?)?,
+                    down: Projection::new(tensors.matrix(&name("ffn_down.weight"))?)?,
                 },
             });
         }
@@ -961,7 +1005,9 @@ mod tests {
             .iter()
             .map(|&rows| Tensor::randn(0f32, 0.05, (rows, 896), &device).unwrap())
             .collect();
-        let quantized = |w: &Tensor, dtype| QTensor::quantize(w, dtype).unwrap();
+        let quantized = |w: &Tensor, dtype| {
+            QuantBytes::of_tensor(Arc::new(QTensor::quantize(w, dtype).unwrap())).unwrap()
+        };
         let x = Tensor::randn(0f32, 1.0, (5, 896), &device).unwrap();
 
         let stacked = SharedInput::new(
@@ -975,7 +1021,7 @@ mod tests {
         let parts = stacked.forward(&x).unwrap();
         assert_eq!(parts.len(), 3);
         for (part, w) in parts.iter().zip(&floats) {
-            let alone = Projection::new(Arc::new(quantized(w, GgmlDType::Q8_0)))
+            let alone = Projection::new(quantized(w, GgmlDType::Q8_0))
                 .unwrap()
                 .forward(&x)
                 .unwrap();

@@ -26,6 +26,8 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Result, Tensor};
 
+use super::weights::QuantBytes;
+
 /// Values per block, in the weights and in the quantized activations.
 const BLOCK: usize = 32;
 
@@ -156,53 +158,88 @@ pub fn handles(dtype: GgmlDType) -> bool {
     Format::of(dtype).is_some()
 }
 
-/// A weight matrix of `rows` × `cols`, row-major, its blocks read where candle holds them.
+/// A weight matrix of `rows` × `cols`, row-major, its blocks read where they lie: one matrix, or
+/// several with the same input stacked one under another.
 pub struct QuantMatrix {
     format: Format,
     rows: usize,
     cols: usize,
-    weight: Arc<QTensor>,
+    parts: Vec<QuantBytes>,
+    items: Vec<WorkItem>,
+}
+
+/// Weight rows of one part that one thread computes in one go.
+struct WorkItem {
+    part: usize,
+    /// The first of its rows in the part, and in the stacked matrix.
+    first_in_part: usize,
+    first: usize,
+    rows: usize,
 }
 
 impl QuantMatrix {
     /// `weight` for these kernels, or `None` when they do not take it (another block type, not a
     /// matrix, or a CPU where tqa does not use them).
     pub fn new(weight: Arc<QTensor>) -> Result<Option<Self>> {
+        Self::stacked(vec![QuantBytes::of_tensor(weight)?])
+    }
+
+    /// The matrices `parts`, which read the same input, stacked one under another: their
+    /// products with an input come in one pass, the input quantized once; or `None` as in
+    /// [`QuantMatrix::new`], or when the parts differ in block type or width.
+    pub fn stacked(parts: Vec<QuantBytes>) -> Result<Option<Self>> {
         if !available() {
             return Ok(None);
         }
-        Self::on_any_avx2_cpu(weight)
+        Self::on_any_avx2_cpu(parts)
     }
 
-    /// [`QuantMatrix::new`] wherever the kernels run, whether or not tqa prefers them there.
-    fn on_any_avx2_cpu(weight: Arc<QTensor>) -> Result<Option<Self>> {
-        let Some(format) = Format::of(weight.dtype()) else {
+    /// [`QuantMatrix::stacked`] wherever the kernels run, whether or not tqa prefers them there.
+    fn on_any_avx2_cpu(parts: Vec<QuantBytes>) -> Result<Option<Self>> {
+        let Some(first) = parts.first() else {
             return Ok(None);
         };
-        let Ok((rows, cols)) = weight.shape().dims2() else {
+        let Some(format) = Format::of(first.dtype()) else {
             return Ok(None);
         };
+        let cols = first.cols();
         let block_values = BLOCK * format.groups();
-        if !runs_here() || !weight.device().is_cpu() || !cols.is_multiple_of(block_values) {
+        let alike = parts
+            .iter()
+            .all(|p| p.dtype() == first.dtype() && p.cols() == cols && p.is_cpu());
+        if !runs_here() || !alike || !cols.is_multiple_of(block_values) {
             return Ok(None);
         }
-        let bytes = weight.data()?.len();
-        if bytes != rows * format.row_bytes(cols) {
-            candle_core::bail!(
-                "a {format:?} matrix of {rows}x{cols} holds {bytes} bytes: the model file is \
-                 damaged; delete it and fetch it again (`models/fetch NAME`)"
-            );
+        for part in &parts {
+            let (rows, bytes) = (part.rows(), part.bytes()?.len());
+            if bytes != rows * format.row_bytes(cols) {
+                candle_core::bail!(
+                    "a {format:?} matrix of {rows}x{cols} holds {bytes} bytes: the model file is \
+                     damaged; delete it and fetch it again (`models/fetch NAME`)"
+                );
+            }
+        }
+        let mut items = Vec::new();
+        let mut first_row = 0;
+        for (part, weights) in parts.iter().enumerate() {
+            for first_in_part in (0..weights.rows()).step_by(ROWS_PER_ITEM) {
+                let rows = ROWS_PER_ITEM.min(weights.rows() - first_in_part);
+                items.push(WorkItem {
+                    part,
+                    first_in_part,
+                    first: first_row + first_in_part,
+                    rows,
+                });
+            }
+            first_row += weights.rows();
         }
         Ok(Some(Self {
             format,
-            rows,
+            rows: first_row,
             cols,
-            weight,
+            parts,
+            items,
         }))
-    }
-
-    pub fn weight(&self) -> &Arc<QTensor> {
-        &self.weight
     }
 
     /// `x @ selfᵀ` for `x` of shape `(..., cols)`: shape `(..., rows)`.
@@ -238,27 +275,24 @@ impl QuantMatrix {
     /// Writes the products of the `m` quantized rows `acts` with every weight row into `out`
     /// (`m` × `rows`), the weight rows split between candle's CPU threads.
     fn product(&self, acts: &Acts, m: usize, out: &mut [f32]) -> Result<()> {
-        let data = self.weight.data()?;
+        let parts = self
+            .parts
+            .iter()
+            .map(QuantBytes::bytes)
+            .collect::<Result<Vec<_>>>()?;
         let row_bytes = self.format.row_bytes(self.cols);
         let out_ptr = SendPtr(out.as_mut_ptr());
-        let items = self.rows.div_ceil(ROWS_PER_ITEM);
-        candle_core::utils::barrier_pool().execute_chunked(items, |range| {
+        candle_core::utils::barrier_pool().execute_chunked(self.items.len(), |range| {
             let out_ptr = &out_ptr;
-            for item in range {
-                let first = item * ROWS_PER_ITEM;
-                let last = (first + ROWS_PER_ITEM).min(self.rows);
-                let weights = &data[first * row_bytes..last * row_bytes];
+            for item in &self.items[range] {
+                let start = item.first_in_part * row_bytes;
+                let weights = &parts[item.part][start..start + item.rows * row_bytes];
                 // SAFETY: work items cover disjoint weight rows, so each output element is written
                 // by exactly one of them; `out` outlives the pool's call.
                 unsafe {
-                    rows_product(
-                        self.format,
-                        weights,
-                        last - first,
-                        acts,
-                        m,
-                        |a, r, value| *out_ptr.0.add(a * self.rows + first + r) = value,
-                    )
+                    rows_product(self.format, weights, item.rows, acts, m, |a, r, value| {
+                        *out_ptr.0.add(a * self.rows + item.first + r) = value
+                    })
                 }
             }
         });
@@ -1093,7 +1127,10 @@ mod tests {
             let [narrow, wide] = widths(dtype);
             for (rows, cols) in [(7, narrow), (37, wide)] {
                 let weight = random_matrix(dtype, rows, cols);
-                let matrix = QuantMatrix::on_any_avx2_cpu(weight.clone())
+                let matrix =
+                    QuantMatrix::on_any_avx2_cpu(vec![
+                        QuantBytes::of_tensor(weight.clone()).unwrap()
+                    ])
                     .unwrap()
                     .unwrap();
                 let data = weight.data().unwrap();
@@ -1132,9 +1169,10 @@ mod tests {
         for dtype in FORMATS {
             let cols = widths(dtype)[0];
             let weight = random_matrix(dtype, 64, cols);
-            let matrix = QuantMatrix::on_any_avx2_cpu(weight.clone())
-                .unwrap()
-                .unwrap();
+            let matrix =
+                QuantMatrix::on_any_avx2_cpu(vec![QuantBytes::of_tensor(weight.clone()).unwrap()])
+                    .unwrap()
+                    .unwrap();
             let x = Tensor::randn(0f32, 1.0, (3, cols), &Device::Cpu).unwrap();
             let values = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let exact = values(
