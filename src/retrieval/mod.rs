@@ -9,6 +9,7 @@
 pub mod bm25;
 pub mod dense;
 pub mod embed;
+mod unigram;
 
 use serde::Serialize;
 
