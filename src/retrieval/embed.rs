@@ -16,7 +16,11 @@
 //! nibbles are weights 0–15 and high nibbles weights 16–31; weight = (nibble − 8) × scale.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
 
 use super::unigram::{Pieces, Unigram};
 use candle_core::{DType, Device, Tensor};
@@ -79,8 +83,10 @@ pub struct Embedder {
     bos: u32,
     eos: u32,
     pad: u32,
-    /// Kept 4-bit: as f32 the 250k-row table would take 384 MB, almost none of it read.
-    word_q4: Vec<u8>,
+    /// The model file, mapped: the word-embedding table is read in place, kept 4-bit. As f32
+    /// the 250k-row table would take 384 MB, and a text reads a few dozen of its rows.
+    file: Mmap,
+    word_table: Range<usize>,
     /// Row 0 is XLM-R's position 2: the file already drops the two padding-offset rows,
     /// so positions count from 0 here, as in candle's BERT.
     positions: Tensor,
@@ -94,17 +100,23 @@ pub struct Embedder {
 impl Embedder {
     /// Loads `e5-small-q4.bin`; every size and offset is checked against the file first.
     pub fn load(path: &Path) -> Result<Self, EmbedError> {
-        let bytes = std::fs::read(path).map_err(|source| EmbedError::Io {
+        let io = |source| EmbedError::Io {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let file = File::open(path).map_err(io)?;
+        // SAFETY: tqa never writes a model file in place (fetches are written beside it and
+        // renamed, and a renamed-over file keeps its pages while mapped), so the mapped bytes do
+        // not change while the embedder is loaded.
+        let file = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let bytes: &[u8] = &file;
         if !bytes.starts_with(MAGIC) {
             return Err(EmbedError::NotE5 {
                 path: path.to_owned(),
             });
         }
         let mut r = Reader {
-            buf: &bytes,
+            buf: bytes,
             pos: MAGIC.len(),
             path,
             section: "",
@@ -116,7 +128,7 @@ impl Embedder {
         let dir = Directory::read(&mut r)?;
 
         let (h, positions) = (cfg.hidden_size, cfg.max_position_embeddings);
-        let word_q4 = dir.q4("emb.word", cfg.vocab_size, h)?.to_vec();
+        let word_table = dir.q4_range("emb.word", cfg.vocab_size, h)?;
         let position_table = dir.matrix_f32("emb.pos", positions, h)?;
         // Every text is a single segment, so only token type 0 is ever added.
         let token_type = dir.matrix_f32("emb.type", cfg.type_vocab_size, h)?.get(0)?;
@@ -130,7 +142,8 @@ impl Embedder {
             bos,
             eos,
             pad,
-            word_q4,
+            file,
+            word_table,
             positions: position_table,
             token_type,
             embed_norm,
@@ -214,7 +227,8 @@ impl Embedder {
         // Ids come from our own tokenizer, whose piece count `load` checked against
         // the table's row count, so this range is always inside `word_q4`.
         let row = self.hidden / QK * BLOCK_BYTES;
-        &self.word_q4[id as usize * row..(id as usize + 1) * row]
+        let start = self.word_table.start + id as usize * row;
+        &self.file[start..start + row]
     }
 }
 
@@ -439,9 +453,10 @@ fn read_normalization(r: &mut Reader) -> Result<HashMap<char, String>, EmbedErro
     Ok(map)
 }
 
-/// Named tensors as (dtype, element count, bytes), each already sliced out of the file.
+/// Named tensors as (dtype, element count, where their bytes lie in the file).
 struct Directory<'a> {
-    entries: HashMap<String, (u8, usize, &'a [u8])>,
+    entries: HashMap<String, (u8, usize, Range<usize>)>,
+    buf: &'a [u8],
     path: &'a Path,
 }
 
@@ -456,19 +471,44 @@ impl<'a> Directory<'a> {
             let [dtype] = r.array()?;
             let count = r.u32()? as usize;
             let (offset, len) = (r.u64()?, r.u64()?);
-            let bytes = offset
+            let range = offset
                 .checked_add(len)
-                .and_then(|end| r.buf.get(offset..end));
-            let bytes = bytes.ok_or_else(|| r.corrupt(format_args!("{name} lies past the end")))?;
-            entries.insert(name, (dtype, count, bytes));
+                .map(|end| offset..end)
+                .filter(|range| range.end <= r.buf.len());
+            let range = range.ok_or_else(|| r.corrupt(format_args!("{name} lies past the end")))?;
+            entries.insert(name, (dtype, count, range));
         }
         Ok(Self {
             entries,
+            buf: r.buf,
             path: r.path,
         })
     }
 
-    /// The tensor's bytes, if its dtype, element count and byte length are as expected.
+    /// Where the tensor's bytes lie, if its dtype, element count and byte length are as
+    /// expected.
+    fn range(
+        &self,
+        name: &str,
+        dtype: u8,
+        count: usize,
+        len: usize,
+    ) -> Result<Range<usize>, EmbedError> {
+        let corrupt = |detail| EmbedError::Corrupt {
+            path: self.path.to_owned(),
+            detail,
+        };
+        let Some((d, c, range)) = self.entries.get(name) else {
+            return Err(corrupt(format!("tensor {name} is missing")));
+        };
+        if (*d, *c, range.len()) != (dtype, count, len) {
+            let found = format!("dtype {d}, {c} values, {} bytes", range.len());
+            let wanted = format!("dtype {dtype}, {count} values, {len} bytes");
+            return Err(corrupt(format!("tensor {name} has {found}, not {wanted}")));
+        }
+        Ok(range.clone())
+    }
+
     fn bytes(
         &self,
         name: &str,
@@ -476,23 +516,15 @@ impl<'a> Directory<'a> {
         count: usize,
         len: usize,
     ) -> Result<&'a [u8], EmbedError> {
-        let corrupt = |detail| EmbedError::Corrupt {
-            path: self.path.to_owned(),
-            detail,
-        };
-        let Some(&(d, c, b)) = self.entries.get(name) else {
-            return Err(corrupt(format!("tensor {name} is missing")));
-        };
-        if (d, c, b.len()) != (dtype, count, len) {
-            let found = format!("dtype {d}, {c} values, {} bytes", b.len());
-            let wanted = format!("dtype {dtype}, {count} values, {len} bytes");
-            return Err(corrupt(format!("tensor {name} has {found}, not {wanted}")));
-        }
-        Ok(b)
+        Ok(&self.buf[self.range(name, dtype, count, len)?])
+    }
+
+    fn q4_range(&self, name: &str, rows: usize, cols: usize) -> Result<Range<usize>, EmbedError> {
+        self.range(name, DTYPE_Q4, rows * cols, rows * cols / QK * BLOCK_BYTES)
     }
 
     fn q4(&self, name: &str, rows: usize, cols: usize) -> Result<&'a [u8], EmbedError> {
-        self.bytes(name, DTYPE_Q4, rows * cols, rows * cols / QK * BLOCK_BYTES)
+        Ok(&self.buf[self.q4_range(name, rows, cols)?])
     }
 
     fn matrix_q4(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor, EmbedError> {
