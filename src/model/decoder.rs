@@ -327,7 +327,8 @@ fn pad_columns(weight: &QTensor, padding: usize) -> Result<QTensor> {
 /// Matrices that read the same input (q, k and v; gate and up). When they share a tensor type
 /// they are stacked into one matrix at load, so that a step pads and quantizes the input and
 /// wakes the thread pool once instead of once per matrix; the result is cut back into parts.
-/// Stacking copies bytes, so it is done on the CPU only.
+/// tqa's own kernels take the matrices as the parts of one, where they lie; for candle's they
+/// are copied one under another, on the CPU only.
 enum SharedInput {
     Stacked {
         projection: Projection,
