@@ -15,9 +15,8 @@ pub mod weights;
 use std::fs::File;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use memmap2::{Mmap, MmapOptions};
 
@@ -391,7 +390,6 @@ impl Model {
     }
 }
 
-/// Opens a GGUF and checks that it is complete.
 /// A forward pass allocates activations of several megabytes for every matrix (18 MB for the
 /// default model's gate/up over a 256-token chunk). glibc serves blocks that large with fresh
 /// memory mappings, unmapped again when freed, so every step faulted its buffers in anew: 1.6
@@ -411,9 +409,10 @@ fn keep_freed_buffers() {
     }
 }
 
-/// Opens a model file and reads its GGUF header from a memory map of it. Read from the file,
-/// every one of the header's fields costs system calls (candle checks each string against the
-/// bytes left): 0.8 s for the 300,000 vocabulary and merge strings of Qwen2.5's header.
+/// Opens a model file, reads its GGUF header from a memory map of it and checks that the file
+/// holds every tensor the header lists. Read from the file, every one of the header's fields
+/// costs system calls (candle checks each string against the bytes left): 0.8 s for the 300,000
+/// vocabulary and merge strings of Qwen2.5's header.
 ///
 /// With `keep_map` the map is returned, its pages read in now (so that loading, not the first
 /// question, pays for reading the file), for weights to be read in place. Without it the map is

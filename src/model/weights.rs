@@ -51,7 +51,8 @@ impl QuantBytes {
     ) -> Result<Self> {
         if !cols.is_multiple_of(dtype.block_size()) {
             candle_core::bail!(
-                "a {dtype:?} matrix cannot be {cols} values wide: the model file is damaged"
+                "a {dtype:?} matrix cannot be {cols} values wide: the model file is damaged; \
+                 delete it and fetch it again (`models/fetch NAME`)"
             );
         }
         let end = start + rows * (cols / dtype.block_size()) * dtype.type_size();

@@ -20,13 +20,13 @@ use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
-
-use super::unigram::{Pieces, Unigram};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{LayerNorm, Module, VarBuilder};
 use candle_transformers::models::bert::{BertEncoder, Config, HiddenAct};
 use half::f16;
+use memmap2::Mmap;
+
+use super::unigram::{Pieces, Unigram};
 
 const MAGIC: &[u8] = b"E5S1";
 const VERSION: u32 = 1;
