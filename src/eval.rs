@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::answer::{quotation_regex, Answer, AnswerError, Language};
+use crate::answer::{quotation_regex, Answer, AnswerError, Language, PASSAGES_PER_QUOTE};
 use crate::retrieval::Retrieved;
 
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +75,9 @@ pub struct RetrievalMetrics {
     pub hit_at_3: f64,
     pub hit_at_5: f64,
     pub mrr: f64,
-    /// Share of items whose gold turn, wherever it ranks, has a gold quote in its passage closest
-    /// to the question: whether the passage picked out of a long turn is the one that answers.
+    /// Share of items whose gold turn, wherever it ranks, has a gold quote in the passages closest
+    /// to the question that a filled quotation takes: whether what is picked out of a long turn
+    /// is what answers.
     pub highlight: f64,
 }
 
@@ -113,7 +114,7 @@ fn holds_gold_quote(text: &str, item: &EvalItem) -> bool {
         .any(|q| text.contains(normalise(q).as_str()))
 }
 
-/// Where the gold turn ranks, and whether its closest passage holds a gold quote.
+/// Where the gold turn ranks, and whether its closest passages hold a gold quote.
 #[derive(Debug, Clone, Copy)]
 struct GoldHit {
     rank: Option<usize>,
@@ -127,8 +128,9 @@ fn gold_hit(ranking: &[Retrieved], item: &EvalItem) -> GoldHit {
         .filter(|hit| holds_gold_quote(&hit.turn.text, item))
         .any(|hit| {
             hit.passages
-                .first()
-                .is_some_and(|best| holds_gold_quote(&best.text, item))
+                .iter()
+                .take(PASSAGES_PER_QUOTE)
+                .any(|closest| holds_gold_quote(&closest.text, item))
         });
     GoldHit { rank, highlighted }
 }
@@ -204,14 +206,26 @@ fn metrics_of(hits: &[GoldHit]) -> RetrievalMetrics {
     }
 }
 
-/// Case-insensitive substring match of every fact (any of its alternatives), as the dev set's
-/// README defines it.
 /// The answer without what it quotes: a quotation keeps the transcript's language on purpose, and
 /// the language that counts is that of the answer's own words.
 pub fn unquoted(answer: &str) -> String {
     quotation_regex().replace_all(answer, "").into_owned()
 }
 
+/// The language of the answer's own words. An answer of citations and quotations only ("- [T4]
+/// “…”") is in the language it quotes: its turn ids are not English words.
+pub fn answer_language(answer: &str) -> Language {
+    let citation = regex::Regex::new(r"[\[【]\s*T\d+[^\]】\n]*[\]】]").expect("static regex");
+    let own_words = citation.replace_all(&unquoted(answer), "").into_owned();
+    if own_words.chars().any(char::is_alphabetic) {
+        Language::of(&own_words)
+    } else {
+        Language::of(answer)
+    }
+}
+
+/// Case-insensitive substring match of every fact (any of its alternatives), as the dev set's
+/// README defines it.
 pub fn mentions_all(answer: &str, facts: &[Vec<String>]) -> bool {
     let a = answer.to_lowercase();
     facts
@@ -248,6 +262,8 @@ pub struct AnswerRecord {
     /// Turns given to the model, best first.
     pub given: Vec<String>,
     pub cited: Vec<String>,
+    /// Answerable: some cited turn holds one of the item's gold quotes.
+    pub cites_gold: bool,
     /// Cited ids that were not among the turns given to the model.
     pub invalid_citations: Vec<String>,
     /// Quotations that the turn they are attributed to does not say word for word.
@@ -282,6 +298,10 @@ pub fn score_answer(item: &EvalItem, answer: &Answer, markers: &[String]) -> Ans
         best_relevance: answer.best_relevance,
         given: answer.retrieved.iter().map(|r| r.turn.id.clone()).collect(),
         cited: answer.citations.iter().map(|t| t.id.clone()).collect(),
+        cites_gold: answer
+            .citations
+            .iter()
+            .any(|t| holds_gold_quote(&t.text, item)),
         invalid_citations: answer.invalid_citations.clone(),
         unverified_quotes: answer
             .quotes
@@ -290,8 +310,7 @@ pub fn score_answer(item: &EvalItem, answer: &Answer, markers: &[String]) -> Ans
             .map(|q| q.text.clone())
             .collect(),
         quotes: answer.quotes.len(),
-        in_question_language: Language::of(&unquoted(&answer.answer))
-            == Language::of(&item.question),
+        in_question_language: answer_language(&answer.answer) == Language::of(&item.question),
         time_to_first_token_ms: answer.timings.time_to_first_token_ms,
         total_ms: answer.timings.total_ms,
     }
@@ -309,6 +328,9 @@ pub struct AnswerMetrics {
     pub false_refusal_rate: f64,
     /// Share of answers whose every citation points to a turn given to the model.
     pub citation_validity: f64,
+    /// Share of answerable items whose answer cites a turn that holds a gold quote: whether the
+    /// answer points the reader to where the transcript answers.
+    pub gold_citation: f64,
     /// Share of the answers' quotations that the turn they are attributed to says word for word
     /// (1 when no answer quotes).
     pub quote_validity: f64,
@@ -361,6 +383,7 @@ fn answer_metrics(records: &[&AnswerRecord]) -> AnswerMetrics {
         refusal_accuracy: share(&unanswerable, &|r| r.correct),
         false_refusal_rate: share(&answerable, &|r| r.refused),
         citation_validity: share(&all, &|r| r.invalid_citations.is_empty()),
+        gold_citation: share(&answerable, &|r| r.cites_gold),
         quote_validity: quote_validity(records),
         in_question_language: share(&all, &|r| r.in_question_language),
         median_time_to_first_token_ms: ttft.median,
@@ -403,7 +426,11 @@ mod tests {
             lang: "en".into(),
             question: "What did he say about agents?".into(),
             answerable,
-            gold_quotes: vec![],
+            gold_quotes: if answerable {
+                vec!["长期任务".into()]
+            } else {
+                vec![]
+            },
             speaker: None,
             must_mention: facts
                 .iter()
@@ -417,7 +444,12 @@ mod tests {
         let turn = |id: &str| crate::transcript::Turn {
             id: id.into(),
             speaker: "Sam Altman".into(),
-            text: "…".into(),
+            text: if id == "T12" {
+                "智能体可以完成长期任务。"
+            } else {
+                "…"
+            }
+            .into(),
         };
         Answer {
             question: "What did he say about agents?".into(),
@@ -483,6 +515,14 @@ mod tests {
         );
         assert!(quoting.correct && quoting.in_question_language);
         assert_eq!((quoting.quotes, quoting.unverified_quotes.len()), (1, 1));
+        // Citations and quotations only: the answer is in the language it quotes.
+        let quote_only = "- [T12] “智能体可以在很少监督的情况下完成长期任务”";
+        assert!(!citing_t12(quote_only).in_question_language);
+        let mut chinese_item = item(true, facts);
+        chinese_item.question = "他对智能体说了什么？".into();
+        let chinese_quote_only =
+            score_answer(&chinese_item, &answer(quote_only, &["T12"], &[]), &markers);
+        assert!(chinese_quote_only.in_question_language);
         let quoted_marker = citing_t12("- [T12] “我未提及长期任务” He talks of supervision.");
         assert!(!quoted_marker.refused);
         assert_eq!(summarize_answers(vec![quoting]).overall.quote_validity, 0.0);
@@ -494,6 +534,8 @@ mod tests {
         assert_eq!(m.refusal_accuracy, 1.0);
         assert_eq!(m.false_refusal_rate, 0.25);
         assert_eq!(m.citation_validity, 0.8);
+        // Of the answerable items, the two citing T12 cite the turn with the gold quote.
+        assert_eq!(m.gold_citation, 0.5);
         assert_eq!(m.in_question_language, 0.8);
     }
 }

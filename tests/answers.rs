@@ -87,6 +87,17 @@ fn an_english_question_over_chinese_turns_is_answered_in_english_citing_a_gold_t
         .collect();
     let is_gold = |text: &String| item.gold_quotes.iter().any(|q| text.contains(q.as_str()));
     assert!(cited.iter().any(is_gold), "no gold turn cited: {answer}");
+    // The question names Altman: the answer cites his turns, not the host's questions.
+    let speakers: Vec<&str> = v["citations"]
+        .as_array()
+        .expect("citations")
+        .iter()
+        .filter_map(|c| c["speaker"].as_str())
+        .collect();
+    assert!(
+        !speakers.is_empty() && speakers.iter().all(|s| *s == "Sam Altman"),
+        "{speakers:?}: {answer}"
+    );
     // A quotation opened after a citation is filled from the cited turn, so it is word for word.
     let quotes = v["quotes"].as_array().expect("quotes");
     assert!(

@@ -2,7 +2,7 @@
 mod common;
 
 use common::Behaviour;
-use tqa::model::generate::{continue_generation, Prefilled};
+use tqa::model::generate::{continue_generation, Next, Prefilled, Steer};
 use tqa::model::{generate, Model, ModelError, ModelSource, SamplingConfig, StopReason};
 
 fn load(path: &std::path::Path) -> Model {
@@ -18,6 +18,16 @@ fn load(path: &std::path::Path) -> Model {
         prefix_cache: None,
     };
     Model::load(&source, &common::test_device()).unwrap()
+}
+
+/// `prompt` run through the model, ready for `continue_generation`.
+fn prefilled(model: &mut Model, prompt: &[u32]) -> Prefilled {
+    let (logits, _) = model.prefill(prompt).unwrap();
+    Prefilled {
+        logits,
+        context: prompt.len(),
+        start: std::time::Instant::now(),
+    }
 }
 
 fn run(
@@ -165,20 +175,15 @@ fn steered_text_enters_the_reply_and_generation_goes_on_from_it() {
     };
     let prompt = model.encode("<|im_start|>user\nhello<|im_end|>\n").unwrap();
     let inserted = model.encode("xyz").unwrap();
-    let (logits, _) = model.prefill(&prompt).unwrap();
-    let prefilled = Prefilled {
-        logits,
-        context: prompt.len(),
-        start: std::time::Instant::now(),
-    };
     let mut streamed = String::new();
     let mut done = false;
+    let ready = prefilled(&mut model, &prompt);
     let steered = continue_generation(
         &mut model,
-        prefilled,
+        ready,
         &config,
         &mut |t| streamed.push_str(t),
-        &mut |_| (!std::mem::replace(&mut done, true)).then(|| "xyz".to_string()),
+        &mut |_: &str| (!std::mem::replace(&mut done, true)).then(|| "xyz".to_string()),
     )
     .unwrap();
     assert_eq!(streamed, steered.text);
@@ -201,4 +206,54 @@ fn steered_text_enters_the_reply_and_generation_goes_on_from_it() {
     };
     let reference = generate(&mut model, &longer, &rest, &mut |_| {}).unwrap();
     assert_eq!(reference.tokens, steered.tokens[at..]);
+}
+
+/// Allows one text at the start of the reply and nothing else; free afterwards.
+struct Only(String);
+
+impl Steer for Only {
+    fn insert(&mut self, _reply: &str) -> Option<String> {
+        None
+    }
+
+    fn next(&self, reply: &str) -> Option<Next> {
+        reply.is_empty().then(|| Next::OneOf(vec![self.0.clone()]))
+    }
+}
+
+#[test]
+fn allowed_continuations_hold_the_next_token_to_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load(&common::tiny_model(dir.path(), Behaviour::Random(7)));
+    let config = SamplingConfig {
+        max_new_tokens: 6,
+        repeat_penalty: 1.0,
+        ..SamplingConfig::default()
+    };
+    let prompt = model.encode("<|im_start|>user\nhello<|im_end|>\n").unwrap();
+    let (free, _) = run(&mut model, "<|im_start|>user\nhello<|im_end|>\n", &config);
+    // A text whose first token is not the model's own first choice.
+    let forced = ["xyz", "abc"]
+        .into_iter()
+        .find(|t| model.encode(t).unwrap()[0] != free.tokens[0])
+        .unwrap();
+    let ready = prefilled(&mut model, &prompt);
+    let held = continue_generation(
+        &mut model,
+        ready,
+        &config,
+        &mut |_| {},
+        &mut Only(forced.to_string()),
+    )
+    .unwrap();
+    assert_eq!(held.tokens[0], model.encode(forced).unwrap()[0]);
+    // Then the model is free again, going on from the token it was held to.
+    let mut longer = prompt.clone();
+    longer.push(held.tokens[0]);
+    let one = SamplingConfig {
+        max_new_tokens: 1,
+        ..config.clone()
+    };
+    let reference = generate(&mut model, &longer, &one, &mut |_| {}).unwrap();
+    assert_eq!(reference.tokens.first(), held.tokens.get(1));
 }

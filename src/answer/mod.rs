@@ -1,6 +1,9 @@
 //! Retrieved turns → prompt → generated answer with checked citations.
 
 pub mod rerank;
+mod steer;
+
+pub use steer::PASSAGES_PER_QUOTE;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -17,6 +20,7 @@ use crate::model::{
 use crate::retrieval::{DenseError, Index, Ranking, Retrieved};
 pub use crate::transcript::Language;
 use crate::transcript::Turn;
+use steer::AnswerSteer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnswerError {
@@ -487,9 +491,10 @@ impl Default for AskOptions {
             judge: true,
             reuse_turns: false,
             fill_quotes: true,
-            // One to three short bullets; a longer reply is a model that has lost its way.
+            // One to three short bullets, each with a quotation of two passages; a longer reply
+            // is a model that has lost its way.
             sampling: SamplingConfig {
-                max_new_tokens: 320,
+                max_new_tokens: 448,
                 ..SamplingConfig::default()
             },
         }
@@ -531,8 +536,12 @@ pub fn ask(
         .sampling
         .stop_sequences
         .extend(prompts.reply_stops());
-    let filler = QuoteFiller::new(&retrieved);
-    let mut steer = |reply: &str| options.fill_quotes.then(|| filler.fill(reply)).flatten();
+    let queries: Vec<&str> = search_queries.iter().map(String::as_str).collect();
+    let mut steer = AnswerSteer::new(
+        &retrieved,
+        index.named_speaker(&queries),
+        options.fill_quotes,
+    );
     let too_weak = best_relevance(&ranking).is_some_and(|r| r < model.info.min_rerank_relevance);
     let judged = if options.judge && too_weak {
         Judged::refused_unread()
@@ -622,7 +631,7 @@ fn judge_and_generate(
     options: &AskOptions,
     prefill_start: Instant,
     on_text: &mut dyn FnMut(&str),
-    steer: &mut Steer,
+    steer: &mut dyn Steer,
 ) -> Result<Judged, AnswerError> {
     let (logits, reused) = if options.reuse_turns {
         model.prefill_pieces(&prompt.head, &prompt.turns, &prompt.tail)?
@@ -722,59 +731,6 @@ fn log_odds(
         max + weights.iter().map(|w| (w - max).exp()).sum::<f32>().ln()
     };
     Ok(Some(log_sum(&yes) - log_sum(&no)))
-}
-
-/// Writes the quotations of an answer for the model. When the model cites a turn and opens a
-/// quotation, the quotation becomes the passage of that turn that retrieval found closest to the
-/// question, or the next closest when the answer has quoted it already. A small model asked to
-/// quote copies whole turns, the wrong sentence, or words the turn never said; a passage is word
-/// for word, and it costs a prefill instead of a decode.
-struct QuoteFiller<'a> {
-    given: &'a [Retrieved],
-    opening: Regex,
-}
-
-impl<'a> QuoteFiller<'a> {
-    fn new(given: &'a [Retrieved]) -> Self {
-        Self {
-            given,
-            opening: Regex::new(r#"[\[【]\s*(T\d+)\s*[\]】]\s*[:：]?\s*(["“「『])$"#)
-                .expect("static regex"),
-        }
-    }
-
-    /// The quotation's words and closing mark, when `reply` ends with a cited turn's opening
-    /// mark and some passage of that turn is not in the reply yet.
-    fn fill(&self, reply: &str) -> Option<String> {
-        let line = reply.rsplit('\n').next().unwrap_or(reply);
-        // The regex runs only when the reply has just grown an opening mark.
-        closing_mark(line.chars().last()?)?;
-        let caps = self.opening.captures(line)?;
-        let id = normalize_turn_id(caps.get(1)?.as_str());
-        let close = closing_mark(caps.get(2)?.as_str().chars().next()?)?;
-        let turn = self.given.iter().find(|r| r.turn.id == id)?;
-        turn.passages
-            .iter()
-            .map(|p| {
-                p.text
-                    .replace("**", "")
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .find(|words| !words.is_empty() && !reply.contains(words.as_str()))
-            .map(|words| format!("{words}{close}"))
-    }
-}
-
-fn closing_mark(open: char) -> Option<char> {
-    match open {
-        '"' => Some('"'),
-        '“' => Some('”'),
-        '「' => Some('」'),
-        '『' => Some('』'),
-        _ => None,
-    }
 }
 
 /// Splits the cited ids into turns that were in the prompt and ids that were not.
@@ -902,7 +858,6 @@ fn ms(d: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::retrieval::Passage;
 
     #[test]
     fn citation_forms_are_all_recognised() {
@@ -915,11 +870,11 @@ mod tests {
         assert!(extract_citations("see T3, [3], [Turn 4] and [T]").is_empty());
     }
 
-    fn given(id: &str, text: &str) -> Retrieved {
+    pub(crate) fn given(id: &str, speaker: &str, text: &str) -> Retrieved {
         Retrieved {
             turn: Turn {
                 id: id.into(),
-                speaker: "Sam".into(),
+                speaker: speaker.into(),
                 text: text.into(),
             },
             score: 1.0,
@@ -932,8 +887,12 @@ mod tests {
     #[test]
     fn quotes_are_checked_against_the_turn_they_are_attributed_to() {
         let turns = [
-            given("T2", "我们希望模型**真正优秀**。其他的事情\n以后再说。"),
-            given("T3", "Pricing follows compute."),
+            given(
+                "T2",
+                "Sam",
+                "我们希望模型**真正优秀**。其他的事情\n以后再说。",
+            ),
+            given("T3", "Sam", "Pricing follows compute."),
         ];
         let answer = "- [T2] “我们希望模型真正优秀” He wants the models to be great.\n\
                       - [T3] \"Pricing follows compute\" and \"pricing is free\"\n\
@@ -961,7 +920,7 @@ mod tests {
     fn a_quote_on_an_uncited_line_may_come_from_any_given_turn() {
         let quotes = check_quotes(
             "He said \"Pricing follows compute\".",
-            &[given("T3", "Pricing follows compute.")],
+            &[given("T3", "Sam", "Pricing follows compute.")],
         );
         assert!(quotes[0].turn.is_none() && quotes[0].verbatim);
     }
@@ -1006,42 +965,5 @@ mod tests {
     fn truncation_counts_characters_not_bytes() {
         assert_eq!(truncate_chars("智能体很好", 3), "智能体…");
         assert_eq!(truncate_chars("abc", 3), "abc");
-    }
-
-    #[test]
-    fn an_opened_quotation_is_filled_with_the_cited_turns_closest_passage() {
-        let mut turn = given("T4", "前言。大约两百万美元，\n主要是**服务器**。后记。");
-        let passage = |text: &str, similarity| Passage {
-            text: text.into(),
-            similarity,
-        };
-        turn.passages = vec![
-            passage("大约两百万美元，\n主要是**服务器**。", 0.9),
-            passage("前言。", 0.8),
-        ];
-        let turns = [turn, given("T5", "没有段落。")];
-        let filler = QuoteFiller::new(&turns);
-        let best = "大约两百万美元， 主要是服务器。";
-        assert_eq!(
-            filler.fill("Answered: yes\n- [T4] \"").as_deref(),
-            Some(format!("{best}\"").as_str())
-        );
-        assert_eq!(
-            filler.fill("- 【T04】：“").as_deref(),
-            Some(format!("{best}”").as_str())
-        );
-        assert!(says_verbatim(&turns[0].turn.text, best));
-        let quoted_once = format!("- [T4] \"{best}\" ok\n- [T4] \"");
-        assert_eq!(filler.fill(&quoted_once).as_deref(), Some("前言。\""));
-        // A quotation not right after a citation, a turn without passages, one not given, and a
-        // turn quoted in full are left to the model.
-        assert_eq!(filler.fill("- [T4] He said \""), None);
-        assert_eq!(filler.fill("- [T5] \""), None);
-        assert_eq!(filler.fill("- [T9] \""), None);
-        assert_eq!(
-            filler.fill(&format!("{quoted_once}前言。\"\n- [T4] \"")),
-            None
-        );
-        assert_eq!(filler.fill("- [T4] \"大约"), None);
     }
 }

@@ -117,8 +117,17 @@ async fn answers(args: EvalAnswersArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "\n{:<10} {:>6} {:>8} {:>8} {:>8} {:>9} {:>6} {:>6} {:>9}",
-        "", "items", "answer", "refusal", "false-r", "citations", "quotes", "lang", "TTFT ms"
+        "\n{:<10} {:>6} {:>8} {:>8} {:>8} {:>9} {:>6} {:>6} {:>6} {:>9}",
+        "",
+        "items",
+        "answer",
+        "refusal",
+        "false-r",
+        "citations",
+        "gold",
+        "quotes",
+        "lang",
+        "TTFT ms"
     );
     print_answer_row("overall", &report.overall);
     for (lang, m) in &report.by_language {
@@ -129,12 +138,13 @@ async fn answers(args: EvalAnswersArgs) -> anyhow::Result<()> {
 
 fn print_answer_row(label: &str, m: &AnswerMetrics) {
     println!(
-        "{label:<10} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>6.3} {:>6.3} {:>9.0}",
+        "{label:<10} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>6.3} {:>6.3} {:>6.3} {:>9.0}",
         m.answerable + m.unanswerable,
         m.answer_accuracy,
         m.refusal_accuracy,
         m.false_refusal_rate,
         m.citation_validity,
+        m.gold_citation,
         m.quote_validity,
         m.in_question_language,
         m.median_time_to_first_token_ms

@@ -118,13 +118,38 @@ pub fn generate(
         },
         config,
         on_text,
-        &mut |_| None,
+        &mut |_: &str| None,
     )
 }
 
-/// Given the reply so far, text to put into it next as if the model had written it, for a caller
-/// that knows better than the model what comes next (the exact words of a quotation).
-pub type Steer<'a> = dyn FnMut(&str) -> Option<String> + 'a;
+/// A caller that knows better than the model what may come next in a reply (the exact words of a
+/// quotation, the turns a citation may name). Both methods see the reply so far.
+pub trait Steer {
+    /// Text to put into the reply next as if the model had written it.
+    fn insert(&mut self, reply: &str) -> Option<String>;
+
+    /// What the next token may be; `None` leaves the model free.
+    fn next(&self, _reply: &str) -> Option<Next> {
+        None
+    }
+}
+
+/// A steer's limit on the next token.
+pub enum Next {
+    /// One of the first tokens of these texts' encodings.
+    OneOf(Vec<String>),
+    /// Any token that neither ends the reply nor starts a new line.
+    OnSameLine,
+}
+
+/// Line breaks a token may begin with; their first tokens are what `Next::OnSameLine` rules out.
+const LINE_BREAKS: [&str; 5] = ["\n", "\n\n", "\n\n\n", " \n", " \n\n"];
+
+impl<F: FnMut(&str) -> Option<String>> Steer for F {
+    fn insert(&mut self, reply: &str) -> Option<String> {
+        self(reply)
+    }
+}
 
 /// A prompt that has been run through the model: the logits for the next token, how many tokens
 /// the KV cache holds, and when the prefill began (for time to first token).
@@ -158,7 +183,7 @@ pub fn continue_generation(
     prefilled: Prefilled,
     config: &SamplingConfig,
     on_text: &mut dyn FnMut(&str),
-    steer: &mut Steer,
+    steer: &mut dyn Steer,
 ) -> Result<Generation, ModelError> {
     let Prefilled {
         logits,
@@ -169,8 +194,17 @@ pub fn continue_generation(
     let mut stream = TextStream::default();
     let mut text = StopScan::new(&config.stop_sequences);
     let mut generated: Vec<u32> = Vec::with_capacity(config.max_new_tokens);
+    // What the repeat penalty looks at: steered text is the caller's, and an answer is meant to
+    // restate a quotation it was given, not be pushed away from its words.
+    let mut sampled: Vec<u32> = Vec::with_capacity(config.max_new_tokens);
 
-    let mut next = sample(&mut sampler, &logits, &[], config)?;
+    let mut next = sample(
+        &mut sampler,
+        &logits,
+        &[],
+        config,
+        &token_limit(model, steer, "")?,
+    )?;
     let prefill_time = start.elapsed();
 
     let mut steered_tokens = 0;
@@ -185,12 +219,13 @@ pub fn continue_generation(
         step.clear();
         step.push(next);
         generated.push(next);
+        sampled.push(next);
         if let Some(piece) = stream.push(next, |t| model.decode(t))? {
             if text.push(&piece, on_text) {
                 break StopReason::StopSequence;
             }
             // Consulted only when the text has grown, so that one opening is steered once.
-            if let Some(steered) = steer(text.so_far()) {
+            if let Some(steered) = steer.insert(text.so_far()) {
                 let mut tokens = model.encode(&steered)?;
                 let room = config.max_new_tokens.saturating_sub(generated.len());
                 let shown = if tokens.len() > room {
@@ -215,7 +250,8 @@ pub fn continue_generation(
             steered_tokens += step.len() - 1;
             steer_time += step_start.elapsed();
         }
-        next = sample(&mut sampler, &logits, &generated, config)?;
+        let mask = token_limit(model, steer, text.so_far())?;
+        next = sample(&mut sampler, &logits, &sampled, config, &mask)?;
     };
     if stop != StopReason::StopSequence {
         if let Some(rest) = stream.finish(|t| model.decode(t))? {
@@ -234,21 +270,70 @@ pub fn continue_generation(
     })
 }
 
-/// The repeat penalty looks at the answer only: an answer is expected to repeat the prompt's
-/// turn ids and names, and penalising them pushes the model away from citing.
+/// The tokens `steer` allows next, or rules out.
+fn token_limit(model: &Model, steer: &dyn Steer, reply: &str) -> Result<Mask, ModelError> {
+    let first_tokens = |texts: &[&str]| -> Result<Vec<u32>, ModelError> {
+        let mut tokens = Vec::with_capacity(texts.len());
+        for text in texts {
+            tokens.extend(model.encode(text)?.first());
+        }
+        Ok(tokens)
+    };
+    Ok(match steer.next(reply) {
+        None => Mask::None,
+        Some(Next::OneOf(texts)) => {
+            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+            Mask::Only(first_tokens(&texts)?)
+        }
+        Some(Next::OnSameLine) => {
+            let mut ruled_out = first_tokens(&LINE_BREAKS)?;
+            ruled_out.extend(model.stop_tokens());
+            Mask::Except(ruled_out)
+        }
+    })
+}
+
+enum Mask {
+    None,
+    Only(Vec<u32>),
+    Except(Vec<u32>),
+}
+
+/// The repeat penalty looks at the tokens the model sampled for this reply only: an answer is
+/// expected to repeat the prompt's turn ids and names, and penalising them pushes the model away
+/// from citing.
 fn sample(
     sampler: &mut LogitsProcessor,
     logits: &Tensor,
-    generated: &[u32],
+    sampled: &[u32],
     config: &SamplingConfig,
+    mask: &Mask,
 ) -> Result<u32, ModelError> {
-    let logits = if config.repeat_penalty == 1.0 || generated.is_empty() {
+    let logits = if config.repeat_penalty == 1.0 || sampled.is_empty() {
         logits.clone()
     } else {
-        let recent = &generated[generated.len().saturating_sub(config.repeat_last_n)..];
+        let recent = &sampled[sampled.len().saturating_sub(config.repeat_last_n)..];
         candle_transformers::utils::apply_repeat_penalty(logits, config.repeat_penalty, recent)?
     };
+    let logits = match mask {
+        Mask::None => logits,
+        Mask::Only(tokens) => masked(&logits, tokens, true)?,
+        Mask::Except(tokens) => masked(&logits, tokens, false)?,
+    };
     Ok(sampler.sample(&logits)?)
+}
+
+/// `logits` with only `tokens` possible (`keep`), or all but them.
+fn masked(logits: &Tensor, tokens: &[u32], keep: bool) -> Result<Tensor, ModelError> {
+    let mut values = logits.to_vec1::<f32>()?;
+    let listed = |i: usize| tokens.contains(&(i as u32));
+    for (i, value) in values.iter_mut().enumerate() {
+        if listed(i) != keep {
+            *value = f32::NEG_INFINITY;
+        }
+    }
+    let n = values.len();
+    Ok(Tensor::from_vec(values, n, logits.device())?)
 }
 
 /// Turns a token stream into printable text. Byte-level tokenizers split a Chinese character

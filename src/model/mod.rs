@@ -385,6 +385,11 @@ impl Model {
         self.stop_tokens.contains(&token)
     }
 
+    /// The tokens that end a reply.
+    pub fn stop_tokens(&self) -> &[u32] {
+        &self.stop_tokens
+    }
+
     pub fn template(&self) -> ChatTemplate {
         self.template
     }

@@ -161,10 +161,8 @@ impl Index {
     fn scores(&self, queries: &[&str]) -> Result<Scored, DenseError> {
         let mut rankings: Vec<(Vec<f32>, f32)> = Vec::new();
         let mut passage_similarities: Vec<f32> = Vec::new();
-        let mut named: Vec<&str> = Vec::new();
         for query in queries {
             let terms = self.lexical.terms(query);
-            named.extend(self.named_speakers(&terms));
             let content_terms: Vec<String> = terms
                 .into_iter()
                 .filter(|t| !self.speaker_terms.iter().any(|(_, name)| name.contains(t)))
@@ -192,11 +190,9 @@ impl Index {
             [(lexical, _)] => lexical.clone(),
             _ => standardized_fusion(&rankings),
         };
-        named.sort_unstable();
-        named.dedup();
-        if named.len() == 1 {
+        if let Some(speaker) = self.named_speaker(queries) {
             for (score, turn) in fused.iter_mut().zip(&self.turns) {
-                if named.contains(&turn.speaker.as_str()) {
+                if turn.speaker == speaker {
                     *score *= SPEAKER_BOOST;
                 }
             }
@@ -209,6 +205,21 @@ impl Index {
             turns: fused,
             passage_similarities,
         })
+    }
+
+    /// The speaker a question names, when it names exactly one in its wordings ("what did Altman
+    /// say…", "主持人问了什么"); a question naming both sides is about the exchange.
+    pub fn named_speaker(&self, queries: &[&str]) -> Option<&str> {
+        let mut named: Vec<&str> = queries
+            .iter()
+            .flat_map(|q| self.named_speakers(&self.lexical.terms(q)))
+            .collect();
+        named.sort_unstable();
+        named.dedup();
+        match named.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
     }
 
     /// Speakers the query names, by a part of their name or, for the host, by role.

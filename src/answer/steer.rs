@@ -1,0 +1,277 @@
+//! What tqa puts into an answer, or holds it to, while the model writes it: quotations word for
+//! word from the cited turn, and citations of turns the answer may cite.
+
+use regex::Regex;
+
+use super::normalize_turn_id;
+use crate::model::generate::{Next, Steer};
+use crate::retrieval::Retrieved;
+
+/// The steering of one answer: its citations are held to the citable turns and, when
+/// `fill_quotes` is on, its quotations are filled.
+pub(super) struct AnswerSteer<'a> {
+    quotes: Option<QuoteFiller<'a>>,
+    citations: CitationGuard,
+    /// The last quotation filled in: the reply goes on after it on the same line, where the
+    /// prompt asks for what the speaker meant. Without this, a small model often ends a Chinese
+    /// quotation's bullet, or the whole answer, with the quotation alone.
+    last_filled: Option<String>,
+}
+
+impl<'a> AnswerSteer<'a> {
+    /// `speaker` is the one speaker the question names, if any.
+    pub(super) fn new(given: &'a [Retrieved], speaker: Option<&str>, fill_quotes: bool) -> Self {
+        Self {
+            quotes: fill_quotes.then(|| QuoteFiller::new(given)),
+            citations: CitationGuard::new(given, speaker),
+            last_filled: None,
+        }
+    }
+}
+
+impl Steer for AnswerSteer<'_> {
+    fn insert(&mut self, reply: &str) -> Option<String> {
+        let filled = self.quotes.as_ref()?.fill(reply);
+        self.last_filled.clone_from(&filled);
+        filled
+    }
+
+    fn next(&self, reply: &str) -> Option<Next> {
+        if let Some(rest) = self.citations.continuations(reply) {
+            return Some(Next::OneOf(rest));
+        }
+        let just_filled = self
+            .last_filled
+            .as_ref()
+            .is_some_and(|q| reply.ends_with(q.as_str()));
+        just_filled.then_some(Next::OnSameLine)
+    }
+}
+
+/// The turns an answer may cite: those given to the model and, when the question names one
+/// speaker ("what did Altman say…"), that speaker's among them. The prompt asks for a speaker's
+/// views from their own turns only, yet a small model often cites the host's question that it
+/// read just before the answer, and the quotation filled in after the citation is then the
+/// question. A citation is held to these turns as the model writes it, digit by digit.
+struct CitationGuard {
+    numbers: Vec<String>,
+    opening: Regex,
+}
+
+impl CitationGuard {
+    fn new(given: &[Retrieved], speaker: Option<&str>) -> Self {
+        let by_speaker = |r: &&Retrieved| speaker.is_none_or(|s| r.turn.speaker == s);
+        let citable: Vec<&Retrieved> = if given.iter().any(|r| by_speaker(&r)) {
+            given.iter().filter(by_speaker).collect()
+        } else {
+            given.iter().collect()
+        };
+        Self {
+            numbers: citable
+                .iter()
+                .map(|r| r.turn.id.trim_start_matches('T').to_string())
+                .collect(),
+            opening: Regex::new(r"([\[【])\s*T(\d*)$").expect("static regex"),
+        }
+    }
+
+    /// When `reply` ends inside a citation ("[T", "[T1"), the rest of each citable id that
+    /// begins with the digits written so far, with the closing bracket.
+    fn continuations(&self, reply: &str) -> Option<Vec<String>> {
+        let caps = self.opening.captures(reply)?;
+        let close = if &caps[1] == "【" { '】' } else { ']' };
+        let written = &caps[2];
+        let rest: Vec<String> = self
+            .numbers
+            .iter()
+            .filter_map(|n| n.strip_prefix(written))
+            .map(|rest| format!("{rest}{close}"))
+            .collect();
+        (!rest.is_empty()).then_some(rest)
+    }
+}
+
+/// Passages that one quotation takes from a turn. The passage closest to the question holds the
+/// point more often than not, but the sentence that answers is often the next one.
+pub const PASSAGES_PER_QUOTE: usize = 2;
+
+/// Writes the quotations of an answer for the model. When the model cites a turn and opens a
+/// quotation, the quotation becomes the passages of that turn that retrieval found closest to the
+/// question and that the answer has not quoted yet, in the turn's order. A small model asked to
+/// quote copies whole turns, the wrong sentence, or words the turn never said; a passage is word
+/// for word, and it costs a prefill instead of a decode.
+struct QuoteFiller<'a> {
+    given: &'a [Retrieved],
+    opening: Regex,
+}
+
+impl<'a> QuoteFiller<'a> {
+    fn new(given: &'a [Retrieved]) -> Self {
+        Self {
+            given,
+            opening: Regex::new(r#"[\[【]\s*(T\d+)\s*[\]】]\s*[:：]?\s*(["“「『])$"#)
+                .expect("static regex"),
+        }
+    }
+
+    /// The quotation's words and closing mark, when `reply` ends with a cited turn's opening
+    /// mark and some passage of that turn is not in the reply yet.
+    fn fill(&self, reply: &str) -> Option<String> {
+        let line = reply.rsplit('\n').next().unwrap_or(reply);
+        // The regex runs only when the reply has just grown an opening mark.
+        closing_mark(line.chars().last()?)?;
+        let caps = self.opening.captures(line)?;
+        let id = normalize_turn_id(caps.get(1)?.as_str());
+        let close = closing_mark(caps.get(2)?.as_str().chars().next()?)?;
+        let turn = self.given.iter().find(|r| r.turn.id == id)?;
+        let mut fresh: Vec<&str> = turn
+            .passages
+            .iter()
+            .map(|p| p.text.as_str())
+            .filter(|text| {
+                let words = plain_words(text);
+                !words.is_empty() && !reply.contains(words.as_str())
+            })
+            .take(PASSAGES_PER_QUOTE)
+            .collect();
+        let text = &turn.turn.text;
+        fresh.sort_by_key(|p| text.find(p).unwrap_or(usize::MAX));
+        let quoted = fresh
+            .iter()
+            .map(|p| plain_words(p))
+            .reduce(|quoted, next| {
+                // Passages that follow each other in the turn read as one; a gap is marked.
+                let joined = format!("{quoted}{next}");
+                if plain_words(text).contains(joined.as_str()) {
+                    joined
+                } else {
+                    format!("{quoted} … {next}")
+                }
+            })?;
+        Some(format!("{quoted}{close}"))
+    }
+}
+
+/// Text as it is quoted: without bold marks, its spacing and line breaks made single spaces.
+fn plain_words(text: &str) -> String {
+    text.replace("**", "")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn closing_mark(open: char) -> Option<char> {
+    match open {
+        '"' => Some('"'),
+        '“' => Some('”'),
+        '「' => Some('」'),
+        '『' => Some('』'),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::answer::says_verbatim;
+    use crate::answer::tests::given;
+    use crate::retrieval::Passage;
+
+    #[test]
+    fn a_citation_is_held_to_the_named_speakers_given_turns() {
+        let turns = [
+            given("T1", "Harry", "问题？"),
+            given("T12", "Sam", "回答。"),
+            given("T13", "Harry", "下一个问题？"),
+            given("T2", "Sam", "另一个回答。"),
+        ];
+        let guard = CitationGuard::new(&turns, Some("Sam"));
+        assert_eq!(
+            guard.continuations("Answered: yes\n- [T"),
+            Some(vec!["12]".to_string(), "2]".to_string()])
+        );
+        assert_eq!(guard.continuations("- [T1"), Some(vec!["2]".to_string()]));
+        assert_eq!(guard.continuations("- 【T12"), Some(vec!["】".to_string()]));
+        // Outside a citation, and past digits no citable id begins with, the model is free.
+        assert_eq!(guard.continuations("- [T12] \""), None);
+        assert_eq!(guard.continuations("- [T9"), None);
+
+        let anyone = CitationGuard::new(&turns, None);
+        assert_eq!(
+            anyone.continuations("[T1").map(|c| c.len()),
+            Some(3),
+            "T1 itself, T12 and T13"
+        );
+        let nobody_named_is_given = CitationGuard::new(&turns, Some("Li"));
+        assert_eq!(nobody_named_is_given.numbers, anyone.numbers);
+    }
+
+    #[test]
+    fn the_reply_goes_on_after_a_filled_quotation_on_the_same_line() {
+        let mut turn = given("T4", "Sam", "大约两百万美元。");
+        turn.passages = vec![Passage {
+            text: "大约两百万美元。".into(),
+            similarity: 0.9,
+        }];
+        let turns = [turn];
+        let mut steer = AnswerSteer::new(&turns, None, true);
+        let opened = "Answered: yes\n- [T4] \"";
+        let filled = steer.insert(opened).expect("a quotation");
+        let reply = format!("{opened}{filled}");
+        assert!(matches!(steer.next(&reply), Some(Next::OnSameLine)));
+        assert!(steer.next(&format!("{reply} He")).is_none());
+        assert!(matches!(
+            steer.next(&format!("{reply} He\n- [T")),
+            Some(Next::OneOf(_))
+        ));
+    }
+
+    #[test]
+    fn an_opened_quotation_is_filled_with_the_cited_turns_closest_passages_in_order() {
+        let text = "前言。大约两百万美元，\n主要是**服务器**。后记。中间的话。结尾。";
+        let mut turn = given("T4", "Sam", text);
+        let passage = |text: &str, similarity| Passage {
+            text: text.into(),
+            similarity,
+        };
+        turn.passages = vec![
+            passage("大约两百万美元，\n主要是**服务器**。", 0.9),
+            passage("后记。", 0.85),
+            passage("结尾。", 0.8),
+            passage("前言。", 0.7),
+            passage("中间的话。", 0.6),
+        ];
+        let turns = [turn, given("T5", "Sam", "没有段落。")];
+        let filler = QuoteFiller::new(&turns);
+        let best = "大约两百万美元， 主要是服务器。后记。";
+        assert_eq!(
+            filler.fill("Answered: yes\n- [T4] \"").as_deref(),
+            Some(format!("{best}\"").as_str())
+        );
+        assert_eq!(
+            filler.fill("- 【T04】：“").as_deref(),
+            Some(format!("{best}”").as_str())
+        );
+        assert!(says_verbatim(text, best));
+        // The next quotation of the turn takes the next closest passages; apart, they are marked.
+        let quoted_once = format!("- [T4] \"{best}\" ok\n- [T4] \"");
+        let next = "前言。 … 结尾。";
+        assert_eq!(
+            filler.fill(&quoted_once).as_deref(),
+            Some(format!("{next}\"").as_str())
+        );
+        assert!(says_verbatim(text, next));
+        let quoted_twice = format!("{quoted_once}{next}\"\n- [T4] \"");
+        assert_eq!(filler.fill(&quoted_twice).as_deref(), Some("中间的话。\""));
+        // A quotation not right after a citation, a turn without passages, one not given, and a
+        // turn quoted in full are left to the model.
+        assert_eq!(filler.fill("- [T4] He said \""), None);
+        assert_eq!(filler.fill("- [T5] \""), None);
+        assert_eq!(filler.fill("- [T9] \""), None);
+        assert_eq!(
+            filler.fill(&format!("{quoted_twice}中间的话。\"\n- [T4] \"")),
+            None
+        );
+        assert_eq!(filler.fill("- [T4] \"大约"), None);
+    }
+}
