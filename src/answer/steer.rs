@@ -141,12 +141,12 @@ impl<'a> QuoteFiller<'a> {
             .map(|p| plain_words(p))
             .reduce(|quoted, next| {
                 // Passages that follow each other in the turn read as one; a gap is marked.
-                let joined = format!("{quoted}{next}");
-                if plain_words(text).contains(joined.as_str()) {
-                    joined
-                } else {
-                    format!("{quoted} … {next}")
-                }
+                let whole = plain_words(text);
+                ["", " "]
+                    .iter()
+                    .map(|space| format!("{quoted}{space}{next}"))
+                    .find(|joined| whole.contains(joined.as_str()))
+                    .unwrap_or_else(|| format!("{quoted} … {next}"))
             })?;
         Some(format!("{quoted}{close}"))
     }
@@ -241,8 +241,12 @@ mod tests {
             passage("前言。", 0.7),
             passage("中间的话。", 0.6),
         ];
-        let turns = [turn, given("T5", "Sam", "没有段落。")];
+        let mut paragraphs = given("T6", "Sam", "甲。\n\n乙。");
+        paragraphs.passages = vec![passage("乙。", 0.9), passage("甲。", 0.8)];
+        let turns = [turn, given("T5", "Sam", "没有段落。"), paragraphs];
         let filler = QuoteFiller::new(&turns);
+        // Passages a paragraph break apart are next to each other.
+        assert_eq!(filler.fill("- [T6] \"").as_deref(), Some("甲。 乙。\""));
         let best = "大约两百万美元， 主要是服务器。后记。";
         assert_eq!(
             filler.fill("Answered: yes\n- [T4] \"").as_deref(),
