@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::answer::{quotation_regex, Answer, AnswerError, Language, PASSAGES_PER_QUOTE};
+use crate::answer::{
+    citation_regex, quotation_regex, Answer, AnswerError, Language, PASSAGES_PER_QUOTE,
+};
 use crate::retrieval::Retrieved;
 
 #[derive(Debug, thiserror::Error)]
@@ -215,8 +217,9 @@ pub fn unquoted(answer: &str) -> String {
 /// The language of the answer's own words. An answer of citations and quotations only ("- [T4]
 /// “…”") is in the language it quotes: its turn ids are not English words.
 pub fn answer_language(answer: &str) -> Language {
-    let citation = regex::Regex::new(r"[\[【]\s*T\d+[^\]】\n]*[\]】]").expect("static regex");
-    let own_words = citation.replace_all(&unquoted(answer), "").into_owned();
+    let own_words = citation_regex()
+        .replace_all(&unquoted(answer), "")
+        .into_owned();
     if own_words.chars().any(char::is_alphabetic) {
         Language::of(&own_words)
     } else {

@@ -20,6 +20,16 @@ fn load(path: &std::path::Path) -> Model {
     Model::load(&source, &common::test_device()).unwrap()
 }
 
+/// Greedy decoding without the repeat penalty, so that what follows a steer can be compared with
+/// what follows the same tokens as a prompt.
+fn unpenalized(max_new_tokens: usize) -> SamplingConfig {
+    SamplingConfig {
+        max_new_tokens,
+        repeat_penalty: 1.0,
+        ..SamplingConfig::default()
+    }
+}
+
 /// `prompt` run through the model, ready for `continue_generation`.
 fn prefilled(model: &mut Model, prompt: &[u32]) -> Prefilled {
     let (logits, _) = model.prefill(prompt).unwrap();
@@ -168,11 +178,7 @@ fn truncated_and_foreign_files_are_refused_with_a_reason() {
 fn steered_text_enters_the_reply_and_generation_goes_on_from_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = load(&common::tiny_model(dir.path(), Behaviour::Random(7)));
-    let config = SamplingConfig {
-        max_new_tokens: 20,
-        repeat_penalty: 1.0,
-        ..SamplingConfig::default()
-    };
+    let config = unpenalized(20);
     let prompt = model.encode("<|im_start|>user\nhello<|im_end|>\n").unwrap();
     let inserted = model.encode("xyz").unwrap();
     let mut streamed = String::new();
@@ -208,16 +214,16 @@ fn steered_text_enters_the_reply_and_generation_goes_on_from_it() {
     assert_eq!(reference.tokens, steered.tokens[at..]);
 }
 
-/// Allows one text at the start of the reply and nothing else; free afterwards.
-struct Only(String);
+/// Limits the first token of the reply and nothing after it.
+struct AtStart<F: Fn() -> Next>(F);
 
-impl Steer for Only {
+impl<F: Fn() -> Next> Steer for AtStart<F> {
     fn insert(&mut self, _reply: &str) -> Option<String> {
         None
     }
 
     fn next(&self, reply: &str) -> Option<Next> {
-        reply.is_empty().then(|| Next::OneOf(vec![self.0.clone()]))
+        reply.is_empty().then(&self.0)
     }
 }
 
@@ -225,11 +231,7 @@ impl Steer for Only {
 fn allowed_continuations_hold_the_next_token_to_them() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = load(&common::tiny_model(dir.path(), Behaviour::Random(7)));
-    let config = SamplingConfig {
-        max_new_tokens: 6,
-        repeat_penalty: 1.0,
-        ..SamplingConfig::default()
-    };
+    let config = unpenalized(6);
     let prompt = model.encode("<|im_start|>user\nhello<|im_end|>\n").unwrap();
     let (free, _) = run(&mut model, "<|im_start|>user\nhello<|im_end|>\n", &config);
     // A text whose first token is not the model's own first choice.
@@ -243,7 +245,7 @@ fn allowed_continuations_hold_the_next_token_to_them() {
         ready,
         &config,
         &mut |_| {},
-        &mut Only(forced.to_string()),
+        &mut AtStart(|| Next::OneOf(vec![forced.to_string()])),
     )
     .unwrap();
     assert_eq!(held.tokens[0], model.encode(forced).unwrap()[0]);
@@ -256,4 +258,28 @@ fn allowed_continuations_hold_the_next_token_to_them() {
     };
     let reference = generate(&mut model, &longer, &one, &mut |_| {}).unwrap();
     assert_eq!(reference.tokens.first(), held.tokens.get(1));
+}
+
+#[test]
+fn a_reply_held_on_its_line_cannot_end_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load(&common::tiny_model(
+        dir.path(),
+        Behaviour::AlwaysEmit(common::im_end_id()),
+    ));
+    let prompt = model.encode("<|im_start|>user\nhello<|im_end|>\n").unwrap();
+    let ready = prefilled(&mut model, &prompt);
+    let held = continue_generation(
+        &mut model,
+        ready,
+        &unpenalized(4),
+        &mut |_| {},
+        &mut AtStart(|| Next::OnSameLine),
+    )
+    .unwrap();
+    // The model would end at once; held, it writes one token, then ends.
+    assert_eq!(held.tokens.len(), 1);
+    assert_ne!(held.tokens[0], common::im_end_id());
+    assert!(!model.decode(&held.tokens).unwrap().contains('\n'));
+    assert_eq!(held.stop, StopReason::EndOfTurn);
 }

@@ -397,14 +397,18 @@ pub fn truncate_chars(text: &str, max: usize) -> String {
     }
 }
 
+/// A citation of one or more turns: `[T3]`, `[T3, T5]`, the full-width `【T3】`; the ids are the
+/// first group.
+pub fn citation_regex() -> Regex {
+    Regex::new(r"[\[【]\s*(T\d+(?:\s*[,，、;]\s*T?\d+)*)\s*[\]】]").expect("static regex")
+}
+
 /// Turn ids cited in `answer`, in order of first mention: `[T3]`, `[T3, T5]`, `[T3][T5]` and the
 /// full-width `【T3】` all count.
 pub fn extract_citations(answer: &str) -> Vec<String> {
-    let group =
-        Regex::new(r"[\[【]\s*(T\d+(?:\s*[,，、;]\s*T?\d+)*)\s*[\]】]").expect("static regex");
     let number = Regex::new(r"\d+").expect("static regex");
     let mut ids: Vec<String> = Vec::new();
-    for caps in group.captures_iter(answer) {
+    for caps in citation_regex().captures_iter(answer) {
         for n in number.find_iter(&caps[1]) {
             let id = normalize_turn_id(n.as_str());
             if !ids.contains(&id) {

@@ -78,7 +78,9 @@ impl CitationGuard {
     /// When `reply` ends inside a citation ("[T", "[T1"), the rest of each citable id that
     /// begins with the digits written so far, with the closing bracket.
     fn continuations(&self, reply: &str) -> Option<Vec<String>> {
-        let caps = self.opening.captures(reply)?;
+        // Consulted at every token: only the line being written can hold an open citation.
+        let line = reply.rsplit('\n').next().unwrap_or(reply);
+        let caps = self.opening.captures(line)?;
         let close = if &caps[1] == "【" { '】' } else { ']' };
         let written = &caps[2];
         let rest: Vec<String> = self

@@ -225,7 +225,7 @@ impl Embedder {
 
     fn word_row(&self, id: u32) -> &[u8] {
         // Ids come from our own tokenizer, whose piece count `load` checked against
-        // the table's row count, so this range is always inside `word_q4`.
+        // the table's row count, so this range is always inside the word table.
         let row = self.hidden / QK * BLOCK_BYTES;
         let start = self.word_table.start + id as usize * row;
         &self.file[start..start + row]
