@@ -19,7 +19,8 @@
 //! Q4_K's and Q6_K's super-blocks hold 8 groups; the activations are quantized per 256 values,
 //! so that the groups' products add up as integers before the block's `d * d_x`. Q4_K's groups
 //! each have a 6-bit scale, applied to the integer products, and a 6-bit minimum times `dmin`;
-//! Q6_K's hold signed `q - 32` with an 8-bit scale for each half of a group.
+//! Q6_K's hold `q - 32` with an 8-bit scale for each half of a group: the products take the
+//! unsigned q, and each block subtracts 32 times the half groups' scaled activation sums.
 
 use std::sync::Arc;
 
@@ -98,12 +99,13 @@ struct ActBlock {
 const SUPER_BLOCK: usize = 8 * BLOCK;
 
 /// A super-block of 256 activations as bytes, `x ≈ d * q` with one `d`, so that the products of
-/// its groups with a k-quant block add up as integers; and each group's `Σ q` (at most
-/// 32 × 127), for Q4_K's minimums.
+/// its groups with a k-quant block add up as integers; each group's `Σ q` (at most 32 × 127),
+/// for Q4_K's minimums, and each half group's, for Q6_K's offset of 32.
 #[derive(Clone, Copy)]
 struct ActSuperBlock {
     d: f32,
     sums: [i16; 8],
+    half_sums: [i16; 16],
     q: [i8; SUPER_BLOCK],
 }
 
@@ -359,11 +361,17 @@ fn quantize_rows_in_super_blocks(x: &[f32]) -> Vec<ActSuperBlock> {
         .map(|values| {
             let mut q = [0i8; SUPER_BLOCK];
             let d = round_to_bytes(values, &mut q);
-            let mut sums = [0i16; 8];
-            for (sum, group) in sums.iter_mut().zip(q.chunks_exact(BLOCK)) {
-                *sum = sum_of(group) as i16;
+            let mut half_sums = [0i16; 16];
+            for (sum, half) in half_sums.iter_mut().zip(q.chunks_exact(BLOCK / 2)) {
+                *sum = sum_of(half) as i16;
             }
-            ActSuperBlock { d, sums, q }
+            let sums = std::array::from_fn(|j| half_sums[2 * j] + half_sums[2 * j + 1]);
+            ActSuperBlock {
+                d,
+                sums,
+                half_sums,
+                q,
+            }
         })
         .collect()
 }
@@ -727,23 +735,27 @@ mod avx2 {
         out
     }
 
-    /// A k-quant block type: 8 groups of 32 values, read as a header once per block and one
-    /// group at a time, `value = d * pair_scale * q + dmin * min`, where each pair of values has
-    /// an integer scale and each group an integer minimum.
+    /// A k-quant block type: 8 groups of 32 unsigned values, read as a header once per block and
+    /// one group at a time, `value = d * pair_scale * (q - offset) + dmin * min`, where each
+    /// pair of values has an integer scale and each group an integer minimum.
     trait SuperBlock {
         const FORMAT: Format;
         const BYTES: usize = Self::FORMAT.block_bytes();
-        /// Whether the values are signed bytes, not unsigned ones (and there is no minimum).
-        const SIGNED: bool;
+        /// Whether the groups have minimums.
+        const HAS_MINS: bool;
         /// What the block says about all its groups.
         type Header: Copy;
         unsafe fn header(block: *const u8) -> Self::Header;
         /// `(d, dmin)`.
         fn scales(header: &Self::Header) -> (f32, f32);
         /// The scales of the pairs of values of group `group`, as 16-bit lanes.
-        unsafe fn pair_scales(block: *const u8, header: &Self::Header, group: usize) -> __m256i;
+        unsafe fn pair_scales(header: &Self::Header, group: usize) -> __m256i;
         /// Σ over the groups of each one's minimum times `sums` of that group.
         unsafe fn min_products(header: &Self::Header, sums: &[i16; 8]) -> i32;
+        /// The offset's products, `Σ pair_scale * offset * x_q`, in 32-bit lanes, subtracted
+        /// from the products of the unsigned values: AVX2's byte products take only unsigned
+        /// weights, and correcting once per block is cheaper than moving signs in every group.
+        unsafe fn offset_products(header: &Self::Header, act: &ActSuperBlock) -> __m256i;
         unsafe fn group(block: *const u8, group: usize) -> __m256i;
     }
 
@@ -775,7 +787,7 @@ mod avx2 {
 
     impl SuperBlock for Q4K {
         const FORMAT: Format = Format::Q4K;
-        const SIGNED: bool = false;
+        const HAS_MINS: bool = true;
         type Header = Q4KHeader;
         #[inline]
         #[target_feature(enable = "avx2,f16c")]
@@ -795,9 +807,8 @@ mod avx2 {
         }
         #[inline]
         #[target_feature(enable = "avx2")]
-        unsafe fn pair_scales(_block: *const u8, header: &Self::Header, group: usize) -> __m256i {
-            let byte = (2 * group) as i16;
-            _mm256_shuffle_epi8(header.scales, _mm256_set1_epi16(((byte + 1) << 8) | byte))
+        unsafe fn pair_scales(header: &Self::Header, group: usize) -> __m256i {
+            _mm256_shuffle_epi8(header.scales, _mm256_set1_epi16(lane_of_i16(group)))
         }
         #[inline]
         #[target_feature(enable = "avx2")]
@@ -811,37 +822,74 @@ mod avx2 {
         }
         #[inline]
         #[target_feature(enable = "avx2")]
+        unsafe fn offset_products(_header: &Self::Header, _act: &ActSuperBlock) -> __m256i {
+            _mm256_setzero_si256()
+        }
+        #[inline]
+        #[target_feature(enable = "avx2")]
         unsafe fn group(block: *const u8, group: usize) -> __m256i {
             nibbles_of_32(block.add(16 + 32 * (group / 2)), group % 2 == 1)
         }
     }
 
+    /// Q6_K's header: d, and the 16 scales as 16-bit lanes, all of them and each half broadcast
+    /// to both 128-bit halves (AVX2's byte shuffle stays within a half).
+    #[derive(Clone, Copy)]
+    struct Q6KHeader {
+        d: f32,
+        scales: __m256i,
+        first_half: __m256i,
+        second_half: __m256i,
+    }
+
     impl SuperBlock for Q6K {
         const FORMAT: Format = Format::Q6K;
-        const SIGNED: bool = true;
-        type Header = f32;
+        const HAS_MINS: bool = false;
+        type Header = Q6KHeader;
         #[inline]
         #[target_feature(enable = "avx2,f16c")]
         unsafe fn header(block: *const u8) -> Self::Header {
-            half_to_f32(block.add(208))
+            let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(block.add(192) as *const __m128i));
+            Q6KHeader {
+                d: half_to_f32(block.add(208)),
+                scales,
+                first_half: _mm256_permute2x128_si256::<0x00>(scales, scales),
+                second_half: _mm256_permute2x128_si256::<0x11>(scales, scales),
+            }
         }
-        fn scales(&d: &Self::Header) -> (f32, f32) {
-            (d, 0.0)
+        fn scales(header: &Self::Header) -> (f32, f32) {
+            (header.d, 0.0)
         }
-        /// One signed 8-bit scale for each half of a group.
+        /// One signed 8-bit scale for each half of a group: scale `2 * group` for the group's
+        /// first 16 values (the low 128 bits), the next for the rest.
         #[inline]
         #[target_feature(enable = "avx2")]
-        unsafe fn pair_scales(block: *const u8, _header: &Self::Header, group: usize) -> __m256i {
-            let scales = block.add(192 + 2 * group) as *const i8;
-            _mm256_set_m128i(
-                _mm_set1_epi16(*scales.add(1) as i16),
-                _mm_set1_epi16(*scales as i16),
+        unsafe fn pair_scales(header: &Self::Header, group: usize) -> __m256i {
+            let source = if group < 4 {
+                header.first_half
+            } else {
+                header.second_half
+            };
+            let first = 2 * (group % 4);
+            _mm256_shuffle_epi8(
+                source,
+                _mm256_set_m128i(
+                    _mm_set1_epi16(lane_of_i16(first + 1)),
+                    _mm_set1_epi16(lane_of_i16(first)),
+                ),
             )
         }
         unsafe fn min_products(_header: &Self::Header, _sums: &[i16; 8]) -> i32 {
             0
         }
-        /// Values `q - 32`: the low 4 bits from a nibble of the first 128 bytes, the high 2
+        /// `32 * Σ scale * Σ x_q` over the 16 half groups.
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        unsafe fn offset_products(header: &Self::Header, act: &ActSuperBlock) -> __m256i {
+            let sums = _mm256_loadu_si256(act.half_sums.as_ptr() as *const __m256i);
+            _mm256_slli_epi32::<5>(_mm256_madd_epi16(header.scales, sums))
+        }
+        /// Values `q` (0–63): the low 4 bits from a nibble of the first 128 bytes, the high 2
         /// from the next 64.
         #[inline]
         #[target_feature(enable = "avx2")]
@@ -853,8 +901,14 @@ mod avx2 {
                 _mm_cvtsi32_si128(2 * part as i32),
             );
             let high = _mm256_slli_epi16(_mm256_and_si256(high_bits, _mm256_set1_epi8(3)), 4);
-            _mm256_sub_epi8(_mm256_or_si256(low, high), _mm256_set1_epi8(32))
+            _mm256_or_si256(low, high)
         }
+    }
+
+    /// The control bytes of a byte shuffle that copies 16-bit lane `lane` (of 8) to every lane.
+    fn lane_of_i16(lane: usize) -> i16 {
+        let byte = (2 * lane) as i16;
+        ((byte + 1) << 8) | byte
     }
 
     /// The byte products of one group of weights `q` with activations `x`, summed in pairs
@@ -894,10 +948,10 @@ mod avx2 {
                 let mut products = [_mm256_setzero_si256(); A];
                 for j in 0..8 {
                     let q = K::group(block, j);
-                    let pair_scales = K::pair_scales(block, &header, j);
+                    let pair_scales = K::pair_scales(&header, j);
                     for a in 0..A {
                         let x = acts[a][b].q.as_ptr().add(j * BLOCK) as *const __m256i;
-                        let pairs = pair_products(K::SIGNED, q, _mm256_loadu_si256(x));
+                        let pairs = _mm256_maddubs_epi16(q, _mm256_loadu_si256(x));
                         let scaled = _mm256_madd_epi16(pairs, pair_scales);
                         products[a] = _mm256_add_epi32(products[a], scaled);
                     }
@@ -905,9 +959,10 @@ mod avx2 {
                 let (d, dmin) = K::scales(&header);
                 for a in 0..A {
                     let act = &acts[a][b];
-                    let sums = _mm256_cvtepi32_ps(products[a]);
+                    let offsets_of_q = K::offset_products(&header, act);
+                    let sums = _mm256_cvtepi32_ps(_mm256_sub_epi32(products[a], offsets_of_q));
                     acc[w][a] = _mm256_fmadd_ps(_mm256_set1_ps(d * act.d), sums, acc[w][a]);
-                    if !K::SIGNED {
+                    if K::HAS_MINS {
                         let mins = K::min_products(&header, &act.sums);
                         offsets[w][a] += dmin * act.d * mins as f32;
                     }
