@@ -68,34 +68,38 @@ fn products(c: &mut Criterion) {
     group.finish();
 }
 
-/// Decoding reads every layer's weights once per token, from memory rather than cache: SmolLM2's
-/// 30 layers of gate/up matrices, one token each, in turn.
+/// Decoding reads every layer's weights once per token, from memory rather than cache: a
+/// model's layers of one matrix, one token each, in turn (SmolLM2's 30 gate/up matrices, the
+/// 1.5B model's 28).
 fn decode_sweep(c: &mut Criterion) {
     if !kernels::available() {
         return;
     }
     let device = Device::Cpu;
-    let (rows, cols) = (3072, 576);
-    let (own, candles): (Vec<QuantMatrix>, Vec<QMatMul>) = (0..30)
-        .map(|_| both_kernels(GgmlDType::Q4_1, rows, cols))
-        .unzip();
-    let x = Tensor::randn(0f32, 1.0, (1, cols), &device).expect("input");
     let mut group = c.benchmark_group("decode-sweep");
     group.sample_size(20);
-    group.bench_function("smollm2-gate-up-x30/own", |b| {
-        b.iter(|| {
-            for matrix in &own {
-                std::hint::black_box(matrix.forward(&x).expect("own"));
-            }
-        })
-    });
-    group.bench_function("smollm2-gate-up-x30/candle", |b| {
-        b.iter(|| {
-            for matrix in &candles {
-                std::hint::black_box(matrix.forward(&x).expect("candle"));
-            }
-        })
-    });
+    for (name, dtype, rows, cols, layers) in [
+        ("smollm2-gate-up-x30", GgmlDType::Q4_1, 3072, 576, 30),
+        ("qwen1.5b-gate-up-x28", GgmlDType::Q4K, 17920, 1536, 28),
+    ] {
+        let (own, candles): (Vec<QuantMatrix>, Vec<QMatMul>) =
+            (0..layers).map(|_| both_kernels(dtype, rows, cols)).unzip();
+        let x = Tensor::randn(0f32, 1.0, (1, cols), &device).expect("input");
+        group.bench_function(format!("{name}/own"), |b| {
+            b.iter(|| {
+                for matrix in &own {
+                    std::hint::black_box(matrix.forward(&x).expect("own"));
+                }
+            })
+        });
+        group.bench_function(format!("{name}/candle"), |b| {
+            b.iter(|| {
+                for matrix in &candles {
+                    std::hint::black_box(matrix.forward(&x).expect("candle"));
+                }
+            })
+        });
+    }
     group.finish();
 }
 
