@@ -26,8 +26,8 @@ pub struct EvalRetrievalArgs {
     pub set: PathBuf,
     #[arg(long)]
     pub json: bool,
-    /// Also search with the answering model's translation of questions that are not in the
-    /// transcript's language, as `tqa ask` does.
+    /// Also search with the answering model's translation of each question (into the
+    /// transcript's language, or into English for a question already in it), as `tqa ask` does.
     #[arg(long)]
     pub translate: bool,
     #[command(flatten)]

@@ -135,7 +135,8 @@ pub struct AnswerArgs {
     /// How many best-matching turns to give the model (each brings its question/answer partner).
     #[arg(short, default_value_t = AskOptions::default().k)]
     pub k: usize,
-    /// Retrieve with the question as asked, without translating it into the transcript's language.
+    /// Retrieve with the question as asked, without its translation into the transcript's
+    /// language (or into English, for a question in the transcript's language).
     #[arg(long)]
     pub no_translate: bool,
     #[command(flatten)]
