@@ -905,7 +905,8 @@ mod avx2 {
         }
     }
 
-    /// The control bytes of a byte shuffle that copies 16-bit lane `lane` (of 8) to every lane.
+    /// The control bytes of a byte shuffle that copies 16-bit lane `lane` (of the 8 in each
+    /// 128-bit half) to every lane of that half.
     fn lane_of_i16(lane: usize) -> i16 {
         let byte = (2 * lane) as i16;
         ((byte + 1) << 8) | byte
