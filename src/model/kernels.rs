@@ -432,7 +432,6 @@ mod avx2 {
     use super::{ActBlock, ActSuperBlock, Acts, Format, BLOCK};
 
     /// One weight block unpacked: its 32 values q, and `value = d * q + m`.
-    #[derive(Clone, Copy)]
     struct Unpacked {
         q: __m256i,
         d: f32,
@@ -441,9 +440,6 @@ mod avx2 {
 
     /// Activation rows computed together, each weight block unpacked once for all of them.
     const ACT_TILE: usize = 4;
-    /// Weight rows computed together for a single activation row (decoding), for independent
-    /// accumulators.
-    const ROW_TILE: usize = 4;
 
     /// # Safety
     /// The CPU has AVX2, FMA and F16C; `weights` holds `n` rows of blocks for `acts`' width.
@@ -475,13 +471,9 @@ mod avx2 {
         }
     }
 
-    /// Products of tiles of weight rows and activation rows, both by index.
+    /// Products of one weight row with a tile of activation rows, both by index.
     trait Tiles {
-        unsafe fn tile<const W: usize, const A: usize>(
-            &self,
-            rows: [usize; W],
-            acts: [usize; A],
-        ) -> [[f32; A]; W];
+        unsafe fn tile<const A: usize>(&self, row: usize, acts: [usize; A]) -> [f32; A];
     }
 
     /// Weight rows of one format and activation rows of the blocks it is multiplied with.
@@ -520,29 +512,24 @@ mod avx2 {
     impl<B: Block> Tiles for Blocks<'_, B> {
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn tile<const W: usize, const A: usize>(
-            &self,
-            rows: [usize; W],
-            acts: [usize; A],
-        ) -> [[f32; A]; W] {
-            tile::<B, W, A>(rows.map(|r| self.row(r)), acts.map(|a| self.act_row(a)))
+        unsafe fn tile<const A: usize>(&self, row: usize, acts: [usize; A]) -> [f32; A] {
+            tile::<B, A>(self.row(row), acts.map(|a| self.act_row(a)))
         }
     }
 
     impl<K: SuperBlock> Tiles for SuperBlocks<'_, K> {
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn tile<const W: usize, const A: usize>(
-            &self,
-            rows: [usize; W],
-            acts: [usize; A],
-        ) -> [[f32; A]; W] {
-            super_tile::<K, W, A>(rows.map(|r| self.row(r)), acts.map(|a| self.act_row(a)))
+        unsafe fn tile<const A: usize>(&self, row: usize, acts: [usize; A]) -> [f32; A] {
+            super_tile::<K, A>(self.row(row), acts.map(|a| self.act_row(a)))
         }
     }
 
-    /// Computes `n` weight rows against `m` activation rows in tiles: `ROW_TILE` weight rows
-    /// at a time for a single activation row, else `ACT_TILE` activation rows per weight row.
+    /// Computes `n` weight rows against `m` activation rows, `ACT_TILE` activation rows per
+    /// weight row. A single activation row (decoding) reads the weights one row after another:
+    /// computing 4 rows side by side, in 4 streams, read the 1.5B model's 28 gate/up matrices
+    /// at 12 GB/s against 16 in one stream (`cargo bench --bench kernels`, decode-sweep), and
+    /// decoded 11 tok/s against 15.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn rows_of<T: Tiles>(
         tiles: &T,
@@ -550,20 +537,6 @@ mod avx2 {
         m: usize,
         mut store: impl FnMut(usize, usize, f32),
     ) {
-        if m == 1 {
-            let mut r = 0;
-            while r + ROW_TILE <= n {
-                let sums = tiles.tile::<ROW_TILE, 1>([r, r + 1, r + 2, r + 3], [0]);
-                for (i, sum) in sums.iter().enumerate() {
-                    store(0, r + i, sum[0]);
-                }
-                r += ROW_TILE;
-            }
-            for r in r..n {
-                store(0, r, tiles.tile::<1, 1>([r], [0])[0][0]);
-            }
-            return;
-        }
         // Activation rows outside, weight rows inside: the item's few weight rows stay in
         // cache while the activations, megabytes for a long prompt, are read once. The other
         // way round, the down projection of Qwen2.5-1.5B read 2.3 MB of them from L3 for every
@@ -571,8 +544,8 @@ mod avx2 {
         let mut a = 0;
         while a + ACT_TILE <= m {
             for r in 0..n {
-                let sums = tiles.tile::<1, ACT_TILE>([r], [a, a + 1, a + 2, a + 3]);
-                for (i, &sum) in sums[0].iter().enumerate() {
+                let sums = tiles.tile::<ACT_TILE>(r, [a, a + 1, a + 2, a + 3]);
+                for (i, &sum) in sums.iter().enumerate() {
                     store(a + i, r, sum);
                 }
             }
@@ -580,16 +553,18 @@ mod avx2 {
         }
         for a in a..m {
             for r in 0..n {
-                store(a, r, tiles.tile::<1, 1>([r], [a])[0][0]);
+                store(a, r, tiles.tile::<1>(r, [a])[0]);
             }
         }
     }
 
     /// How far ahead of the block being computed a weight row is fetched into cache, in bytes.
-    /// Decoding reads every weight once per token from memory; the hardware prefetchers alone
-    /// kept SmolLM2's 30 gate/up matrices at 6.7 GB/s, and fetching 512, 1,024, 2,048, 4,096 and
-    /// 8,192 bytes ahead gave 8.4, 9.8, 12.9, 14.1 and 13.7 GB/s (`cargo bench --bench kernels`,
-    /// decode-sweep).
+    /// Decoding reads every weight once per token from memory. Reading 4 rows side by side, the
+    /// hardware prefetchers alone kept SmolLM2's 30 gate/up matrices at 6.7 GB/s, and fetching
+    /// 512, 1,024, 2,048, 4,096 and 8,192 bytes ahead gave 8.4, 9.8, 12.9, 14.1 and 13.7 GB/s.
+    /// Reading one row at a time, the 1.5B model's 28 gate/up matrices take 32 ms without it and
+    /// 26.5 ms with it; 2,048 and 8,192 bytes ahead were within the noise (`cargo bench --bench
+    /// kernels`, decode-sweep).
     const PREFETCH_AHEAD: usize = 4096;
 
     /// A block type's bytes turned into its 32 values in one register.
@@ -689,50 +664,32 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// The `W` × `A` products of `W` weight rows with `A` activation rows of the same width.
-    // Block `b` indexes the weight rows and the activation rows alike.
+    /// The `A` products of a weight row with `A` activation rows of the same width.
+    // Block `b` indexes the weight row and the activation rows alike.
     #[allow(clippy::needless_range_loop)]
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile<B: Block, const W: usize, const A: usize>(
-        rows: [&[u8]; W],
-        acts: [&[ActBlock]; A],
-    ) -> [[f32; A]; W] {
+    unsafe fn tile<B: Block, const A: usize>(row: &[u8], acts: [&[ActBlock]; A]) -> [f32; A] {
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); A]; W];
-        let mut offsets = [[0f32; A]; W];
+        let mut acc = [_mm256_setzero_ps(); A];
+        let mut offsets = [0f32; A];
         for b in 0..acts[0].len() {
-            let mut weights = [Unpacked {
-                q: _mm256_setzero_si256(),
-                d: 0.0,
-                m: 0.0,
-            }; W];
-            for w in 0..W {
-                let block = rows[w].as_ptr().add(b * B::BYTES);
-                _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD) as *const i8);
-                weights[w] = B::unpack(block);
-            }
+            let block = row.as_ptr().add(b * B::BYTES);
+            _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD) as *const i8);
+            let weights = B::unpack(block);
             for a in 0..A {
                 let act = &acts[a][b];
                 let x = _mm256_loadu_si256(act.q.as_ptr() as *const __m256i);
-                for w in 0..W {
-                    let pairs = pair_products(B::SIGNED, weights[w].q, x);
-                    let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-                    let scale = _mm256_set1_ps(weights[w].d * act.d);
-                    acc[w][a] = _mm256_fmadd_ps(scale, sums, acc[w][a]);
-                    if !B::SIGNED {
-                        offsets[w][a] += weights[w].m * act.s;
-                    }
+                let pairs = pair_products(B::SIGNED, weights.q, x);
+                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+                let scale = _mm256_set1_ps(weights.d * act.d);
+                acc[a] = _mm256_fmadd_ps(scale, sums, acc[a]);
+                if !B::SIGNED {
+                    offsets[a] += weights.m * act.s;
                 }
             }
         }
-        let mut out = [[0f32; A]; W];
-        for w in 0..W {
-            for a in 0..A {
-                out[w][a] = horizontal_sum(acc[w][a]) + offsets[w][a];
-            }
-        }
-        out
+        std::array::from_fn(|a| horizontal_sum(acc[a]) + offsets[a])
     }
 
     /// A k-quant block type: 8 groups of 32 unsigned values, read as a header once per block and
@@ -928,55 +885,47 @@ mod avx2 {
     /// [`tile`] for k-quants: within a block, the products of its 8 groups add up as integers,
     /// and the block adds `d * d_x` times their sum and `dmin * d_x` times the minimums'
     /// products with the groups' sums.
-    // Indices `w` and `a` run over several arrays at once.
+    // Index `a` runs over several arrays at once.
     #[allow(clippy::needless_range_loop)]
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn super_tile<K: SuperBlock, const W: usize, const A: usize>(
-        rows: [&[u8]; W],
+    unsafe fn super_tile<K: SuperBlock, const A: usize>(
+        row: &[u8],
         acts: [&[ActSuperBlock]; A],
-    ) -> [[f32; A]; W] {
-        let mut acc = [[_mm256_setzero_ps(); A]; W];
-        let mut offsets = [[0f32; A]; W];
+    ) -> [f32; A] {
+        let mut acc = [_mm256_setzero_ps(); A];
+        let mut offsets = [0f32; A];
         for b in 0..acts[0].len() {
-            for w in 0..W {
-                let block = rows[w].as_ptr().add(b * K::BYTES);
-                for line in (0..K::BYTES).step_by(64) {
-                    let ahead = block.wrapping_add(PREFETCH_AHEAD + line);
-                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-                }
-                let header = K::header(block);
-                let mut products = [_mm256_setzero_si256(); A];
-                for j in 0..8 {
-                    let q = K::group(block, j);
-                    let pair_scales = K::pair_scales(&header, j);
-                    for a in 0..A {
-                        let x = acts[a][b].q.as_ptr().add(j * BLOCK) as *const __m256i;
-                        let pairs = _mm256_maddubs_epi16(q, _mm256_loadu_si256(x));
-                        let scaled = _mm256_madd_epi16(pairs, pair_scales);
-                        products[a] = _mm256_add_epi32(products[a], scaled);
-                    }
-                }
-                let (d, dmin) = K::scales(&header);
+            let block = row.as_ptr().add(b * K::BYTES);
+            for line in (0..K::BYTES).step_by(64) {
+                let ahead = block.wrapping_add(PREFETCH_AHEAD + line);
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            }
+            let header = K::header(block);
+            let mut products = [_mm256_setzero_si256(); A];
+            for j in 0..8 {
+                let q = K::group(block, j);
+                let pair_scales = K::pair_scales(&header, j);
                 for a in 0..A {
-                    let act = &acts[a][b];
-                    let offsets_of_q = K::offset_products(&header, act);
-                    let sums = _mm256_cvtepi32_ps(_mm256_sub_epi32(products[a], offsets_of_q));
-                    acc[w][a] = _mm256_fmadd_ps(_mm256_set1_ps(d * act.d), sums, acc[w][a]);
-                    if K::HAS_MINS {
-                        let mins = K::min_products(&header, &act.sums);
-                        offsets[w][a] += dmin * act.d * mins as f32;
-                    }
+                    let x = acts[a][b].q.as_ptr().add(j * BLOCK) as *const __m256i;
+                    let pairs = _mm256_maddubs_epi16(q, _mm256_loadu_si256(x));
+                    let scaled = _mm256_madd_epi16(pairs, pair_scales);
+                    products[a] = _mm256_add_epi32(products[a], scaled);
+                }
+            }
+            let (d, dmin) = K::scales(&header);
+            for a in 0..A {
+                let act = &acts[a][b];
+                let offsets_of_q = K::offset_products(&header, act);
+                let sums = _mm256_cvtepi32_ps(_mm256_sub_epi32(products[a], offsets_of_q));
+                acc[a] = _mm256_fmadd_ps(_mm256_set1_ps(d * act.d), sums, acc[a]);
+                if K::HAS_MINS {
+                    let mins = K::min_products(&header, &act.sums);
+                    offsets[a] += dmin * act.d * mins as f32;
                 }
             }
         }
-        let mut out = [[0f32; A]; W];
-        for w in 0..W {
-            for a in 0..A {
-                out[w][a] = horizontal_sum(acc[w][a]) + offsets[w][a];
-            }
-        }
-        out
+        std::array::from_fn(|a| horizontal_sum(acc[a]) + offsets[a])
     }
 }
 
