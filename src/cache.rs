@@ -67,6 +67,20 @@ pub fn write_floats(
     std::fs::rename(&tmp, path)
 }
 
+/// Every cache entry's name includes this digest of the source files whose code computes what it
+/// holds (and of the crate versions they build on). A build that computes differently, down to
+/// the last bit, then never reads what another build wrote: a greedy answer read against a stale
+/// entry would differ from the same answer computed afresh, and a version number bumped by hand
+/// was forgotten more than once.
+pub fn code_digest(sources: &[&str]) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    for source in sources.iter().chain([&include_str!("../Cargo.lock")]) {
+        hasher.update((source.len() as u64).to_le_bytes());
+        hasher.update(source.as_bytes());
+    }
+    hasher.finalize().to_vec()
+}
+
 /// A short hex name for a cache entry from everything its content depends on.
 pub fn content_name(prefix: &str, parts: &[&[u8]]) -> String {
     let mut hasher = Sha256::new();
@@ -124,5 +138,13 @@ mod tests {
         assert_ne!(a, content_name("p", &[b"m1", b"y"]));
         assert_ne!(a, content_name("p", &[b"m1x", b""]));
         assert_eq!(a, content_name("p", &[b"m1", b"x"]));
+    }
+
+    #[test]
+    fn code_digests_change_with_any_source() {
+        let a = code_digest(&["fn a() {}", "fn b() {}"]);
+        assert_eq!(a, code_digest(&["fn a() {}", "fn b() {}"]));
+        assert_ne!(a, code_digest(&["fn a() {}", "fn b() { }"]));
+        assert_ne!(a, code_digest(&["fn a() {}fn b() {}"]));
     }
 }

@@ -8,8 +8,16 @@ use candle_core::{Device, Tensor};
 
 use super::decoder::Config;
 
-/// Bumped whenever the decoder's arithmetic changes what it stores.
-const FORMAT_VERSION: u32 = 1;
+/// The code that computes the stored keys and values, and lays them out on disk.
+const COMPUTED_BY: &[&str] = &[
+    include_str!("mod.rs"),
+    include_str!("decoder.rs"),
+    include_str!("kernels.rs"),
+    include_str!("weights.rs"),
+    include_str!("optimize.rs"),
+    include_str!("kv_store.rs"),
+    include_str!("../cache.rs"),
+];
 const MAGIC: &[u8; 4] = b"TQAK";
 /// Floats kept in memory (256 MB): the system turns in use and the most recent transcript turns.
 const MEMORY_BUDGET: usize = 64 << 20;
@@ -120,12 +128,12 @@ impl KvStore {
     /// The file of the last `len` positions of `key`. The length is part of the name: the same
     /// tokens split into a context and a piece in two ways are two different entries.
     fn path(&self, key: &[u32], len: usize) -> Option<PathBuf> {
-        let version = FORMAT_VERSION.to_le_bytes();
+        let code = crate::cache::code_digest(COMPUTED_BY);
         let len = (len as u64).to_le_bytes();
         let token_bytes: Vec<u8> = key.iter().flat_map(|t| t.to_le_bytes()).collect();
         let name = crate::cache::content_name(
             "kv",
-            &[&version, self.model_id.as_bytes(), &len, &token_bytes],
+            &[&code, self.model_id.as_bytes(), &len, &token_bytes],
         );
         Some(self.dir.as_ref()?.join(name))
     }

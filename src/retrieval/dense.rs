@@ -18,8 +18,13 @@ use crate::transcript::Turn;
 const PASSAGE_CHARS: usize = 160;
 /// The finer split: about a sentence or two.
 const SENTENCE_CHARS: usize = 80;
-/// Bumped whenever passage splitting or the file layout changes, so old caches are not reused.
-const CACHE_VERSION: u32 = 1;
+/// The code that splits the passages, embeds them and lays the cache out on disk.
+const COMPUTED_BY: &[&str] = &[
+    include_str!("dense.rs"),
+    include_str!("embed.rs"),
+    include_str!("unigram.rs"),
+    include_str!("../cache.rs"),
+];
 const CACHE_MAGIC: &[u8; 4] = b"TQAE";
 
 #[derive(Debug, thiserror::Error)]
@@ -230,8 +235,8 @@ fn sentences(text: &str) -> Vec<&str> {
 }
 
 fn cache_name(model_id: &str, passages: &[String]) -> String {
-    let version = CACHE_VERSION.to_le_bytes();
-    let mut parts: Vec<&[u8]> = vec![&version, model_id.as_bytes()];
+    let code = crate::cache::code_digest(COMPUTED_BY);
+    let mut parts: Vec<&[u8]> = vec![&code, model_id.as_bytes()];
     parts.extend(passages.iter().map(|p| p.as_bytes()));
     crate::cache::content_name("passages", &parts)
 }
