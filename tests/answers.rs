@@ -192,16 +192,16 @@ fn reranking_puts_the_turn_that_answers_ahead_of_turns_that_only_share_its_words
             .collect()
     };
 
-    let plain = ask_with(&["-k", "1"]);
+    let plain = ask_with(&["-k", "1", "--no-rerank"]);
     assert!(
         !given(&plain).contains(&"T6".to_string()),
         "the index alone already finds the price; this transcript no longer tests reranking"
     );
-    let reranked = ask_with(&["-k", "1", "--rerank"]);
+    let reranked = ask_with(&["-k", "1"]);
     assert!(given(&reranked).contains(&"T6".to_string()), "{reranked}");
     let judgements = judged(&reranked);
     assert!(!judgements.is_empty(), "{reranked}");
     // The second run reads each exchange's keys and values back from the cache: same judgements.
-    let again = ask_with(&["-k", "1", "--rerank"]);
+    let again = ask_with(&["-k", "1"]);
     assert_eq!(judged(&again), judgements);
 }

@@ -8,8 +8,8 @@ use crate::model::generate::check_context;
 use crate::model::{Message, Model, Role, SamplingConfig};
 use crate::retrieval::{standardized_fusion, Index, Retrieved};
 
-/// How many of the best-ranked turns the model judges when asked to without a number: enough to
-/// reach the turns that the index ranks just out of the prompt's reach.
+/// How many of the best-ranked turns the model judges unless told otherwise: enough to reach the
+/// turns that the index ranks just out of the prompt's reach.
 pub const DEFAULT_CANDIDATES: usize = 8;
 
 /// Replies that count as the model's "yes" and "no", by their first token.

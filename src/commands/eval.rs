@@ -2,10 +2,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use tqa::answer::rerank::DEFAULT_CANDIDATES;
 use tqa::answer::{self, AskOptions};
 use tqa::eval::{self, AnswerMetrics, RetrievalMetrics};
 
-use super::{prompts_from, ModelArgs, PipelineArgs, RerankArgs, TranscriptArgs};
+use super::{prompts_from, ModelArgs, PipelineArgs, TranscriptArgs};
 
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
@@ -30,8 +31,10 @@ pub struct EvalRetrievalArgs {
     /// transcript's language, or into English for a question already in it), as `tqa ask` does.
     #[arg(long)]
     pub translate: bool,
-    #[command(flatten)]
-    pub rerank: RerankArgs,
+    /// Also let the answering model judge the N best-ranked turns (default 8) and re-order them,
+    /// as `tqa ask` does.
+    #[arg(long, value_name = "N")]
+    pub rerank: Option<Option<usize>>,
     /// Read the prompt files from this folder instead of the built-in `prompts/`.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
@@ -156,7 +159,9 @@ async fn retrieval(args: EvalRetrievalArgs) -> anyhow::Result<()> {
     let index = args.transcript.index()?;
     let options = AskOptions {
         translate: args.translate,
-        rerank: args.rerank.candidates(),
+        rerank: args
+            .rerank
+            .map_or(0, |candidates| candidates.unwrap_or(DEFAULT_CANDIDATES)),
         ..AskOptions::default()
     };
     let report = if options.translate || options.rerank > 0 {

@@ -11,7 +11,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use tqa::answer::rerank::DEFAULT_CANDIDATES;
 use tqa::answer::{AnswerError, AskOptions, Prompts};
 use tqa::cache::default_cache_dir;
 use tqa::model::registry::Registry;
@@ -139,8 +138,16 @@ pub struct AnswerArgs {
     /// language (or into English, for a question in the transcript's language).
     #[arg(long)]
     pub no_translate: bool,
-    #[command(flatten)]
-    pub rerank: RerankArgs,
+    /// Let the answering model judge the N best-ranked turns, each with its partner in the
+    /// exchange, and re-order them before the best are picked: better turns, at one short prompt
+    /// per exchange. Each exchange is computed once and cached, so later questions cost much less
+    /// than the first.
+    #[arg(long, value_name = "N", default_value_t = AskOptions::default().rerank)]
+    pub rerank: usize,
+    /// Keep the index's order of the turns (the same as `--rerank 0`): a shorter wait for the
+    /// first word, and no refusal on the model's judgement of the turns.
+    #[arg(long)]
+    pub no_rerank: bool,
     /// Let the model answer even when its verdict is that the retrieved turns do not hold the
     /// answer (the verdict is still reported in --json).
     #[arg(long)]
@@ -169,7 +176,7 @@ impl AnswerArgs {
         AskOptions {
             k: self.k,
             translate: !self.no_translate,
-            rerank: self.rerank.candidates(),
+            rerank: if self.no_rerank { 0 } else { self.rerank },
             judge: !self.no_judge,
             reuse_turns: self.reuse_turns,
             fill_quotes: !self.no_quote_fill,
@@ -183,23 +190,6 @@ pub fn prompts_from(dir: Option<&std::path::Path>) -> Result<Prompts, AnswerErro
     match dir {
         Some(dir) => Prompts::from_dir(dir),
         None => Ok(Prompts::default()),
-    }
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct RerankArgs {
-    /// Let the answering model judge the N best-ranked turns (default 8), each with its partner
-    /// in the exchange, and re-order them before the best are picked: better turns, at one short
-    /// prompt per exchange. Each exchange is computed once and cached, so later questions cost
-    /// much less than the first.
-    #[arg(long, value_name = "N")]
-    pub rerank: Option<Option<usize>>,
-}
-
-impl RerankArgs {
-    pub fn candidates(&self) -> usize {
-        self.rerank
-            .map_or(0, |candidates| candidates.unwrap_or(DEFAULT_CANDIDATES))
     }
 }
 
