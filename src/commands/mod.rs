@@ -146,7 +146,7 @@ pub struct AnswerArgs {
     pub rerank: usize,
     /// Keep the index's order of the turns (the same as `--rerank 0`): a shorter wait for the
     /// first word, and no refusal on the model's judgement of the turns.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "rerank")]
     pub no_rerank: bool,
     /// Let the model answer even when its verdict is that the retrieved turns do not hold the
     /// answer (the verdict is still reported in --json).

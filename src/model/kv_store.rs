@@ -31,6 +31,8 @@ pub struct KvStore {
     /// entries, and a GPU never reads what the CPU computed (their last bits differ, and a greedy
     /// answer must repeat on each).
     model_id: String,
+    /// `cache::code_digest` of [`COMPUTED_BY`], hashed once rather than for every entry looked up.
+    code: Vec<u8>,
     /// Keyed by the tokens the entries depend on and how many positions they hold; most recently
     /// used last.
     memory: Vec<((Vec<u32>, usize), Entries)>,
@@ -41,6 +43,7 @@ impl KvStore {
         Self {
             dir,
             model_id: format!("{}|{:?}", model_identity(model_path), device.location()),
+            code: crate::cache::code_digest(COMPUTED_BY),
             memory: Vec::new(),
         }
     }
@@ -128,12 +131,11 @@ impl KvStore {
     /// The file of the last `len` positions of `key`. The length is part of the name: the same
     /// tokens split into a context and a piece in two ways are two different entries.
     fn path(&self, key: &[u32], len: usize) -> Option<PathBuf> {
-        let code = crate::cache::code_digest(COMPUTED_BY);
         let len = (len as u64).to_le_bytes();
         let token_bytes: Vec<u8> = key.iter().flat_map(|t| t.to_le_bytes()).collect();
         let name = crate::cache::content_name(
             "kv",
-            &[&code, self.model_id.as_bytes(), &len, &token_bytes],
+            &[&self.code, self.model_id.as_bytes(), &len, &token_bytes],
         );
         Some(self.dir.as_ref()?.join(name))
     }
