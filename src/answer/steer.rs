@@ -3,7 +3,7 @@
 
 use regex::Regex;
 
-use super::normalize_turn_id;
+use super::{citation_regex, normalize_turn_id};
 use crate::model::generate::{Next, Steer};
 use crate::retrieval::Retrieved;
 
@@ -53,9 +53,17 @@ impl Steer for AnswerSteer<'_> {
 /// views from their own turns only, yet a small model often cites the host's question that it
 /// read just before the answer, and the quotation filled in after the citation is then the
 /// question. A citation is held to these turns as the model writes it, digit by digit.
+///
+/// The answer's first citation is held to the lead: the citable turns of the best-ranked exchange
+/// (a matched turn and its partner), or the best-ranked citable turn when that exchange has none.
+/// Ranking judges each exchange on its own, and on the dev set it put an answering turn first more
+/// often than the model picked one out of all the turns in its prompt (README); later bullets may
+/// cite any citable turn.
 struct CitationGuard {
     numbers: Vec<String>,
+    lead: Vec<String>,
     opening: Regex,
+    citation: Regex,
 }
 
 impl CitationGuard {
@@ -66,16 +74,16 @@ impl CitationGuard {
         } else {
             given.iter().collect()
         };
+        let number = |r: &&Retrieved| r.turn.id.trim_start_matches('T').to_string();
         Self {
-            numbers: citable
-                .iter()
-                .map(|r| r.turn.id.trim_start_matches('T').to_string())
-                .collect(),
+            numbers: citable.iter().map(number).collect(),
+            lead: lead(given, &citable).iter().map(number).collect(),
             opening: Regex::new(r"([\[【])\s*T(\d*)$").expect("static regex"),
+            citation: citation_regex(),
         }
     }
 
-    /// When `reply` ends inside a citation ("[T", "[T1"), the rest of each citable id that
+    /// When `reply` ends inside a citation ("[T", "[T1"), the rest of each id it may cite that
     /// begins with the digits written so far, with the closing bracket.
     fn continuations(&self, reply: &str) -> Option<Vec<String>> {
         // Consulted at every token: only the line being written can hold an open citation.
@@ -83,13 +91,35 @@ impl CitationGuard {
         let caps = self.opening.captures(line)?;
         let close = if &caps[1] == "【" { '】' } else { ']' };
         let written = &caps[2];
-        let rest: Vec<String> = self
-            .numbers
+        let first_citation = !self.citation.is_match(reply);
+        let allowed = if first_citation && !self.lead.is_empty() {
+            &self.lead
+        } else {
+            &self.numbers
+        };
+        let rest: Vec<String> = allowed
             .iter()
             .filter_map(|n| n.strip_prefix(written))
             .map(|rest| format!("{rest}{close}"))
             .collect();
         (!rest.is_empty()).then_some(rest)
+    }
+}
+
+/// The turns a first citation is held to (see [`CitationGuard`]); none when the ranking was not
+/// judged, since the index's own first turn is a weaker guess (README).
+fn lead<'a>(given: &[Retrieved], citable: &[&'a Retrieved]) -> Vec<&'a Retrieved> {
+    let Some(best) = given.first().filter(|r| r.relevance.is_some()) else {
+        return Vec::new();
+    };
+    let in_best_exchange = |r: &&&Retrieved| {
+        r.turn.id == best.turn.id || r.partner_of.as_deref() == Some(best.turn.id.as_str())
+    };
+    let lead: Vec<&Retrieved> = citable.iter().filter(in_best_exchange).copied().collect();
+    if lead.is_empty() {
+        citable.first().copied().into_iter().collect()
+    } else {
+        lead
     }
 }
 
@@ -206,6 +236,45 @@ mod tests {
         );
         let nobody_named_is_given = CitationGuard::new(&turns, Some("Li"));
         assert_eq!(nobody_named_is_given.numbers, anyone.numbers);
+    }
+
+    #[test]
+    fn a_judged_rankings_first_citation_is_in_its_best_exchange() {
+        let mut turns = [
+            given("T15", "Harry", "问题？"),
+            given("T16", "Sam", "回答。"),
+            given("T13", "Sam", "另一个回答。"),
+            given("T12", "Harry", "上一个问题？"),
+        ];
+        turns[0].relevance = Some(2.0);
+        turns[1].partner_of = Some("T15".into());
+        turns[2].relevance = Some(0.5);
+        turns[3].partner_of = Some("T13".into());
+        let guard = CitationGuard::new(&turns, None);
+        let first = guard.continuations("Answered: yes\n- [T");
+        assert_eq!(first, Some(vec!["15]".to_string(), "16]".to_string()]));
+        assert_eq!(guard.continuations("- [T13"), None, "not in the lead");
+        let second = guard.continuations("- [T16] \"回答。\" ok\n- [T");
+        assert_eq!(second.map(|c| c.len()), Some(4), "then any given turn");
+        // A named speaker's turns only; the best-ranked of them when the best exchange has none.
+        let named = CitationGuard::new(&turns, Some("Sam"));
+        assert_eq!(named.continuations("- [T"), Some(vec!["16]".to_string()]));
+        let mut hosts_elsewhere = [
+            given("T16", "Sam", "回答。"),
+            given("T12", "Harry", "上一个问题？"),
+            given("T14", "Harry", "下一个问题？"),
+        ];
+        hosts_elsewhere[0].relevance = Some(1.0);
+        let host_named = CitationGuard::new(&hosts_elsewhere, Some("Harry"));
+        assert_eq!(
+            host_named.continuations("- [T"),
+            Some(vec!["12]".to_string()])
+        );
+
+        // The index's order alone does not lead.
+        turns[0].relevance = None;
+        let unjudged = CitationGuard::new(&turns, None);
+        assert_eq!(unjudged.continuations("- [T").map(|c| c.len()), Some(4));
     }
 
     #[test]
