@@ -88,13 +88,13 @@ pub fn content_name(prefix: &str, parts: &[&[u8]]) -> String {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
-    let hex: String = hasher
-        .finalize()
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{prefix}-{hex}.bin")
+    format!("{prefix}-{}.bin", short_hex(&hasher.finalize()))
+}
+
+/// The first 16 bytes of a digest in hex: short enough for a file name, long enough never to
+/// collide among a cache's entries.
+pub fn short_hex(digest: &[u8]) -> String {
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 /// A path next to `path` that no other writer uses, for writing a file and renaming it into

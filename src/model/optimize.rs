@@ -25,8 +25,9 @@ pub fn has_slow_tensors(content: &gguf_file::Content) -> bool {
     })
 }
 
-/// Path of the converted copy of `source` inside `dir`, named after the source file and its
-/// size so that a replaced source is converted again.
+/// Path of the converted copy of `source` inside `dir`, named after the source file, its size
+/// and the code that converts it, so that a replaced source, or a build that converts
+/// differently, converts again.
 pub fn optimized_path(source: &Path, dir: &Path) -> Result<PathBuf, ModelError> {
     let len = std::fs::metadata(source)
         .map_err(|e| ModelError::Io {
@@ -38,7 +39,8 @@ pub fn optimized_path(source: &Path, dir: &Path) -> Result<PathBuf, ModelError> 
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    Ok(dir.join(format!("{stem}.{len}.q8_0.gguf")))
+    let code = crate::cache::short_hex(&crate::cache::code_digest(&[include_str!("optimize.rs")]));
+    Ok(dir.join(format!("{stem}.{len}.{code}.q8_0.gguf")))
 }
 
 /// Writes a copy of the GGUF at `source` to `target` with every slow-kernel tensor re-quantized
@@ -89,4 +91,26 @@ fn requantize(tensor: QTensor) -> Result<QTensor, ModelError> {
     }
     let dense = tensor.dequantize(&Device::Cpu)?;
     Ok(QTensor::quantize(&dense, GgmlDType::Q8_0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_source_gets_another_copy() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let source = dir.path().join("model.Q4_1.gguf");
+        let copy_of = |bytes: &[u8]| {
+            std::fs::write(&source, bytes).expect("write");
+            optimized_path(&source, dir.path()).expect("path")
+        };
+        let first = copy_of(b"one");
+        assert_ne!(first, copy_of(b"three"));
+        let name = first.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        assert!(
+            name.starts_with("model.Q4_1.3.") && name.ends_with(".q8_0.gguf"),
+            "{name}"
+        );
+    }
 }
