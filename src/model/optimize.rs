@@ -98,7 +98,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_replaced_source_gets_another_copy() {
+    fn a_replaced_source_or_other_conversion_code_gets_another_copy() {
         let dir = tempfile::tempdir().expect("temp dir");
         let source = dir.path().join("model.Q4_1.gguf");
         let copy_of = |bytes: &[u8]| {
@@ -107,9 +107,16 @@ mod tests {
         };
         let first = copy_of(b"one");
         assert_ne!(first, copy_of(b"three"));
-        let name = first.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = first
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let code_digest =
+            |part: &str| part.len() == 32 && part.chars().all(|c| c.is_ascii_hexdigit());
         assert!(
-            name.starts_with("model.Q4_1.3.") && name.ends_with(".q8_0.gguf"),
+            name.starts_with("model.Q4_1.3.")
+                && name.ends_with(".q8_0.gguf")
+                && name.split('.').any(code_digest),
             "{name}"
         );
     }
