@@ -283,3 +283,58 @@ fn a_reply_held_on_its_line_cannot_end_there() {
     assert!(!model.decode(&held.tokens).unwrap().contains('\n'));
     assert_eq!(held.stop, StopReason::EndOfTurn);
 }
+
+/// Goes on with "ab" the first `times` times the model would end.
+struct GoOn {
+    times: usize,
+}
+
+impl Steer for GoOn {
+    fn insert(&mut self, _reply: &str) -> Option<String> {
+        None
+    }
+
+    fn instead_of_end(&mut self, _reply: &str) -> Option<String> {
+        self.times = self.times.checked_sub(1)?;
+        Some("ab".to_string())
+    }
+}
+
+#[test]
+fn a_steer_can_go_on_where_the_model_would_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load(&common::tiny_model(
+        dir.path(),
+        Behaviour::AlwaysEmit(common::im_end_id()),
+    ));
+    let prompt = model.encode("<|im_start|>user\nhello<|im_end|>\n").unwrap();
+    let ready = prefilled(&mut model, &prompt);
+    let mut streamed = String::new();
+    let went_on = continue_generation(
+        &mut model,
+        ready,
+        &unpenalized(16),
+        &mut |t| streamed.push_str(t),
+        &mut GoOn { times: 2 },
+    )
+    .unwrap();
+    assert_eq!(went_on.text, "abab");
+    assert_eq!(streamed, went_on.text);
+    let ab = model.encode("ab").unwrap();
+    assert_eq!(went_on.tokens, [ab.clone(), ab.clone()].concat());
+    assert_eq!(went_on.steered_tokens, 2 * ab.len());
+    assert_eq!(went_on.stop, StopReason::EndOfTurn);
+
+    // Text past the token limit is cut there.
+    let ready = prefilled(&mut model, &prompt);
+    let cut = continue_generation(
+        &mut model,
+        ready,
+        &unpenalized(1),
+        &mut |_| {},
+        &mut GoOn { times: 2 },
+    )
+    .unwrap();
+    assert_eq!(cut.tokens.len(), 1);
+    assert_eq!(cut.stop, StopReason::TokenLimit);
+}

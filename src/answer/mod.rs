@@ -509,10 +509,10 @@ impl Default for AskOptions {
             judge: true,
             reuse_turns: false,
             fill_quotes: true,
-            // One to three short bullets, each with a quotation of two passages; a longer reply
-            // is a model that has lost its way.
+            // Up to three bullets, one per exchange given, each with a quotation of two passages;
+            // a longer reply is a model that has lost its way.
             sampling: SamplingConfig {
-                max_new_tokens: 448,
+                max_new_tokens: 768,
                 ..SamplingConfig::default()
             },
         }
@@ -555,12 +555,14 @@ pub fn ask(
         .stop_sequences
         .extend(prompts.reply_stops());
     let queries: Vec<&str> = search_queries.iter().map(String::as_str).collect();
+    let min_relevance = model.info.min_rerank_relevance;
     let mut steer = AnswerSteer::new(
         &retrieved,
         index.named_speaker(&queries),
+        min_relevance,
         options.fill_quotes,
     );
-    let too_weak = best_relevance(&ranking).is_some_and(|r| r < model.info.min_rerank_relevance);
+    let too_weak = best_relevance(&ranking).is_some_and(|r| r < min_relevance);
     let judged = if options.judge && too_weak {
         Judged::refused_unread()
     } else {

@@ -3,7 +3,7 @@
 
 use regex::Regex;
 
-use super::{citation_regex, normalize_turn_id};
+use super::{citation_regex, extract_citations, normalize_turn_id};
 use crate::model::generate::{Next, Steer};
 use crate::retrieval::Retrieved;
 
@@ -19,11 +19,17 @@ pub(super) struct AnswerSteer<'a> {
 }
 
 impl<'a> AnswerSteer<'a> {
-    /// `speaker` is the one speaker the question names, if any.
-    pub(super) fn new(given: &'a [Retrieved], speaker: Option<&str>, fill_quotes: bool) -> Self {
+    /// `speaker` is the one speaker the question names, if any; `min_relevance` is the model's
+    /// judgement from which a given exchange is owed a bullet (see [`CitationGuard`]).
+    pub(super) fn new(
+        given: &'a [Retrieved],
+        speaker: Option<&str>,
+        min_relevance: f32,
+        fill_quotes: bool,
+    ) -> Self {
         Self {
             quotes: fill_quotes.then(|| QuoteFiller::new(given)),
-            citations: CitationGuard::new(given, speaker),
+            citations: CitationGuard::new(given, speaker, min_relevance),
             last_filled: None,
         }
     }
@@ -46,6 +52,10 @@ impl Steer for AnswerSteer<'_> {
             .is_some_and(|q| reply.ends_with(q.as_str()));
         just_filled.then_some(Next::OnSameLine)
     }
+
+    fn instead_of_end(&mut self, reply: &str) -> Option<String> {
+        self.citations.next_owed_bullet(reply)
+    }
 }
 
 /// The turns an answer may cite: those given to the model and, when the question names one
@@ -59,25 +69,36 @@ impl Steer for AnswerSteer<'_> {
 /// Ranking judges each exchange on its own, and on the dev set it put an answering turn first more
 /// often than the model picked one out of all the turns in its prompt (README); later bullets may
 /// cite any citable turn.
+///
+/// Each given exchange that the ranking judged likely to answer is owed a bullet: where the model
+/// would end its reply before citing one of them, a bullet citing one is begun for it. A small
+/// model writes one bullet and stops, and a question whose answer spans two exchanges then gets
+/// half of it (README).
 struct CitationGuard {
     numbers: Vec<String>,
     lead: Vec<String>,
+    /// The citable turns of each exchange owed a bullet.
+    owed: Vec<Vec<String>>,
+    /// Where the bullet last begun for an owed exchange starts in the reply, and the turns its
+    /// citation may name.
+    begun: Option<(usize, Vec<String>)>,
     opening: Regex,
     citation: Regex,
 }
 
 impl CitationGuard {
-    fn new(given: &[Retrieved], speaker: Option<&str>) -> Self {
+    fn new(given: &[Retrieved], speaker: Option<&str>, min_relevance: f32) -> Self {
         let by_speaker = |r: &&Retrieved| speaker.is_none_or(|s| r.turn.speaker == s);
         let citable: Vec<&Retrieved> = if given.iter().any(|r| by_speaker(&r)) {
             given.iter().filter(by_speaker).collect()
         } else {
             given.iter().collect()
         };
-        let number = |r: &&Retrieved| r.turn.id.trim_start_matches('T').to_string();
         Self {
-            numbers: citable.iter().map(number).collect(),
-            lead: lead(given, &citable).iter().map(number).collect(),
+            numbers: citable.iter().map(|r| number(r)).collect(),
+            lead: lead(given, &citable).iter().map(|r| number(r)).collect(),
+            owed: owed(given, &citable, min_relevance),
+            begun: None,
             opening: Regex::new(r"([\[【])\s*T(\d*)$").expect("static regex"),
             citation: citation_regex(),
         }
@@ -87,15 +108,19 @@ impl CitationGuard {
     /// begins with the digits written so far, with the closing bracket.
     fn continuations(&self, reply: &str) -> Option<Vec<String>> {
         // Consulted at every token: only the line being written can hold an open citation.
-        let line = reply.rsplit('\n').next().unwrap_or(reply);
+        let line_start = reply.rfind('\n').map_or(0, |at| at + 1);
+        let line = &reply[line_start..];
         let caps = self.opening.captures(line)?;
         let close = if &caps[1] == "【" { '】' } else { ']' };
         let written = &caps[2];
-        let first_citation = !self.citation.is_match(reply);
-        let allowed = if first_citation && !self.lead.is_empty() {
-            &self.lead
-        } else {
-            &self.numbers
+        let begun_here = self
+            .begun
+            .as_ref()
+            .filter(|(start, _)| *start == line_start && !self.citation.is_match(line));
+        let allowed = match begun_here {
+            Some((_, owed)) => owed,
+            None if !self.lead.is_empty() && !self.citation.is_match(reply) => &self.lead,
+            None => &self.numbers,
         };
         let rest: Vec<String> = allowed
             .iter()
@@ -104,6 +129,57 @@ impl CitationGuard {
             .collect();
         (!rest.is_empty()).then_some(rest)
     }
+
+    /// The opening of a bullet for the exchanges still owed one, when `reply` has cited a turn
+    /// and would end without citing them; the citation it opens is held to their turns.
+    fn next_owed_bullet(&mut self, reply: &str) -> Option<String> {
+        let cited = extract_citations(reply);
+        if cited.is_empty() {
+            return None;
+        }
+        let is_cited = |n: &String| cited.iter().any(|id| id.trim_start_matches('T') == n);
+        let still_owed: Vec<String> = self
+            .owed
+            .iter()
+            .filter(|exchange| !exchange.iter().any(is_cited))
+            .flatten()
+            .cloned()
+            .collect();
+        if still_owed.is_empty() {
+            return None;
+        }
+        let line_break = if reply.ends_with('\n') { "" } else { "\n" };
+        self.begun = Some((reply.len() + line_break.len(), still_owed));
+        Some(format!("{line_break}- [T"))
+    }
+}
+
+fn number(r: &Retrieved) -> String {
+    r.turn.id.trim_start_matches('T').to_string()
+}
+
+/// The citable turns of each given exchange whose best judged turn reached `min_relevance`, in
+/// the order given; none when the ranking was not judged.
+fn owed(given: &[Retrieved], citable: &[&Retrieved], min_relevance: f32) -> Vec<Vec<String>> {
+    let leader = |r: &Retrieved| r.partner_of.clone().unwrap_or_else(|| r.turn.id.clone());
+    let mut leaders: Vec<String> = Vec::new();
+    for r in given {
+        let judged_to_answer = r.relevance.is_some_and(|rel| rel >= min_relevance);
+        if judged_to_answer && !leaders.contains(&leader(r)) {
+            leaders.push(leader(r));
+        }
+    }
+    leaders
+        .iter()
+        .map(|l| {
+            citable
+                .iter()
+                .filter(|r| leader(r) == *l)
+                .map(|r| number(r))
+                .collect::<Vec<_>>()
+        })
+        .filter(|numbers| !numbers.is_empty())
+        .collect()
 }
 
 /// The turns a first citation is held to (see [`CitationGuard`]); none when the ranking was not
@@ -217,7 +293,7 @@ mod tests {
             given("T13", "Harry", "下一个问题？"),
             given("T2", "Sam", "另一个回答。"),
         ];
-        let guard = CitationGuard::new(&turns, Some("Sam"));
+        let guard = CitationGuard::new(&turns, Some("Sam"), 0.0);
         assert_eq!(
             guard.continuations("Answered: yes\n- [T"),
             Some(vec!["12]".to_string(), "2]".to_string()])
@@ -228,13 +304,13 @@ mod tests {
         assert_eq!(guard.continuations("- [T12] \""), None);
         assert_eq!(guard.continuations("- [T9"), None);
 
-        let anyone = CitationGuard::new(&turns, None);
+        let anyone = CitationGuard::new(&turns, None, 0.0);
         assert_eq!(
             anyone.continuations("[T1").map(|c| c.len()),
             Some(3),
             "T1 itself, T12 and T13"
         );
-        let nobody_named_is_given = CitationGuard::new(&turns, Some("Li"));
+        let nobody_named_is_given = CitationGuard::new(&turns, Some("Li"), 0.0);
         assert_eq!(nobody_named_is_given.numbers, anyone.numbers);
     }
 
@@ -250,14 +326,14 @@ mod tests {
         turns[1].partner_of = Some("T15".into());
         turns[2].relevance = Some(0.5);
         turns[3].partner_of = Some("T13".into());
-        let guard = CitationGuard::new(&turns, None);
+        let guard = CitationGuard::new(&turns, None, 0.0);
         let first = guard.continuations("Answered: yes\n- [T");
         assert_eq!(first, Some(vec!["15]".to_string(), "16]".to_string()]));
         assert_eq!(guard.continuations("- [T13"), None, "not in the lead");
         let second = guard.continuations("- [T16] \"回答。\" ok\n- [T");
         assert_eq!(second.map(|c| c.len()), Some(4), "then any given turn");
         // A named speaker's turns only; the best-ranked of them when the best exchange has none.
-        let named = CitationGuard::new(&turns, Some("Sam"));
+        let named = CitationGuard::new(&turns, Some("Sam"), 0.0);
         assert_eq!(named.continuations("- [T"), Some(vec!["16]".to_string()]));
         let mut hosts_elsewhere = [
             given("T16", "Sam", "回答。"),
@@ -265,7 +341,7 @@ mod tests {
             given("T14", "Harry", "下一个问题？"),
         ];
         hosts_elsewhere[0].relevance = Some(1.0);
-        let host_named = CitationGuard::new(&hosts_elsewhere, Some("Harry"));
+        let host_named = CitationGuard::new(&hosts_elsewhere, Some("Harry"), 0.0);
         assert_eq!(
             host_named.continuations("- [T"),
             Some(vec!["12]".to_string()])
@@ -273,8 +349,56 @@ mod tests {
 
         // The index's order alone does not lead.
         turns[0].relevance = None;
-        let unjudged = CitationGuard::new(&turns, None);
+        let unjudged = CitationGuard::new(&turns, None, 0.0);
         assert_eq!(unjudged.continuations("- [T").map(|c| c.len()), Some(4));
+    }
+
+    #[test]
+    fn each_exchange_judged_to_answer_is_owed_a_bullet() {
+        let mut turns = [
+            given("T15", "Harry", "问题？"),
+            given("T16", "Sam", "回答。"),
+            given("T13", "Sam", "另一个回答。"),
+            given("T12", "Harry", "上一个问题？"),
+            given("T30", "Sam", "无关的回答。"),
+        ];
+        turns[0].relevance = Some(2.0);
+        turns[1].partner_of = Some("T15".into());
+        turns[2].relevance = Some(0.5);
+        turns[3].partner_of = Some("T13".into());
+        turns[4].relevance = Some(0.1);
+        let mut guard = CitationGuard::new(&turns, Some("Sam"), 0.25);
+        assert_eq!(guard.next_owed_bullet("No citation."), None);
+        let reply = "- [T16] \"回答。\" ok";
+        let opened = guard
+            .next_owed_bullet(reply)
+            .expect("T13's exchange is owed");
+        assert_eq!(opened, "\n- [T");
+        let reply = format!("{reply}{opened}");
+        assert_eq!(
+            guard.continuations(&reply),
+            Some(vec!["13]".to_string()]),
+            "the named speaker's turn of the owed exchange, not T30"
+        );
+        let reply = format!("{reply}13] \"另一个回答。\" and\n");
+        assert_eq!(
+            guard.continuations(&format!("{reply}- [T3")),
+            Some(vec!["0]".to_string()])
+        );
+        assert_eq!(
+            guard.next_owed_bullet(&reply),
+            None,
+            "every owed exchange is cited"
+        );
+
+        let mut one_exchange = CitationGuard::new(&turns[..2], None, 0.25);
+        one_exchange
+            .owed
+            .iter()
+            .for_each(|o| assert_eq!(o, &["15", "16"]));
+        assert_eq!(one_exchange.next_owed_bullet("- [T15] ok"), None);
+        turns[0].relevance = None;
+        assert!(CitationGuard::new(&turns[..2], None, 0.0).owed.is_empty());
     }
 
     #[test]
@@ -285,7 +409,7 @@ mod tests {
             similarity: 0.9,
         }];
         let turns = [turn];
-        let mut steer = AnswerSteer::new(&turns, None, true);
+        let mut steer = AnswerSteer::new(&turns, None, 0.0, true);
         let opened = "Answered: yes\n- [T4] \"";
         let filled = steer.insert(opened).expect("a quotation");
         let reply = format!("{opened}{filled}");

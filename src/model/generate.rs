@@ -132,6 +132,11 @@ pub trait Steer {
     fn next(&self, _reply: &str) -> Option<Next> {
         None
     }
+
+    /// Text to go on with where the model ends the reply; `None` lets it end.
+    fn instead_of_end(&mut self, _reply: &str) -> Option<String> {
+        None
+    }
 }
 
 /// A steer's limit on the next token.
@@ -213,41 +218,48 @@ pub fn continue_generation(
     let mut step: Vec<u32> = Vec::new();
     let decode_start = Instant::now();
     let stop = loop {
-        if model.is_stop_token(next) {
-            break StopReason::EndOfTurn;
-        }
         step.clear();
-        step.push(next);
-        generated.push(next);
-        sampled.push(next);
-        if let Some(piece) = stream.push(next, |t| model.decode(t))? {
-            if text.push(&piece, on_text) {
-                break StopReason::StopSequence;
-            }
-            // Consulted only when the text has grown, so that one opening is steered once.
-            if let Some(steered) = steer.insert(text.so_far()) {
-                let mut tokens = model.encode(&steered)?;
-                let room = config.max_new_tokens.saturating_sub(generated.len());
-                let shown = if tokens.len() > room {
-                    tokens.truncate(room);
-                    model.decode(&tokens)?
-                } else {
-                    steered
-                };
-                generated.extend_from_slice(&tokens);
-                step.extend_from_slice(&tokens);
-                if text.push(&shown, on_text) {
+        if model.is_stop_token(next) {
+            if let Some(rest) = stream.finish(|t| model.decode(t))? {
+                if text.push(&rest, on_text) {
                     break StopReason::StopSequence;
                 }
             }
+            let Some(more) = steer
+                .instead_of_end(text.so_far())
+                .filter(|more| !more.is_empty())
+            else {
+                break StopReason::EndOfTurn;
+            };
+            let (gen, step) = (&mut generated, &mut step);
+            if put_steered(model, more, config, gen, step, &mut text, on_text)? {
+                break StopReason::StopSequence;
+            }
+        } else {
+            step.push(next);
+            generated.push(next);
+            sampled.push(next);
+            if let Some(piece) = stream.push(next, |t| model.decode(t))? {
+                if text.push(&piece, on_text) {
+                    break StopReason::StopSequence;
+                }
+                // Consulted only when the text has grown, so that one opening is steered once.
+                if let Some(steered) = steer.insert(text.so_far()) {
+                    let (gen, step) = (&mut generated, &mut step);
+                    if put_steered(model, steered, config, gen, step, &mut text, on_text)? {
+                        break StopReason::StopSequence;
+                    }
+                }
+            }
         }
-        if generated.len() >= config.max_new_tokens {
+        if step.is_empty() || generated.len() >= config.max_new_tokens {
             break StopReason::TokenLimit;
         }
         let step_start = Instant::now();
         let logits = model.forward(&step, context + generated.len() - step.len())?;
-        if step.len() > 1 {
-            steered_tokens += step.len() - 1;
+        let steered_now = step.len() - usize::from(!model.is_stop_token(next));
+        if steered_now > 0 {
+            steered_tokens += steered_now;
             steer_time += step_start.elapsed();
         }
         let mask = token_limit(model, steer, text.so_far())?;
@@ -271,6 +283,31 @@ pub fn continue_generation(
 }
 
 /// The tokens `steer` allows next, or rules out.
+/// Puts `steered` into the reply as if the model had written it, cut to the room `config` leaves:
+/// into the reply's tokens, the tokens the model reads next, and the text. True when it completes
+/// a stop sequence.
+fn put_steered(
+    model: &Model,
+    steered: String,
+    config: &SamplingConfig,
+    generated: &mut Vec<u32>,
+    step: &mut Vec<u32>,
+    text: &mut StopScan,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<bool, ModelError> {
+    let mut tokens = model.encode(&steered)?;
+    let room = config.max_new_tokens.saturating_sub(generated.len());
+    let shown = if tokens.len() > room {
+        tokens.truncate(room);
+        model.decode(&tokens)?
+    } else {
+        steered
+    };
+    generated.extend_from_slice(&tokens);
+    step.extend_from_slice(&tokens);
+    Ok(text.push(&shown, on_text))
+}
+
 fn token_limit(model: &Model, steer: &dyn Steer, reply: &str) -> Result<Mask, ModelError> {
     let first_tokens = |texts: &[&str]| -> Result<Vec<u32>, ModelError> {
         let mut tokens = Vec::with_capacity(texts.len());
