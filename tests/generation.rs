@@ -308,16 +308,19 @@ fn a_steer_can_go_on_where_the_model_would_end() {
         Behaviour::AlwaysEmit(common::im_end_id()),
     ));
     let prompt = model.encode("<|im_start|>user\nhello<|im_end|>\n").unwrap();
-    let ready = prefilled(&mut model, &prompt);
+    let go_on_twice = |model: &mut Model, max_new_tokens: usize, streamed: &mut String| {
+        let ready = prefilled(model, &prompt);
+        continue_generation(
+            model,
+            ready,
+            &unpenalized(max_new_tokens),
+            &mut |t| streamed.push_str(t),
+            &mut GoOn { times: 2 },
+        )
+        .unwrap()
+    };
     let mut streamed = String::new();
-    let went_on = continue_generation(
-        &mut model,
-        ready,
-        &unpenalized(16),
-        &mut |t| streamed.push_str(t),
-        &mut GoOn { times: 2 },
-    )
-    .unwrap();
+    let went_on = go_on_twice(&mut model, 16, &mut streamed);
     assert_eq!(went_on.text, "abab");
     assert_eq!(streamed, went_on.text);
     let ab = model.encode("ab").unwrap();
@@ -326,15 +329,7 @@ fn a_steer_can_go_on_where_the_model_would_end() {
     assert_eq!(went_on.stop, StopReason::EndOfTurn);
 
     // Text past the token limit is cut there.
-    let ready = prefilled(&mut model, &prompt);
-    let cut = continue_generation(
-        &mut model,
-        ready,
-        &unpenalized(1),
-        &mut |_| {},
-        &mut GoOn { times: 2 },
-    )
-    .unwrap();
+    let cut = go_on_twice(&mut model, 1, &mut String::new());
     assert_eq!(cut.tokens.len(), 1);
     assert_eq!(cut.stop, StopReason::TokenLimit);
 }

@@ -219,7 +219,8 @@ pub fn continue_generation(
     let decode_start = Instant::now();
     let stop = loop {
         step.clear();
-        if model.is_stop_token(next) {
+        let ended = model.is_stop_token(next);
+        if ended {
             if let Some(rest) = stream.finish(|t| model.decode(t))? {
                 if text.push(&rest, on_text) {
                     break StopReason::StopSequence;
@@ -257,7 +258,8 @@ pub fn continue_generation(
         }
         let step_start = Instant::now();
         let logits = model.forward(&step, context + generated.len() - step.len())?;
-        let steered_now = step.len() - usize::from(!model.is_stop_token(next));
+        // Where the model ended, every token of the step is the steer's.
+        let steered_now = step.len() - usize::from(!ended);
         if steered_now > 0 {
             steered_tokens += steered_now;
             steer_time += step_start.elapsed();
@@ -282,7 +284,6 @@ pub fn continue_generation(
     })
 }
 
-/// The tokens `steer` allows next, or rules out.
 /// Puts `steered` into the reply as if the model had written it, cut to the room `config` leaves:
 /// into the reply's tokens, the tokens the model reads next, and the text. True when it completes
 /// a stop sequence.
@@ -308,6 +309,7 @@ fn put_steered(
     Ok(text.push(&shown, on_text))
 }
 
+/// The tokens `steer` allows next, or rules out.
 fn token_limit(model: &Model, steer: &dyn Steer, reply: &str) -> Result<Mask, ModelError> {
     let first_tokens = |texts: &[&str]| -> Result<Vec<u32>, ModelError> {
         let mut tokens = Vec::with_capacity(texts.len());
