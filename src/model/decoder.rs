@@ -233,11 +233,21 @@ impl Projection {
 /// several times slower. Q8_0 matrices whose width is not a multiple of 256 (SmolLM2's 576,
 /// Qwen2.5-0.5B's 896) therefore get zero columns up to the next multiple, and their inputs zeros
 /// to match: zero columns add nothing to the products.
+///
+/// Inputs of fewer than [`FEW_ROWS`] rows (decoding) go to tqa's own kernels on the same blocks
+/// where they run: candle's tiles read more bytes than the blocks they were made from.
 struct CandleProjection {
     matmul: QMatMul,
     weight: Arc<QTensor>,
     padding: usize,
+    few_rows: Option<QuantMatrix>,
 }
+
+/// Below this many rows tqa's own kernels are faster than candle's repacked ones on the CPUs
+/// where candle's are used for prompts (AVX-512 VNNI): `tqa bench --prefill 1,2,4,8,16` on the
+/// 1.5B model, own / candle's, 27.1 / 16.3, 31.8 / 28.3, 59.7 / 47.3, 62.1 / 69.0 tok/s; on
+/// SmolLM2 (own kernels on its Q4_1 blocks) 114 / 88, 123 / 117, 177 / 192 tok/s at 1, 2, 4.
+const FEW_ROWS: usize = 4;
 
 impl CandleProjection {
     fn new(weight: Arc<QTensor>) -> Result<Self> {
@@ -249,6 +259,7 @@ impl CandleProjection {
         };
         Ok(Self {
             matmul: QMatMul::from_arc(weight.clone())?,
+            few_rows: QuantMatrix::for_few_rows(QuantBytes::of_tensor(weight.clone())?)?,
             weight,
             padding,
         })
@@ -267,11 +278,15 @@ impl CandleProjection {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.padding == 0 {
-            return self.matmul.forward(x);
+        let x = if self.padding == 0 {
+            x.clone()
+        } else {
+            x.pad_with_zeros(D::Minus1, 0, self.padding)?
+        };
+        match &self.few_rows {
+            Some(own) if x.elem_count() < FEW_ROWS * x.dim(D::Minus1)? => own.forward(&x),
+            _ => self.matmul.forward(&x),
         }
-        self.matmul
-            .forward(&x.pad_with_zeros(D::Minus1, 0, self.padding)?)
     }
 }
 
@@ -970,22 +985,36 @@ mod tests {
             .unwrap()
     }
 
-    /// The shapes of SmolLM2 (width 576) and Qwen2.5-0.5B (width 896), for one token and for a
-    /// prompt chunk. Both paths round the activations to 8 bits (in blocks of different sizes),
-    /// so each is held to the float product of the dequantized weights, within 2% of its range.
+    /// The Q8_0 shapes of SmolLM2 (width 576) and Qwen2.5-0.5B (width 896), and the 1.5B
+    /// model's k-quants (width 1536), for decoding (own kernels, where they run), a few tokens
+    /// either side of `FEW_ROWS`, and a prompt chunk. All paths round the activations to 8 bits
+    /// (in blocks of different sizes), so each is held to the float product of the dequantized
+    /// weights, within 2% of its range.
     #[test]
-    fn padded_projections_compute_the_product_of_the_unpadded_matrix() {
+    fn candle_projections_compute_the_product_of_the_unpadded_matrix() {
         let device = Device::Cpu;
-        for (rows, width) in [(896, 896), (128, 896), (4864, 896), (576, 576), (1536, 576)] {
+        let q8 = GgmlDType::Q8_0;
+        for (dtype, rows, width) in [
+            (q8, 896, 896),
+            (q8, 128, 896),
+            (q8, 4864, 896),
+            (q8, 576, 576),
+            (q8, 1536, 576),
+            (GgmlDType::Q4K, 256, 1536),
+            (GgmlDType::Q6K, 256, 1536),
+        ] {
             let weight = Tensor::randn(0f32, 0.05, (rows, width), &device).unwrap();
-            let quantized = Arc::new(QTensor::quantize(&weight, GgmlDType::Q8_0).unwrap());
+            let quantized = Arc::new(QTensor::quantize(&weight, dtype).unwrap());
             let exact_weight = quantized.dequantize(&device).unwrap();
             let plain = QMatMul::from_arc(quantized.clone()).unwrap();
             let projection = CandleProjection::new(quantized).unwrap();
             if has_int8_dot_product_instructions() {
-                assert_eq!(projection.padding, width.next_multiple_of(256) - width);
+                assert!(projection.few_rows.is_some());
+                if dtype == q8 {
+                    assert_eq!(projection.padding, width.next_multiple_of(256) - width);
+                }
             }
-            for tokens in [1, 37] {
+            for tokens in [1, FEW_ROWS - 1, FEW_ROWS, 37] {
                 let x = Tensor::randn(0f32, 1.0, (tokens, width), &device).unwrap();
                 let exact = x.matmul(&exact_weight.t().unwrap()).unwrap();
                 let tolerance = 0.02 * max_abs(&exact);
@@ -996,7 +1025,7 @@ mod tests {
                     let error = max_abs(&(got - &exact).unwrap());
                     assert!(
                         error < tolerance,
-                        "{path} {rows}x{width}, {tokens} tokens: off by {error} (tolerance {tolerance})"
+                        "{path} {dtype:?} {rows}x{width}, {tokens} tokens: off by {error} (tolerance {tolerance})"
                     );
                 }
             }

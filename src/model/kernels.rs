@@ -10,6 +10,9 @@
 //! original as well: the default model took twice its file's size in memory, and seconds of
 //! repacking at load. These kernels read the blocks where they lie.
 //!
+//! With AVX-512 VNNI or AVX-VNNI, candle's repacked kernels compute prompts faster than these,
+//! but they read more bytes per token than the blocks hold: there these kernels decode.
+//!
 //! Every format is read as groups of 32 values. Q4_1 and Q5_0 blocks are one group,
 //! `value = d * q + m` with an unsigned q (Q4_1: 4 bits and its own `m`; Q5_0: 5 bits and
 //! `m = -16 d`); Q8_0 is `d * q` with a signed q. The activations are quantized to 8 bits per
@@ -125,8 +128,10 @@ impl Acts {
     }
 }
 
-/// Whether tqa uses these kernels on this CPU: it runs them (see [`runs_here`]) and has no int8
-/// dot-product instructions, with which candle's kernels on Q8_0 copies are the faster path.
+/// Whether tqa uses these kernels on this CPU for every product: it runs them (see
+/// [`runs_here`]) and has no int8 dot-product instructions, with which candle's kernels on
+/// repacked copies compute prompts faster; there these compute only a few rows at a time
+/// ([`QuantMatrix::for_few_rows`]).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -137,6 +142,16 @@ pub fn available() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
+    }
+}
+
+/// Which kernels compute the products on this CPU, for the names of cache entries: each path
+/// rounds differently, and a greedy answer must repeat.
+pub fn path() -> &'static str {
+    match (available(), runs_here()) {
+        (true, _) => "own",
+        (false, true) => "candle-prompts-own-decoding",
+        (false, false) => "candle",
     }
 }
 
@@ -194,6 +209,14 @@ impl QuantMatrix {
             return Ok(None);
         }
         Self::on_any_avx2_cpu(parts)
+    }
+
+    /// `weight` for these kernels wherever they run, whether or not tqa prefers them there for
+    /// prompts: with int8 dot-product instructions, candle's repacked kernels compute prompts
+    /// faster, but these read the blocks where they lie and decode faster (see the decoder's
+    /// `FEW_ROWS`).
+    pub fn for_few_rows(weight: QuantBytes) -> Result<Option<Self>> {
+        Self::on_any_avx2_cpu(vec![weight])
     }
 
     /// [`QuantMatrix::stacked`] wherever the kernels run, whether or not tqa prefers them there.

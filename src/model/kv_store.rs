@@ -27,9 +27,9 @@ pub type Entries = Vec<(Tensor, Tensor)>;
 pub struct KvStore {
     /// Where prefixes are written; `None` keeps them in memory only.
     dir: Option<PathBuf>,
-    /// Identifies the model file and the device, so that another model never reads these
-    /// entries, and a GPU never reads what the CPU computed (their last bits differ, and a greedy
-    /// answer must repeat on each).
+    /// Identifies the model file, the device and the CPU's kernels, so that another model never
+    /// reads these entries, and neither a GPU nor a CPU of another kind reads what this one
+    /// computed (their last bits differ, and a greedy answer must repeat on each).
     model_id: String,
     /// `cache::code_digest` of [`COMPUTED_BY`], hashed once rather than for every entry looked up.
     code: Vec<u8>,
@@ -42,7 +42,12 @@ impl KvStore {
     pub fn new(dir: Option<PathBuf>, model_path: &Path, device: &Device) -> Self {
         Self {
             dir,
-            model_id: format!("{}|{:?}", model_identity(model_path), device.location()),
+            model_id: format!(
+                "{}|{:?}|{}",
+                model_identity(model_path),
+                device.location(),
+                super::kernels::path()
+            ),
             code: crate::cache::code_digest(COMPUTED_BY),
             memory: Vec::new(),
         }
