@@ -259,7 +259,7 @@ impl CandleProjection {
         };
         Ok(Self {
             matmul: QMatMul::from_arc(weight.clone())?,
-            few_rows: QuantMatrix::for_few_rows(QuantBytes::of_tensor(weight.clone())?)?,
+            few_rows: QuantMatrix::new(weight.clone())?,
             weight,
             padding,
         })

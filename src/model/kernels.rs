@@ -131,7 +131,7 @@ impl Acts {
 /// Whether tqa uses these kernels on this CPU for every product: it runs them (see
 /// [`runs_here`]) and has no int8 dot-product instructions, with which candle's kernels on
 /// repacked copies compute prompts faster; there these compute only a few rows at a time
-/// ([`QuantMatrix::for_few_rows`]).
+/// ([`QuantMatrix::new`]), and Q6_K's ([`prefers`]).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -143,6 +143,16 @@ pub fn available() -> bool {
     {
         false
     }
+}
+
+/// Whether tqa computes every product of `dtype` with these kernels on this CPU: everywhere they
+/// are [`available`], and for Q6_K also where candle's kernels take the other types' prompts.
+/// candle's repacked Q6_K tiles hold 1.5× the bytes of the blocks and gave prompts no speed
+/// there: the 1.5B model (Q6_K in its output matrix and half its v and down projections), `tqa
+/// bench --prefill 512`, two interleaved rounds, candle's / own for Q6_K: 108.1 / 108.8 and
+/// 103.7 / 108.4 tok/s, peak 2,260 / 2,031 MiB.
+pub fn prefers(dtype: GgmlDType) -> bool {
+    handles(dtype) && (available() || (runs_here() && dtype == GgmlDType::Q6K))
 }
 
 /// Which kernels compute the products on this CPU, for the names of cache entries: each path
@@ -157,7 +167,7 @@ pub fn path() -> &'static str {
 
 /// Whether this CPU can run these kernels at all: without AVX2 there is no byte product to build
 /// on.
-fn runs_here() -> bool {
+pub fn runs_here() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx2")
@@ -195,28 +205,24 @@ struct WorkItem {
 }
 
 impl QuantMatrix {
-    /// `weight` for these kernels, or `None` when they do not take it (another block type, not a
-    /// matrix, or a CPU where tqa does not use them).
+    /// `weight` for these kernels wherever they run, whether or not tqa prefers them there for
+    /// every product (see [`prefers`]): with int8 dot-product instructions candle's repacked
+    /// kernels compute prompts faster, but these read the blocks where they lie and decode
+    /// faster (see the decoder's `FEW_ROWS`). `None` when they do not take it (another block
+    /// type, not a matrix, a CPU without AVX2).
     pub fn new(weight: Arc<QTensor>) -> Result<Option<Self>> {
-        Self::stacked(vec![QuantBytes::of_tensor(weight)?])
+        Self::on_any_avx2_cpu(vec![QuantBytes::of_tensor(weight)?])
     }
 
     /// The matrices `parts`, which read the same input, stacked one under another: their
-    /// products with an input come in one pass, the input quantized once; or `None` as in
-    /// [`QuantMatrix::new`], or when the parts differ in block type or width.
+    /// products with an input come in one pass, the input quantized once; or `None` where tqa
+    /// does not prefer these kernels for their block type (see [`prefers`]), or when the parts
+    /// differ in block type or width.
     pub fn stacked(parts: Vec<QuantBytes>) -> Result<Option<Self>> {
-        if !available() {
+        if !parts.iter().all(|p| prefers(p.dtype())) {
             return Ok(None);
         }
         Self::on_any_avx2_cpu(parts)
-    }
-
-    /// `weight` for these kernels wherever they run, whether or not tqa prefers them there for
-    /// prompts: with int8 dot-product instructions, candle's repacked kernels compute prompts
-    /// faster, but these read the blocks where they lie and decode faster (see the decoder's
-    /// `FEW_ROWS`).
-    pub fn for_few_rows(weight: QuantBytes) -> Result<Option<Self>> {
-        Self::on_any_avx2_cpu(vec![weight])
     }
 
     /// [`QuantMatrix::stacked`] wherever the kernels run, whether or not tqa prefers them there.
@@ -419,7 +425,7 @@ unsafe fn rows_product(
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (format, weights, n, acts, m, store);
-        unreachable!("QuantMatrix is built only where `available()` holds")
+        unreachable!("QuantMatrix is built only where `runs_here()` holds")
     }
 }
 

@@ -18,11 +18,10 @@ const SLOW_TYPES: [GgmlDType; 3] = [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType:
 /// Whether any tensor of `content` uses a type that neither candle nor tqa's own kernels run
 /// fast on this CPU, so that [`write_optimized_copy`] is worth it.
 pub fn has_slow_tensors(content: &gguf_file::Content) -> bool {
-    let own_kernels = super::kernels::available();
-    content.tensor_infos.values().any(|t| {
-        SLOW_TYPES.contains(&t.ggml_dtype)
-            && !(own_kernels && super::kernels::handles(t.ggml_dtype))
-    })
+    content
+        .tensor_infos
+        .values()
+        .any(|t| SLOW_TYPES.contains(&t.ggml_dtype) && !super::kernels::prefers(t.ggml_dtype))
 }
 
 /// Path of the converted copy of `source` inside `dir`, named after the source file, its size
