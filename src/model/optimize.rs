@@ -42,6 +42,48 @@ pub fn optimized_path(source: &Path, dir: &Path) -> Result<PathBuf, ModelError> 
     Ok(dir.join(format!("{stem}.{len}.{code}.q8_0.gguf")))
 }
 
+/// Whether `name` is a copy of the source named `stem` in [`optimized_path`]'s form, of any
+/// source size and conversion code.
+fn is_copy_of(name: &str, stem: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix(stem)
+        .and_then(|r| r.strip_prefix('.'))
+        .and_then(|r| r.strip_suffix(".q8_0.gguf"))
+    else {
+        return false;
+    };
+    let Some((len, code)) = rest.split_once('.') else {
+        return false;
+    };
+    !len.is_empty()
+        && len.chars().all(|c| c.is_ascii_digit())
+        && code.len() == 32
+        && code.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Deletes the other copies of `target`'s source beside it: those of a replaced source or of
+/// another build's conversion, which no load of this build reads again (hundreds of MB each).
+/// Best effort: a copy that cannot be deleted only takes disk space.
+fn remove_stale_copies(target: &Path, stem: &str) {
+    let Some(dir) = target.parent() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let stale = path != target
+            && path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| is_copy_of(n, stem));
+        if stale {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// Writes a copy of the GGUF at `source` to `target` with every slow-kernel tensor re-quantized
 /// to Q8_0; metadata and all other tensors are copied as they are. Written to a temporary file
 /// and renamed, so an interrupted conversion leaves nothing half-written behind.
@@ -76,7 +118,11 @@ pub fn write_optimized_copy(source: &Path, target: &Path) -> Result<(), ModelErr
     let mut out = BufWriter::new(File::create(&tmp).map_err(io(&tmp))?);
     gguf_file::write(&mut out, &metadata, &tensor_refs)?;
     drop(out);
-    std::fs::rename(&tmp, target).map_err(io(target))
+    std::fs::rename(&tmp, target).map_err(io(target))?;
+    if let Some(stem) = source.file_stem().and_then(|s| s.to_str()) {
+        remove_stale_copies(target, stem);
+    }
+    Ok(())
 }
 
 fn requantize(tensor: QTensor) -> Result<QTensor, ModelError> {
@@ -95,6 +141,28 @@ fn requantize(tensor: QTensor) -> Result<QTensor, ModelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_copies_of_the_same_source_are_stale() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let code = "0123456789abcdef0123456789abcdef";
+        let current = dir.path().join(format!("model.Q4_1.98.{code}.q8_0.gguf"));
+        let names = [
+            format!("model.Q4_1.97.{code}.q8_0.gguf"),
+            format!("model.Q4_1.98.{}.q8_0.gguf", "f".repeat(32)),
+            format!("model.Q4_1.v2.98.{code}.q8_0.gguf"),
+            format!("other.98.{code}.q8_0.gguf"),
+            "model.Q4_1.98.notes.txt".to_string(),
+        ];
+        for name in &names {
+            std::fs::write(dir.path().join(name), b"x").expect("write");
+        }
+        std::fs::write(&current, b"x").expect("write");
+        remove_stale_copies(&current, "model.Q4_1");
+        let left: Vec<bool> = names.iter().map(|n| dir.path().join(n).exists()).collect();
+        assert_eq!(left, [false, false, true, true, true]);
+        assert!(current.exists());
+    }
 
     #[test]
     fn a_replaced_source_or_other_conversion_code_gets_another_copy() {
