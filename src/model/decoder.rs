@@ -298,22 +298,9 @@ fn padding_for_fast_kernels(weight: &QTensor) -> Result<usize> {
     let worth_it = padding > 0
         && weight.dtype() == GgmlDType::Q8_0
         && weight.device().is_cpu()
-        && has_int8_dot_product_instructions();
+        // Without them candle has no fast Q8_0 kernel, and padding would only add work.
+        && kernels::has_int8_dot_products();
     Ok(if worth_it { padding } else { 0 })
-}
-
-/// candle runs Q8_0 through its repacked kernels only with AVX-512 VNNI or AVX-VNNI; without
-/// them padding would only add work.
-fn has_int8_dot_product_instructions() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
-            || is_x86_feature_detected!("avxvnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// Appends `padding` zero columns to a row-major quantized matrix. A block of zero bytes is a
@@ -1008,7 +995,7 @@ mod tests {
             let exact_weight = quantized.dequantize(&device).unwrap();
             let plain = QMatMul::from_arc(quantized.clone()).unwrap();
             let projection = CandleProjection::new(quantized).unwrap();
-            if has_int8_dot_product_instructions() {
+            if kernels::has_int8_dot_products() {
                 assert!(projection.few_rows.is_some());
                 if dtype == q8 {
                     assert_eq!(projection.padding, width.next_multiple_of(256) - width);

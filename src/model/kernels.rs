@@ -133,11 +133,16 @@ impl Acts {
 /// repacked copies compute prompts faster; there these compute only a few rows at a time
 /// ([`QuantMatrix::new`]), and Q6_K's ([`prefers`]).
 pub fn available() -> bool {
+    runs_here() && !has_int8_dot_products()
+}
+
+/// Whether this CPU has AVX-512 VNNI or AVX-VNNI, with which candle runs Q4_K and Q8_0 through
+/// its repacked kernels.
+pub fn has_int8_dot_products() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        let vnni = (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
-            || is_x86_feature_detected!("avxvnni");
-        runs_here() && !vnni
+        (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
+            || is_x86_feature_detected!("avxvnni")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
