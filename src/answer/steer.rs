@@ -314,9 +314,10 @@ mod tests {
         assert_eq!(nobody_named_is_given.numbers, anyone.numbers);
     }
 
-    #[test]
-    fn a_judged_rankings_first_citation_is_in_its_best_exchange() {
-        let mut turns = [
+    /// Two judged exchanges as ranking gives them: T15's question (judged 2.0) with T16's
+    /// answer, and T13's answer (judged 0.5) with T12's question.
+    fn two_judged_exchanges() -> Vec<Retrieved> {
+        let mut turns = vec![
             given("T15", "Harry", "问题？"),
             given("T16", "Sam", "回答。"),
             given("T13", "Sam", "另一个回答。"),
@@ -326,6 +327,12 @@ mod tests {
         turns[1].partner_of = Some("T15".into());
         turns[2].relevance = Some(0.5);
         turns[3].partner_of = Some("T13".into());
+        turns
+    }
+
+    #[test]
+    fn a_judged_rankings_first_citation_is_in_its_best_exchange() {
+        let mut turns = two_judged_exchanges();
         let guard = CitationGuard::new(&turns, None, 0.0);
         let first = guard.continuations("Answered: yes\n- [T");
         assert_eq!(first, Some(vec!["15]".to_string(), "16]".to_string()]));
@@ -355,18 +362,10 @@ mod tests {
 
     #[test]
     fn each_exchange_judged_to_answer_is_owed_a_bullet() {
-        let mut turns = [
-            given("T15", "Harry", "问题？"),
-            given("T16", "Sam", "回答。"),
-            given("T13", "Sam", "另一个回答。"),
-            given("T12", "Harry", "上一个问题？"),
-            given("T30", "Sam", "无关的回答。"),
-        ];
-        turns[0].relevance = Some(2.0);
-        turns[1].partner_of = Some("T15".into());
-        turns[2].relevance = Some(0.5);
-        turns[3].partner_of = Some("T13".into());
-        turns[4].relevance = Some(0.1);
+        let mut turns = two_judged_exchanges();
+        let mut unrelated = given("T30", "Sam", "无关的回答。");
+        unrelated.relevance = Some(0.1);
+        turns.push(unrelated);
         let mut guard = CitationGuard::new(&turns, Some("Sam"), 0.25);
         assert_eq!(guard.next_owed_bullet("No citation."), None);
         let reply = "- [T16] \"回答。\" ok";
