@@ -51,18 +51,25 @@ pub fn write_floats(
     dims: &[usize],
     values: &[f32],
 ) -> std::io::Result<()> {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let floats: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut bytes = magic.to_vec();
+    for &d in dims {
+        bytes.extend((d as u32).to_le_bytes());
+    }
+    bytes.extend(&floats);
+    bytes.extend(Sha256::digest(&floats));
+    write_bytes(path, &bytes)
+}
+
+/// Writes `bytes` to a temporary file and renames it into place, so that a crash never leaves
+/// half a file under `path`.
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = unique_temp_sibling(path);
     let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(magic)?;
-    for &d in dims {
-        file.write_all(&(d as u32).to_le_bytes())?;
-    }
-    file.write_all(&bytes)?;
-    file.write_all(&Sha256::digest(&bytes))?;
+    file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
 }

@@ -3,21 +3,10 @@ mod common;
 
 use common::Behaviour;
 use tqa::model::generate::{continue_generation, Next, Prefilled, Steer};
-use tqa::model::{generate, Model, ModelError, ModelSource, SamplingConfig, StopReason};
+use tqa::model::{generate, Model, ModelError, SamplingConfig, StopReason};
 
 fn load(path: &std::path::Path) -> Model {
-    let source = ModelSource {
-        name: "tiny".into(),
-        path: path.to_path_buf(),
-        tokenizer_json: None,
-        chat_template: None,
-        optimize: false,
-        min_answered_log_odds: 0.0,
-        min_answered_log_odds_reused_turns: 0.0,
-        min_rerank_relevance: 0.0,
-        prefix_cache: None,
-    };
-    Model::load(&source, &common::test_device()).unwrap()
+    common::load_model(path)
 }
 
 /// Greedy decoding without the repeat penalty, so that what follows a steer can be compared with
@@ -151,24 +140,13 @@ fn truncated_and_foreign_files_are_refused_with_a_reason() {
     let bytes = std::fs::read(&path).unwrap();
     let cut = dir.path().join("cut.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    let source = |p: &std::path::Path| ModelSource {
-        name: "x".into(),
-        path: p.to_path_buf(),
-        tokenizer_json: None,
-        chat_template: None,
-        optimize: false,
-        min_answered_log_odds: 0.0,
-        min_answered_log_odds_reused_turns: 0.0,
-        min_rerank_relevance: 0.0,
-        prefix_cache: None,
-    };
-    let err = Model::load(&source(&cut), &candle_core::Device::Cpu)
+    let err = Model::load(&common::model_source(&cut), &candle_core::Device::Cpu)
         .err()
         .unwrap();
     assert!(matches!(err, ModelError::Truncated { .. }), "{err}");
     let text = dir.path().join("notes.gguf");
     std::fs::write(&text, "definitely not a model").unwrap();
-    let err = Model::load(&source(&text), &candle_core::Device::Cpu)
+    let err = Model::load(&common::model_source(&text), &candle_core::Device::Cpu)
         .err()
         .unwrap();
     assert!(matches!(err, ModelError::NotGguf { .. }), "{err}");

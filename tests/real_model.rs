@@ -5,8 +5,9 @@ use std::process::Command;
 
 fn ask_json(question: &str) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_tqa"))
-        // SmolLM2 reads no Chinese and judges every Chinese turn not to answer; this test is about
-        // the llama path through the loop, so its verdict is not applied.
+        // SmolLM2 reads no Chinese: it judges every Chinese turn not to answer, and cannot
+        // translate the turns. This test is about the llama path through the loop, so its
+        // verdict is not applied and the turns are searched as they are.
         .args([
             "ask",
             question,
@@ -17,6 +18,7 @@ fn ask_json(question: &str) -> serde_json::Value {
             "--max-tokens",
             "48",
             "--no-judge",
+            "--no-translate-turns",
             "--json",
         ])
         .env("HF_HUB_OFFLINE", "1")

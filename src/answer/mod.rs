@@ -2,6 +2,7 @@
 
 pub mod rerank;
 mod steer;
+pub mod translate;
 
 pub use steer::PASSAGES_PER_QUOTE;
 
@@ -43,6 +44,11 @@ pub enum AnswerError {
     Model(#[from] ModelError),
     #[error("retrieval failed: {0}")]
     Retrieval(#[from] DenseError),
+    #[error("cannot write the translation cache {path}: {source}. Set TQA_CACHE_DIR to a writable folder")]
+    CacheWrite {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Longest stretch of one turn put into the prompt. Prefill time grows with every token, and the
@@ -75,6 +81,8 @@ pub struct Prompts {
     /// What the user sees when the model judges that the excerpts do not answer the question.
     pub refusal: PerLanguage,
     pub translate: String,
+    /// The instruction with which the model translates the transcript's turns (see [`translate`]).
+    pub translate_turn: String,
     pub rewrite: String,
     /// The instruction and the message with which the model judges one turn (see [`rerank`]).
     pub rerank_system: String,
@@ -95,6 +103,7 @@ impl Default for Prompts {
                 zh: text(include_str!("../../prompts/refusal-zh.txt")),
             },
             translate: text(include_str!("../../prompts/translate.txt")),
+            translate_turn: text(include_str!("../../prompts/translate-turn.txt")),
             rewrite: text(include_str!("../../prompts/rewrite.txt")),
             rerank_system: text(include_str!("../../prompts/rerank-system.txt")),
             rerank_user: text(include_str!("../../prompts/rerank-user.txt")),
@@ -136,6 +145,7 @@ impl Prompts {
                 zh: read("refusal-zh.txt")?,
             },
             translate: read("translate.txt")?,
+            translate_turn: read("translate-turn.txt")?,
             rewrite: read("rewrite.txt")?,
             rerank_system: read("rerank-system.txt")?,
             rerank_user: with_placeholders("rerank-user.txt", "{turn}")?,

@@ -6,7 +6,7 @@ use tqa::answer::rerank::DEFAULT_CANDIDATES;
 use tqa::answer::{self, AskOptions};
 use tqa::eval::{self, AnswerMetrics, RetrievalMetrics};
 
-use super::{prompts_from, ModelArgs, PipelineArgs, TranscriptArgs};
+use super::{prompts_from, with_english_turns, ModelArgs, PipelineArgs, TranscriptArgs};
 
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
@@ -35,6 +35,10 @@ pub struct EvalRetrievalArgs {
     /// as `tqa ask` does.
     #[arg(long, value_name = "N")]
     pub rerank: Option<Option<usize>>,
+    /// Also match the questions against the transcript's turns translated into English by the
+    /// answering model, as `tqa ask` does.
+    #[arg(long)]
+    pub translate_turns: bool,
     /// Read the prompt files from this folder instead of the built-in `prompts/`.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
@@ -164,9 +168,14 @@ async fn retrieval(args: EvalRetrievalArgs) -> anyhow::Result<()> {
             .map_or(0, |candidates| candidates.unwrap_or(DEFAULT_CANDIDATES)),
         ..AskOptions::default()
     };
-    let report = if options.translate || options.rerank > 0 {
+    let report = if options.translate || options.rerank > 0 || args.translate_turns {
         let mut model = args.model.load().await?;
         let prompts = prompts_from(args.prompts.as_deref())?;
+        let index = if args.translate_turns {
+            with_english_turns(index, &mut model, &prompts)?
+        } else {
+            index
+        };
         eval::evaluate_retrieval(&items, &mut |item| {
             let (_, ranking) =
                 answer::rank_turns(&index, &mut model, &prompts, &item.question, &options)?;

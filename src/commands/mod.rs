@@ -11,13 +11,15 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use tqa::answer::translate::translate_turns;
 use tqa::answer::{AnswerError, AskOptions, Prompts};
 use tqa::cache::default_cache_dir;
 use tqa::model::registry::Registry;
 use tqa::model::{self, DeviceChoice, Model, SamplingConfig};
 use tqa::retrieval::embed::Embedder;
-use tqa::retrieval::{DenseIndex, Index};
-use tqa::transcript::{self, Transcript};
+use tqa::retrieval::{DenseIndex, Index, Translation};
+use tqa::transcript::{self, Language, Transcript};
 
 pub use ask::AskArgs;
 pub use bench::BenchArgs;
@@ -61,6 +63,52 @@ impl TranscriptArgs {
     }
 }
 
+/// `index` with the turns of a transcript not in English translated into English by `model`
+/// (see `answer::translate`), beside the originals.
+pub fn with_english_turns(
+    index: Index,
+    model: &mut Model,
+    prompts: &Prompts,
+) -> anyhow::Result<Index> {
+    if index.language() == Language::En {
+        return Ok(index);
+    }
+    let cache_dir = default_cache_dir();
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")?
+            .progress_chars("=> "),
+    );
+    let turns = translate_turns(
+        model,
+        prompts,
+        index.turns(),
+        Language::En,
+        cache_dir.as_deref(),
+        &mut |done, total| {
+            if done == 0 {
+                eprintln!(
+                    "translating the transcript into English, once (cached for later runs; \
+                     --no-translate-turns skips it)…"
+                );
+                bar.set_length(total as u64);
+            }
+            bar.set_position(done as u64);
+        },
+    )?;
+    bar.finish_and_clear();
+    let dense = match index.dense() {
+        Some(dense) => Some(DenseIndex::build(
+            &turns,
+            dense.embedder(),
+            &Registry::builtin()?.embedder.package.sha256,
+            cache_dir.as_deref(),
+            &|| eprintln!("embedding the translated passages (once; cached for later runs)…"),
+        )?),
+        None => None,
+    };
+    Ok(index.with_translation(Translation::new(&turns, Language::En, dense)))
+}
+
 /// What the answering commands (ask, chat, eval answers) share: transcript, model and answer
 /// options.
 #[derive(Args, Debug, Clone)]
@@ -75,12 +123,17 @@ pub struct PipelineArgs {
 
 impl PipelineArgs {
     /// The index and the answering model, loaded side by side: the embedder's vocabulary and the
-    /// model's weights take about the same time to read, and neither waits for the other.
+    /// model's weights take about the same time to read, and neither waits for the other. Then
+    /// the model's English translation of the turns joins the index (see [`with_english_turns`]).
     pub async fn load(&self) -> anyhow::Result<(Index, Model)> {
         let transcript = self.transcript.clone();
         let index = tokio::task::spawn_blocking(move || transcript.index());
-        let model = self.model.load().await?;
+        let mut model = self.model.load().await?;
         let index = index.await.context("the index-building thread failed")??;
+        if self.answer.no_translate_turns {
+            return Ok((index, model));
+        }
+        let index = with_english_turns(index, &mut model, &self.answer.prompts()?)?;
         Ok((index, model))
     }
 }
@@ -138,6 +191,11 @@ pub struct AnswerArgs {
     /// language (or into English, for a question in the transcript's language).
     #[arg(long)]
     pub no_translate: bool,
+    /// Match questions against the transcript's own turns only, without their English
+    /// translation (a transcript not in English is translated by the answering model once, in
+    /// minutes, and the translation is cached).
+    #[arg(long)]
+    pub no_translate_turns: bool,
     /// Let the answering model judge the N best-ranked turns, each with its partner in the
     /// exchange, and re-order them before the best are picked: better turns, at one short prompt
     /// per exchange. Each exchange is computed once and cached, so later questions cost much less

@@ -109,6 +109,10 @@ impl DenseIndex {
         })
     }
 
+    pub fn embedder(&self) -> Arc<Embedder> {
+        Arc::clone(&self.embedder)
+    }
+
     /// Cosine similarity of the query with every passage of both splits.
     pub fn similarities(&self, query: &str) -> Result<Similarities, DenseError> {
         let q = self.embedder.embed(&[query], TextKind::Query)?;

@@ -68,6 +68,28 @@ pub struct Index {
     /// Each speaker with the terms of their name: "what did Altman say" names who spoke, not
     /// what about, so these terms select a speaker instead of matching text.
     speaker_terms: Vec<(String, Vec<String>)>,
+    /// The turns translated into another language, scored beside the originals.
+    translation: Option<Translation>,
+}
+
+/// The transcript's turns in another language (see `answer::translate`), indexed like the
+/// originals: a question then also meets each turn in the question's own language.
+pub struct Translation {
+    lexical: Bm25,
+    dense: Option<DenseIndex>,
+    language: Language,
+}
+
+impl Translation {
+    /// `turns` are the transcript's turns, in order, with translated texts; `dense` is a
+    /// [`DenseIndex`] built over them.
+    pub fn new(turns: &[Turn], language: Language, dense: Option<DenseIndex>) -> Self {
+        Self {
+            lexical: Bm25::build(turns.iter().map(|t| t.text.as_str())),
+            dense,
+            language,
+        }
+    }
 }
 
 impl Index {
@@ -89,7 +111,13 @@ impl Index {
             host,
             language: transcript.language(),
             speaker_terms,
+            translation: None,
         }
+    }
+
+    pub fn with_translation(mut self, translation: Translation) -> Self {
+        self.translation = Some(translation);
+        self
     }
 
     pub fn with_dense(mut self, dense: DenseIndex) -> Self {
@@ -103,6 +131,10 @@ impl Index {
 
     pub fn language(&self) -> Language {
         self.language
+    }
+
+    pub fn turns(&self) -> &[Turn] {
+        &self.turns
     }
 
     pub fn host(&self) -> Option<&str> {
@@ -162,24 +194,35 @@ impl Index {
         let mut rankings: Vec<(Vec<f32>, f32)> = Vec::new();
         let mut passage_similarities: Vec<f32> = Vec::new();
         for query in queries {
-            let terms = self.lexical.terms(query);
-            let content_terms: Vec<String> = terms
-                .into_iter()
-                .filter(|t| !self.speaker_terms.iter().any(|(_, name)| name.contains(t)))
-                .collect();
-            let lexical_weight = self.lexical.known_share(&content_terms);
-            rankings.push((self.lexical.scores(&content_terms), lexical_weight));
-            if let Some(dense) = &self.dense {
-                let similarities = dense.similarities(query)?;
-                let [passages, sentences] = dense.turn_scores(&similarities);
-                // Across languages the small embedder needs a passage's context: matched one
-                // sentence at a time, an English question's ranking got worse (README).
-                if Language::of(query) == self.language {
-                    rankings.push((passages, 0.5));
-                    rankings.push((sentences, 0.5));
-                } else {
-                    rankings.push((passages, 1.0));
+            let translation = self
+                .translation
+                .as_ref()
+                .filter(|t| t.language == Language::of(query));
+            // The wording meets the turns in its own language where there is such a view; the
+            // originals' passages are still compared with it, to find where a turn answers.
+            let similarities = match translation {
+                Some(t) => {
+                    self.rank_view(
+                        &t.lexical,
+                        t.dense.as_ref(),
+                        t.language,
+                        query,
+                        &mut rankings,
+                    )?;
+                    self.dense
+                        .as_ref()
+                        .map(|d| d.similarities(query))
+                        .transpose()?
                 }
+                None => self.rank_view(
+                    &self.lexical,
+                    self.dense.as_ref(),
+                    self.language,
+                    query,
+                    &mut rankings,
+                )?,
+            };
+            if let Some(similarities) = similarities {
                 passage_similarities.resize(similarities.passages.len(), 0.0);
                 for (sum, s) in passage_similarities.iter_mut().zip(similarities.passages) {
                     *sum += s;
@@ -205,6 +248,42 @@ impl Index {
             turns: fused,
             passage_similarities,
         })
+    }
+
+    /// Adds the rankings of one view of the turns (the originals, or their translation) for one
+    /// wording of the question to `rankings`, each with its weight; returns the passages'
+    /// similarities when the view has an embedder.
+    fn rank_view(
+        &self,
+        lexical: &Bm25,
+        dense: Option<&DenseIndex>,
+        language: Language,
+        query: &str,
+        rankings: &mut Vec<(Vec<f32>, f32)>,
+    ) -> Result<Option<dense::Similarities>, DenseError> {
+        let content_terms: Vec<String> = lexical
+            .terms(query)
+            .into_iter()
+            .filter(|t| !self.speaker_terms.iter().any(|(_, name)| name.contains(t)))
+            .collect();
+        rankings.push((
+            lexical.scores(&content_terms),
+            lexical.known_share(&content_terms),
+        ));
+        let Some(dense) = dense else {
+            return Ok(None);
+        };
+        let similarities = dense.similarities(query)?;
+        let [passages, sentences] = dense.turn_scores(&similarities);
+        // Across languages the small embedder needs a passage's context: matched one sentence
+        // at a time, an English question's ranking got worse (README).
+        if Language::of(query) == language {
+            rankings.push((passages, 0.5));
+            rankings.push((sentences, 0.5));
+        } else {
+            rankings.push((passages, 1.0));
+        }
+        Ok(Some(similarities))
     }
 
     /// The speaker a question names, when it names exactly one in its wordings ("what did Altman
@@ -401,6 +480,30 @@ mod tests {
                 .speaker,
             "Ann Lee"
         );
+    }
+
+    #[test]
+    fn a_question_meets_the_turns_in_its_own_language() {
+        let t = transcript("主持人: 定价怎么样？\n\n嘉宾: 价格会跟着算力走。\n\n主持人: 代理呢？\n\n嘉宾: 代理能运行很长的任务。");
+        let english: Vec<Turn> = [
+            "What about pricing?",
+            "Prices will follow compute.",
+            "And agents?",
+            "Agents can run long tasks.",
+        ]
+        .iter()
+        .zip(&t.turns)
+        .map(|(text, turn)| Turn {
+            text: text.to_string(),
+            ..turn.clone()
+        })
+        .collect();
+        let plain = Index::build(&t);
+        assert!(plain.rank(&["long tasks"]).unwrap().is_empty());
+        let index = plain.with_translation(Translation::new(&english, Language::En, None));
+        assert_eq!(index.rank(&["long tasks"]).unwrap()[0].turn.id, "T4");
+        // A Chinese wording still meets the Chinese originals.
+        assert_eq!(index.rank(&["价格"]).unwrap()[0].turn.id, "T2");
     }
 
     #[test]

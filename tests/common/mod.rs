@@ -212,6 +212,26 @@ pub fn tiny_model(dir: &Path, behaviour: Behaviour) -> PathBuf {
     path
 }
 
+/// The model at `path` loaded as it is (no Q8_0 conversion), on [`test_device`].
+pub fn load_model(path: &Path) -> tqa::model::Model {
+    tqa::model::Model::load(&model_source(path), &test_device()).expect("model loads")
+}
+
+/// The model at `path` as it is: no Q8_0 conversion, no prefix cache, no thresholds.
+pub fn model_source(path: &Path) -> tqa::model::ModelSource {
+    tqa::model::ModelSource {
+        name: "tiny".into(),
+        path: path.to_path_buf(),
+        tokenizer_json: None,
+        chat_template: None,
+        optimize: false,
+        min_answered_log_odds: 0.0,
+        min_answered_log_odds_reused_turns: 0.0,
+        min_rerank_relevance: 0.0,
+        prefix_cache: None,
+    }
+}
+
 pub fn shipped_transcript() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/transcripts/altman-20vc-devday-2024.zh.md")
 }
