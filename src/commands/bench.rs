@@ -1,7 +1,9 @@
 use clap::Args;
 use tqa::bench::{self, BenchConfig, BenchReport, Stat};
 
-use super::{ModelArgs, TranscriptArgs};
+use tqa::answer::Prompts;
+
+use super::{with_english_turns, ModelArgs, TranscriptArgs};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -44,6 +46,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .join("\n");
     let mut model = args.model.load().await?;
+    // The question is answered as `tqa ask` answers it, with the turns' English translation.
+    let index = match index {
+        Some(index) => Some(with_english_turns(index, &mut model, &Prompts::default())?),
+        None => None,
+    };
     let config = BenchConfig {
         prompt_lengths: args.prefill,
         decode_depths: args.depths,
