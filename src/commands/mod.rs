@@ -73,6 +73,13 @@ pub fn with_english_turns(
     if index.language() == Language::En {
         return Ok(index);
     }
+    if !model.info.reads(index.language()) {
+        eprintln!(
+            "the model does not read the transcript's language; its turns are searched as they \
+             are, without an English translation"
+        );
+        return Ok(index);
+    }
     let cache_dir = default_cache_dir();
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")?

@@ -26,6 +26,8 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
+use crate::transcript::Language;
+
 pub use chat::{ChatTemplate, Message, Role};
 pub use decoder::Decoder;
 pub use generate::{generate, Generation, SamplingConfig, StopReason};
@@ -126,6 +128,17 @@ pub struct ModelInfo {
     pub min_answered_log_odds: f32,
     pub min_answered_log_odds_reused_turns: f32,
     pub min_rerank_relevance: f32,
+    /// See `ModelSource::languages`.
+    pub languages: Option<Vec<Language>>,
+}
+
+impl ModelInfo {
+    /// Whether the model reads `language`; a model the registry says nothing about is trusted to.
+    pub fn reads(&self, language: Language) -> bool {
+        self.languages
+            .as_ref()
+            .is_none_or(|languages| languages.contains(&language))
+    }
 }
 
 pub struct Model {
@@ -214,6 +227,7 @@ impl Model {
                 min_answered_log_odds: source.min_answered_log_odds,
                 min_answered_log_odds_reused_turns: source.min_answered_log_odds_reused_turns,
                 min_rerank_relevance: source.min_rerank_relevance,
+                languages: source.languages.clone(),
             },
         })
     }

