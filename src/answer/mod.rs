@@ -249,23 +249,33 @@ const MAX_QUESTION_TOKENS: usize = 96;
 
 /// Generates one short line from a system instruction and a user message.
 fn one_line(model: &mut Model, instruction: &str, input: &str) -> Result<String, AnswerError> {
-    let messages = [
-        Message::new(Role::System, instruction.trim()),
-        Message::new(Role::User, input.trim()),
-    ];
-    let prompt = model.encode(&model.template().render(&messages))?;
     let config = SamplingConfig {
         max_new_tokens: MAX_QUESTION_TOKENS,
         repeat_penalty: 1.0,
         ..SamplingConfig::default()
     };
-    let generation = generate(model, &prompt, &config, &mut |_| {})?;
-    let line = generation
-        .text
+    let reply = instructed_reply(model, instruction, input, &config)?;
+    let line = reply
         .lines()
         .find(|l| !l.trim().is_empty())
         .unwrap_or_default();
     Ok(line.trim().to_string())
+}
+
+/// The model's reply, trimmed, to a system instruction and a user message.
+fn instructed_reply(
+    model: &mut Model,
+    instruction: &str,
+    input: &str,
+    config: &SamplingConfig,
+) -> Result<String, AnswerError> {
+    let messages = [
+        Message::new(Role::System, instruction.trim()),
+        Message::new(Role::User, input.trim()),
+    ];
+    let prompt = model.encode(&model.template().render(&messages))?;
+    let generation = generate(model, &prompt, config, &mut |_| {})?;
+    Ok(generation.text.trim().to_string())
 }
 
 /// A follow-up question ("and what about pricing?") rewritten, with the earlier questions of the

@@ -10,8 +10,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{language_name, AnswerError, Prompts};
-use crate::model::{generate, Message, Model, Role, SamplingConfig};
+use super::{instructed_reply, language_name, AnswerError, Prompts};
+use crate::model::{Model, SamplingConfig};
 use crate::retrieval::dense::split_passages;
 use crate::transcript::{Language, Turn};
 
@@ -71,19 +71,13 @@ fn translate_piece(
     instruction: &str,
     piece: &str,
 ) -> Result<String, AnswerError> {
-    let messages = [
-        Message::new(Role::System, instruction),
-        Message::new(Role::User, piece.trim()),
-    ];
-    let prompt = model.encode(&model.template().render(&messages))?;
     let config = SamplingConfig {
         // An English rendering of Chinese takes about one token per character; the margin is
         // for the languages that take more.
         max_new_tokens: 2 * piece.chars().count() + 32,
         ..SamplingConfig::default()
     };
-    let generation = generate(model, &prompt, &config, &mut |_| {})?;
-    Ok(generation.text.trim().to_string())
+    instructed_reply(model, instruction, piece, &config)
 }
 
 fn with_texts(turns: &[Turn], texts: Vec<String>) -> Vec<Turn> {
