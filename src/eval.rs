@@ -99,6 +99,8 @@ pub struct RetrievalReport {
     pub by_speaker: BTreeMap<String, RetrievalMetrics>,
     /// Answerable items whose gold turn is not in the top 5.
     pub missed: Vec<RetrievalMiss>,
+    /// Every answerable item's gold rank, by id: what two runs are compared on.
+    pub gold_ranks: BTreeMap<String, Option<usize>>,
 }
 
 /// Rank (1-based) of the first turn in `ranking` that holds one of the item's gold quotes.
@@ -181,11 +183,17 @@ pub fn evaluate_retrieval(
             top: ranking.iter().take(5).map(|h| h.turn.id.clone()).collect(),
         })
         .collect();
+    let gold_ranks = answerable
+        .iter()
+        .zip(&hits)
+        .map(|(item, hit)| (item.id.clone(), hit.rank))
+        .collect();
     Ok(RetrievalReport {
         overall: metrics(&|_| true),
         by_language: group(&|i| i.lang.clone()),
         by_speaker: group(&|i| i.speaker.clone().unwrap_or_default()),
         missed,
+        gold_ranks,
     })
 }
 
