@@ -51,6 +51,13 @@ fn lexical_retrieval_alone_finds_chinese_questions() {
     assert_eq!(report.by_speaker["Sam Altman"].items, 28);
     let missed = 33.0 * (1.0 - report.overall.hit_at_5);
     assert_eq!(report.missed.len(), missed.round() as usize);
+    assert_eq!(report.gold_ranks.len(), 33);
+    let beyond_five = report
+        .gold_ranks
+        .values()
+        .filter(|rank| rank.is_none_or(|r| r > 5))
+        .count();
+    assert_eq!(beyond_five, report.missed.len());
 }
 
 #[test]
