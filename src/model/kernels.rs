@@ -10,8 +10,10 @@
 //! original as well: the default model took twice its file's size in memory, and seconds of
 //! repacking at load. These kernels read the blocks where they lie.
 //!
-//! With AVX-512 VNNI or AVX-VNNI, candle's repacked kernels compute prompts faster than these,
-//! but they read more bytes per token than the blocks hold: there these kernels decode.
+//! With AVX-512 VNNI or AVX-VNNI, candle's repacked kernels compute Q4_K and Q8_0 prompts faster
+//! than these, but they read more bytes per token than the blocks hold: there these kernels
+//! decode, and compute every product of the types candle would have to copy first
+//! ([`prefers`]).
 //!
 //! Every format is read as groups of 32 values. Q4_1 and Q5_0 blocks are one group,
 //! `value = d * q + m` with an unsigned q (Q4_1: 4 bits and its own `m`; Q5_0: 5 bits and
@@ -131,7 +133,7 @@ impl Acts {
 /// Whether tqa uses these kernels on this CPU for every product: it runs them (see
 /// [`runs_here`]) and has no int8 dot-product instructions, with which candle's kernels on
 /// repacked copies compute prompts faster; there these compute only a few rows at a time
-/// ([`QuantMatrix::new`]), and Q6_K's ([`prefers`]).
+/// ([`QuantMatrix::new`]), and those of the types [`prefers`] names.
 pub fn available() -> bool {
     runs_here() && !has_int8_dot_products()
 }
@@ -151,14 +153,21 @@ pub fn has_int8_dot_products() -> bool {
 }
 
 /// Whether tqa computes every product of `dtype` with these kernels on this CPU: everywhere they
-/// are [`available`], and for Q6_K also where candle's kernels take the other types' prompts.
-/// candle's repacked Q6_K tiles hold 1.5× the bytes of the blocks and gave prompts no speed
-/// there: the 1.5B model (Q6_K in its output matrix and half its v and down projections), `tqa
-/// bench --prefill 512`, two interleaved rounds, candle's / own for Q6_K: 108.1 / 108.8 and
-/// 103.7 / 108.4 tok/s, peak 2,260 / 2,031 MiB.
+/// are [`available`], and for [`OWN_OVER_REPACKED`] also where candle's kernels take the other
+/// types' prompts.
 pub fn prefers(dtype: GgmlDType) -> bool {
-    handles(dtype) && (available() || (runs_here() && dtype == GgmlDType::Q6K))
+    handles(dtype) && (available() || (runs_here() && OWN_OVER_REPACKED.contains(&dtype)))
 }
+
+/// Types these kernels compute even on CPUs with int8 dot products, where candle's repacked
+/// kernels compute Q4_K and Q8_0 prompts faster. candle runs Q4_1 and Q5_0 only with scalar
+/// code: it needed a Q8_0 copy of the file, its columns padded for the fast kernels and then
+/// repacked into tiles, three copies of the weights in memory and seconds at load. candle's
+/// repacked Q6_K tiles hold 1.5× the bytes of the blocks and gave prompts no speed: the 1.5B
+/// model (Q6_K in its output matrix and half its v and down projections), `tqa bench --prefill
+/// 512`, two interleaved rounds, candle's / own for Q6_K: 108.1 / 108.8 and 103.7 / 108.4 tok/s,
+/// peak 2,260 / 2,031 MiB.
+const OWN_OVER_REPACKED: [GgmlDType; 3] = [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q6K];
 
 /// Which kernels compute the products on this CPU, for the names of cache entries: each path
 /// rounds differently, and a greedy answer must repeat.
@@ -472,8 +481,15 @@ mod avx2 {
         m: f32,
     }
 
-    /// Activation rows computed together, each weight block unpacked once for all of them.
-    const ACT_TILE: usize = 4;
+    /// Activation rows computed together, each weight block unpacked once for all of them: 8
+    /// where the code is compiled for AVX-512's 32 vector registers, 4 in AVX2's 16. From 4 to
+    /// 8 on AVX-512, `tqa bench --prefill 512`, interleaved: SmolLM2 (Q4_1) 259 / 259 → 266 /
+    /// 286 tok/s, Qwen2.5-Coder-0.5B (Q5_0) 111 / 118 → 120 / 123.
+    const ACT_TILE: usize = if cfg!(target_feature = "avx512f") {
+        8
+    } else {
+        4
+    };
 
     /// # Safety
     /// The CPU has AVX2, FMA and F16C; `weights` holds `n` rows of blocks for `acts`' width.
@@ -486,15 +502,9 @@ mod avx2 {
         store: impl FnMut(usize, usize, f32),
     ) {
         match (format, acts) {
-            (Format::Q4_1, Acts::Blocks(acts)) => {
-                rows_of(&Blocks::<Q41>::new(weights, n, acts, m), n, m, store)
-            }
-            (Format::Q5_0, Acts::Blocks(acts)) => {
-                rows_of(&Blocks::<Q50>::new(weights, n, acts, m), n, m, store)
-            }
-            (Format::Q8_0, Acts::Blocks(acts)) => {
-                rows_of(&Blocks::<Q80>::new(weights, n, acts, m), n, m, store)
-            }
+            (Format::Q4_1, Acts::Blocks(acts)) => blocks::<Q41>(weights, n, acts, m, store),
+            (Format::Q5_0, Acts::Blocks(acts)) => blocks::<Q50>(weights, n, acts, m, store),
+            (Format::Q8_0, Acts::Blocks(acts)) => blocks::<Q80>(weights, n, acts, m, store),
             (Format::Q4K, Acts::SuperBlocks(acts)) => {
                 rows_of(&SuperBlocks::<Q4K>::new(weights, n, acts, m), n, m, store)
             }
@@ -502,6 +512,23 @@ mod avx2 {
                 rows_of(&SuperBlocks::<Q6K>::new(weights, n, acts, m), n, m, store)
             }
             _ => unreachable!("`Acts::quantize` rounds activations to the format's blocks"),
+        }
+    }
+
+    /// [`rows_product`] for a format of single blocks, its byte products summed by VNNI's
+    /// instruction where the CPU has it.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn blocks<B: Block>(
+        weights: &[u8],
+        n: usize,
+        acts: &[ActBlock],
+        m: usize,
+        store: impl FnMut(usize, usize, f32),
+    ) {
+        if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+            rows_of(&Blocks::<B, Vnni>::new(weights, n, acts, m), n, m, store)
+        } else {
+            rows_of(&Blocks::<B, Avx2>::new(weights, n, acts, m), n, m, store)
         }
     }
 
@@ -540,14 +567,14 @@ mod avx2 {
         }
     }
 
-    type Blocks<'a, B> = Rows<'a, B, ActBlock>;
+    type Blocks<'a, B, D> = Rows<'a, (B, D), ActBlock>;
     type SuperBlocks<'a, K> = Rows<'a, K, ActSuperBlock>;
 
-    impl<B: Block> Tiles for Blocks<'_, B> {
+    impl<B: Block, D: GroupSums> Tiles for Blocks<'_, B, D> {
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn tile<const A: usize>(&self, row: usize, acts: [usize; A]) -> [f32; A] {
-            tile::<B, A>(self.row(row), acts.map(|a| self.act_row(a)))
+            tile::<B, D, A>(self.row(row), acts.map(|a| self.act_row(a)))
         }
     }
 
@@ -578,7 +605,7 @@ mod avx2 {
         let mut a = 0;
         while a + ACT_TILE <= m {
             for r in 0..n {
-                let sums = tiles.tile::<ACT_TILE>(r, [a, a + 1, a + 2, a + 3]);
+                let sums = tiles.tile::<ACT_TILE>(r, std::array::from_fn(|i| a + i));
                 for (i, &sum) in sums.iter().enumerate() {
                     store(a + i, r, sum);
                 }
@@ -703,23 +730,29 @@ mod avx2 {
     #[allow(clippy::needless_range_loop)]
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile<B: Block, const A: usize>(row: &[u8], acts: [&[ActBlock]; A]) -> [f32; A] {
-        let ones = _mm256_set1_epi16(1);
+    unsafe fn tile<B: Block, D: GroupSums, const A: usize>(
+        row: &[u8],
+        acts: [&[ActBlock]; A],
+    ) -> [f32; A] {
+        let blocks = acts[0].len();
+        debug_assert!(acts.iter().all(|a| a.len() == blocks) && row.len() == blocks * B::BYTES);
+        // Reading through pointers spares a bounds check per activation row and block.
+        let act_rows = acts.map(<[ActBlock]>::as_ptr);
         let mut acc = [_mm256_setzero_ps(); A];
         let mut offsets = [0f32; A];
-        for b in 0..acts[0].len() {
+        for b in 0..blocks {
             let block = row.as_ptr().add(b * B::BYTES);
             _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD) as *const i8);
             let weights = B::unpack(block);
+            let d = _mm256_set1_ps(weights.d);
             for a in 0..A {
-                let act = &acts[a][b];
+                let act = &*act_rows[a].add(b);
                 let x = _mm256_loadu_si256(act.q.as_ptr() as *const __m256i);
-                let pairs = pair_products(B::SIGNED, weights.q, x);
-                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-                let scale = _mm256_set1_ps(weights.d * act.d);
-                acc[a] = _mm256_fmadd_ps(scale, sums, acc[a]);
+                let sums = _mm256_cvtepi32_ps(D::signed_or_not(B::SIGNED, weights.q, x));
+                let scaled = _mm256_mul_ps(sums, _mm256_set1_ps(act.d));
+                acc[a] = _mm256_fmadd_ps(scaled, d, acc[a]);
                 if !B::SIGNED {
-                    offsets[a] += weights.m * act.s;
+                    offsets[a] = weights.m.mul_add(act.s, offsets[a]);
                 }
             }
         }
@@ -903,16 +936,43 @@ mod avx2 {
         ((byte + 1) << 8) | byte
     }
 
-    /// The byte products of one group of weights `q` with activations `x`, summed in pairs
-    /// (16-bit lanes). The product takes unsigned values on its left: signed weights give it
-    /// their magnitudes and move their signs to the activations.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn pair_products(signed: bool, q: __m256i, x: __m256i) -> __m256i {
-        if signed {
-            _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q))
-        } else {
-            _mm256_maddubs_epi16(q, x)
+    /// The byte products of one group of weights `q` with activations `x`, summed in fours
+    /// (32-bit lanes). Both instructions take unsigned values on their left.
+    trait GroupSums {
+        unsafe fn unsigned(q: __m256i, x: __m256i) -> __m256i;
+
+        /// Signed weights give the product their magnitudes and move their signs to the
+        /// activations.
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        unsafe fn signed_or_not(signed: bool, q: __m256i, x: __m256i) -> __m256i {
+            if signed {
+                Self::unsigned(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q))
+            } else {
+                Self::unsigned(q, x)
+            }
+        }
+    }
+
+    /// AVX2's byte products summed in pairs as 16 bits, then in pairs of pairs.
+    struct Avx2;
+    /// AVX-512 VNNI's one instruction for the same sums: no pair of products reaches 16 bits'
+    /// limit (|q| ≤ 128, |x| ≤ 127), so both give the same values.
+    struct Vnni;
+
+    impl GroupSums for Avx2 {
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        unsafe fn unsigned(q: __m256i, x: __m256i) -> __m256i {
+            _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16(1))
+        }
+    }
+
+    impl GroupSums for Vnni {
+        #[inline]
+        #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+        unsafe fn unsigned(q: __m256i, x: __m256i) -> __m256i {
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x)
         }
     }
 
@@ -960,6 +1020,47 @@ mod avx2 {
             }
         }
         std::array::from_fn(|a| horizontal_sum(acc[a]) + offsets[a])
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn vnni_sums_the_byte_products_as_avx2_does() {
+            if !(is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vl"))
+            {
+                eprintln!("skipped: this CPU has no AVX-512 VNNI");
+                return;
+            }
+            let mut state = 0x9e37_79b9_7f4a_7c15u64;
+            let mut byte = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            };
+            for _ in 0..1000 {
+                let x: [i8; 32] = std::array::from_fn(|_| (byte() as i8).max(-127));
+                let unsigned: [u8; 32] = std::array::from_fn(|_| byte() % 32);
+                let signed: [u8; 32] = std::array::from_fn(|i| if i == 0 { 0x80 } else { byte() });
+                for (is_signed, q) in [(false, unsigned), (true, signed)] {
+                    // SAFETY: the CPU has the features checked above; the arrays are 32 bytes.
+                    let [via_avx2, via_vnni] = unsafe {
+                        let q = _mm256_loadu_si256(q.as_ptr() as *const __m256i);
+                        let x = _mm256_loadu_si256(x.as_ptr() as *const __m256i);
+                        [
+                            Avx2::signed_or_not(is_signed, q, x),
+                            Vnni::signed_or_not(is_signed, q, x),
+                        ]
+                        .map(|v| std::mem::transmute::<__m256i, [i32; 8]>(v))
+                    };
+                    assert_eq!(via_avx2, via_vnni, "signed {is_signed}, q {q:?}, x {x:?}");
+                }
+            }
+        }
     }
 }
 

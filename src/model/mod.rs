@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use memmap2::{Mmap, MmapOptions};
+use memmap2::{Advice, Mmap, MmapOptions};
 
 use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
@@ -164,9 +164,7 @@ impl Model {
     pub fn load(source: &ModelSource, device: &Device) -> Result<Self, ModelError> {
         let start = Instant::now();
         keep_freed_buffers();
-        // tqa's own kernels read the weights in place from the file's pages; candle's copy them.
-        let weights_in_place = device.is_cpu() && kernels::available();
-        let (file, content, map) = open_checked(&source.path, weights_in_place)?;
+        let (file, content, map) = open_checked(&source.path)?;
         let file_bytes = file_len(&file, &source.path)?;
         let (path, mut file, content, map) = if source.optimize
             && optimize::has_slow_tensors(&content)
@@ -180,11 +178,12 @@ impl Model {
                 );
                 optimize::write_optimized_copy(&source.path, &fast)?;
             }
-            let (file, content, map) = open_checked(&fast, weights_in_place)?;
+            let (file, content, map) = open_checked(&fast)?;
             (fast, file, content, map)
         } else {
             (source.path.clone(), file, content, map)
         };
+        let map = weights_in_place(map, &content, device);
         let path = path.as_path();
 
         let arch = metadata_string(&content, "general.architecture").unwrap_or_default();
@@ -428,19 +427,34 @@ fn keep_freed_buffers() {
     }
 }
 
+/// The map of the model file for the weights to be read in place, when tqa's own kernels compute
+/// the products of every matrix on this device; its pages are read in now, so that loading, not
+/// the first question, pays for reading the file. Otherwise `None`, the map dropped with the
+/// header read: the weights would count twice in the peak memory, once as file pages and once as
+/// the tensors candle copies from them.
+fn weights_in_place(
+    map: Arc<Mmap>,
+    content: &gguf_file::Content,
+    device: &Device,
+) -> Option<Arc<Mmap>> {
+    let every_matrix_own = content
+        .tensor_infos
+        .values()
+        .filter(|t| t.shape.rank() == 2)
+        .all(|t| kernels::prefers(t.ggml_dtype));
+    if !device.is_cpu() || !every_matrix_own {
+        return None;
+    }
+    // Kernels before Linux 5.14 lack the advice; the pages are then read on first use.
+    let _ = map.advise(Advice::PopulateRead);
+    Some(map)
+}
+
 /// Opens a model file, reads its GGUF header from a memory map of it and checks that the file
 /// holds every tensor the header lists. Read from the file, every one of the header's fields
 /// costs system calls (candle checks each string against the bytes left): 0.8 s for the 300,000
 /// vocabulary and merge strings of Qwen2.5's header.
-///
-/// With `keep_map` the map is returned, its pages read in now (so that loading, not the first
-/// question, pays for reading the file), for weights to be read in place. Without it the map is
-/// dropped with the header read: the weights would count twice in the peak memory, once as file
-/// pages and once as the tensors candle copies from them.
-fn open_checked(
-    path: &Path,
-    keep_map: bool,
-) -> Result<(File, gguf_file::Content, Option<Arc<Mmap>>), ModelError> {
+fn open_checked(path: &Path) -> Result<(File, gguf_file::Content, Arc<Mmap>), ModelError> {
     let io = |source| ModelError::Io {
         path: path.to_path_buf(),
         source,
@@ -449,18 +463,14 @@ fn open_checked(
     // SAFETY: tqa never writes a model file in place (downloads and conversions are written
     // beside it and renamed, and a renamed-over file keeps its pages while mapped), so the
     // mapped bytes do not change while the model is loaded.
-    let mut options = MmapOptions::new();
-    if keep_map {
-        options.populate();
-    }
-    let map = unsafe { options.map(&file) }.map_err(io)?;
+    let map = unsafe { MmapOptions::new().map(&file) }.map_err(io)?;
     let content =
         gguf_file::Content::read(&mut Cursor::new(&map[..])).map_err(|e| ModelError::NotGguf {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
     check_complete(&content, map.len() as u64, path)?;
-    Ok((file, content, keep_map.then(|| Arc::new(map))))
+    Ok((file, content, Arc::new(map)))
 }
 
 fn file_len(file: &File, path: &Path) -> Result<u64, ModelError> {
