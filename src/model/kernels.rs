@@ -114,16 +114,39 @@ struct ActSuperBlock {
     q: [i8; SUPER_BLOCK],
 }
 
+/// Activation rows a prompt's weight block of 32 values meets at once.
+const TILE_ROWS: usize = 8;
+
+/// One block of [`TILE_ROWS`] activation rows, interleaved so that one 32-byte register holds the
+/// same 4 values of every row: `q[c * TILE_ROWS + i]` are values `4c..4c + 4` of row `i`. A weight
+/// block's 4 values broadcast against it give each row's products in its own lane, so a block's
+/// 8 steps add up as integers per row and are scaled once for all the rows; row by row, every
+/// block needed its products summed across a register and scaled, row after row.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct ActTileBlock {
+    q: [[i8; 4]; BLOCK / 4 * TILE_ROWS],
+    d: [f32; TILE_ROWS],
+    s: [f32; TILE_ROWS],
+}
+
 /// Activation rows rounded to the blocks a weight format is multiplied with.
 enum Acts {
-    Blocks(Vec<ActBlock>),
+    /// Row after row, and the rows again in tiles of [`TILE_ROWS`] (as many as fill up).
+    Blocks {
+        rows: Vec<ActBlock>,
+        tiles: Vec<ActTileBlock>,
+    },
     SuperBlocks(Vec<ActSuperBlock>),
 }
 
 impl Acts {
-    fn quantize(x: &[f32], format: Format) -> Self {
+    /// `x`: rows of `cols` values.
+    fn quantize(x: &[f32], cols: usize, format: Format) -> Self {
         if format.groups() == 1 {
-            Self::Blocks(quantize_rows(x))
+            let rows = quantize_rows(x);
+            let tiles = interleave(&rows, cols / BLOCK);
+            Self::Blocks { rows, tiles }
         } else {
             Self::SuperBlocks(quantize_rows_in_super_blocks(x))
         }
@@ -306,6 +329,7 @@ impl QuantMatrix {
             let start = layout.start_offset();
             Acts::quantize(
                 &cpu.as_slice::<f32>()?[start..start + m * self.cols],
+                self.cols,
                 self.format,
             )
         };
@@ -398,6 +422,27 @@ fn quantize_rows(x: &[f32]) -> Vec<ActBlock> {
         .collect()
 }
 
+/// The rows of `blocks` blocks each in `rows`, in tiles of [`TILE_ROWS`] rows, block after block;
+/// the rows that do not fill a tile are left out.
+fn interleave(rows: &[ActBlock], blocks: usize) -> Vec<ActTileBlock> {
+    let tile_count = rows.len() / blocks / TILE_ROWS;
+    let mut tiles = Vec::with_capacity(tile_count * blocks);
+    for t in 0..tile_count {
+        for b in 0..blocks {
+            let act = |i: usize| &rows[(t * TILE_ROWS + i) * blocks + b];
+            tiles.push(ActTileBlock {
+                q: std::array::from_fn(|k| {
+                    let (c, i) = (k / TILE_ROWS, k % TILE_ROWS);
+                    std::array::from_fn(|j| act(i).q[4 * c + j])
+                }),
+                d: std::array::from_fn(|i| act(i).d),
+                s: std::array::from_fn(|i| act(i).s),
+            });
+        }
+    }
+    tiles
+}
+
 /// Quantizes rows of activations, whose width is a multiple of 256, to super-blocks.
 fn quantize_rows_in_super_blocks(x: &[f32]) -> Vec<ActSuperBlock> {
     x.chunks_exact(SUPER_BLOCK)
@@ -472,7 +517,7 @@ fn q4k_scales_and_mins(packed: &[u8; 12]) -> (u64, u64) {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{ActBlock, ActSuperBlock, Acts, Format, BLOCK};
+    use super::{ActBlock, ActSuperBlock, ActTileBlock, Acts, Format, BLOCK, TILE_ROWS};
 
     /// One weight block unpacked: its 32 values q, and `value = d * q + m`.
     struct Unpacked {
@@ -481,10 +526,11 @@ mod avx2 {
         m: f32,
     }
 
-    /// Activation rows computed together, each weight block unpacked once for all of them: 8
-    /// where the code is compiled for AVX-512's 32 vector registers, 4 in AVX2's 16. From 4 to
-    /// 8 on AVX-512, `tqa bench --prefill 512`, interleaved: SmolLM2 (Q4_1) 259 / 259 → 266 /
-    /// 286 tok/s, Qwen2.5-Coder-0.5B (Q5_0) 111 / 118 → 120 / 123.
+    /// Activation rows a k-quant block meets at once, unpacked once for all of them: 8 where the
+    /// code is compiled for AVX-512's 32 vector registers, 4 in AVX2's 16. From 4 to 8 on
+    /// AVX-512 (and in the single-block formats' tiles then), `tqa bench --prefill 512`,
+    /// interleaved: SmolLM2 (Q4_1) 259 / 259 → 266 / 286 tok/s, Qwen2.5-Coder-0.5B (Q5_0) 111 /
+    /// 118 → 120 / 123, the 1.5B model (its Q6_K prompts) 96.8 / 97.6 → 107.8 / 119.4.
     const ACT_TILE: usize = if cfg!(target_feature = "avx512f") {
         8
     } else {
@@ -502,9 +548,15 @@ mod avx2 {
         store: impl FnMut(usize, usize, f32),
     ) {
         match (format, acts) {
-            (Format::Q4_1, Acts::Blocks(acts)) => blocks::<Q41>(weights, n, acts, m, store),
-            (Format::Q5_0, Acts::Blocks(acts)) => blocks::<Q50>(weights, n, acts, m, store),
-            (Format::Q8_0, Acts::Blocks(acts)) => blocks::<Q80>(weights, n, acts, m, store),
+            (Format::Q4_1, Acts::Blocks { rows, tiles }) => {
+                blocks::<Q41>(weights, n, rows, tiles, m, store)
+            }
+            (Format::Q5_0, Acts::Blocks { rows, tiles }) => {
+                blocks::<Q50>(weights, n, rows, tiles, m, store)
+            }
+            (Format::Q8_0, Acts::Blocks { rows, tiles }) => {
+                blocks::<Q80>(weights, n, rows, tiles, m, store)
+            }
             (Format::Q4K, Acts::SuperBlocks(acts)) => {
                 rows_of(&SuperBlocks::<Q4K>::new(weights, n, acts, m), n, m, store)
             }
@@ -521,20 +573,26 @@ mod avx2 {
     unsafe fn blocks<B: Block>(
         weights: &[u8],
         n: usize,
-        acts: &[ActBlock],
+        rows: &[ActBlock],
+        tiles: &[ActTileBlock],
         m: usize,
         store: impl FnMut(usize, usize, f32),
     ) {
         if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
-            rows_of(&Blocks::<B, Vnni>::new(weights, n, acts, m), n, m, store)
+            let blocks = TiledBlocks::<B, Vnni>::new(weights, n, rows, tiles, m);
+            rows_of(&blocks, n, m, store)
         } else {
-            rows_of(&Blocks::<B, Avx2>::new(weights, n, acts, m), n, m, store)
+            let blocks = TiledBlocks::<B, Avx2>::new(weights, n, rows, tiles, m);
+            rows_of(&blocks, n, m, store)
         }
     }
 
-    /// Products of one weight row with a tile of activation rows, both by index.
+    /// Products of one weight row with activation rows, both by index: with one row, and with a
+    /// full tile of `FULL` rows from `first` (at most 8; the rest of the array is unused).
     trait Tiles {
-        unsafe fn tile<const A: usize>(&self, row: usize, acts: [usize; A]) -> [f32; A];
+        const FULL: usize;
+        unsafe fn one(&self, row: usize, act: usize) -> f32;
+        unsafe fn full(&self, row: usize, first: usize) -> [f32; 8];
     }
 
     /// Weight rows of one format and activation rows of the blocks it is multiplied with.
@@ -567,22 +625,62 @@ mod avx2 {
         }
     }
 
-    type Blocks<'a, B, D> = Rows<'a, (B, D), ActBlock>;
     type SuperBlocks<'a, K> = Rows<'a, K, ActSuperBlock>;
 
-    impl<B: Block, D: GroupSums> Tiles for Blocks<'_, B, D> {
+    /// Weight rows of a format of single blocks, the activation rows and their tiles.
+    struct TiledBlocks<'a, B, D> {
+        rows: Rows<'a, (B, D), ActBlock>,
+        tiles: &'a [ActTileBlock],
+    }
+
+    impl<'a, B, D> TiledBlocks<'a, B, D> {
+        fn new(
+            weights: &'a [u8],
+            n: usize,
+            rows: &'a [ActBlock],
+            tiles: &'a [ActTileBlock],
+            m: usize,
+        ) -> Self {
+            Self {
+                rows: Rows::new(weights, n, rows, m),
+                tiles,
+            }
+        }
+    }
+
+    impl<B: Block, D: GroupSums> Tiles for TiledBlocks<'_, B, D> {
+        const FULL: usize = TILE_ROWS;
+
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn tile<const A: usize>(&self, row: usize, acts: [usize; A]) -> [f32; A] {
-            tile::<B, D, A>(self.row(row), acts.map(|a| self.act_row(a)))
+        unsafe fn one(&self, row: usize, act: usize) -> f32 {
+            tile::<B, D, 1>(self.rows.row(row), [self.rows.act_row(act)])[0]
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn full(&self, row: usize, first: usize) -> [f32; 8] {
+            let blocks = self.rows.act_row_len;
+            let tile = &self.tiles[first / TILE_ROWS * blocks..][..blocks];
+            interleaved_tile::<B, D>(self.rows.row(row), tile)
         }
     }
 
     impl<K: SuperBlock> Tiles for SuperBlocks<'_, K> {
+        const FULL: usize = ACT_TILE;
+
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn tile<const A: usize>(&self, row: usize, acts: [usize; A]) -> [f32; A] {
-            super_tile::<K, A>(self.row(row), acts.map(|a| self.act_row(a)))
+        unsafe fn one(&self, row: usize, act: usize) -> f32 {
+            super_tile::<K, 1>(self.row(row), [self.act_row(act)])[0]
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn full(&self, row: usize, first: usize) -> [f32; 8] {
+            let acts = std::array::from_fn(|i| self.act_row(first + i));
+            let sums = super_tile::<K, ACT_TILE>(self.row(row), acts);
+            std::array::from_fn(|i| sums.get(i).copied().unwrap_or(0.0))
         }
     }
 
@@ -603,18 +701,18 @@ mod avx2 {
         // way round, the down projection of Qwen2.5-1.5B read 2.3 MB of them from L3 for every
         // weight row, and took twice candle's time.
         let mut a = 0;
-        while a + ACT_TILE <= m {
+        while a + T::FULL <= m {
             for r in 0..n {
-                let sums = tiles.tile::<ACT_TILE>(r, std::array::from_fn(|i| a + i));
-                for (i, &sum) in sums.iter().enumerate() {
+                let sums = tiles.full(r, a);
+                for (i, &sum) in sums[..T::FULL].iter().enumerate() {
                     store(a + i, r, sum);
                 }
             }
-            a += ACT_TILE;
+            a += T::FULL;
         }
         for a in a..m {
             for r in 0..n {
-                store(a, r, tiles.tile::<1>(r, [a])[0]);
+                store(a, r, tiles.one(r, a));
             }
         }
     }
@@ -757,6 +855,41 @@ mod avx2 {
             }
         }
         std::array::from_fn(|a| horizontal_sum(acc[a]) + offsets[a])
+    }
+
+    /// The products of a weight row with a tile of [`TILE_ROWS`] activation rows ([`ActTileBlock`]),
+    /// one row per lane.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn interleaved_tile<B: Block, D: GroupSums>(
+        row: &[u8],
+        tile: &[ActTileBlock],
+    ) -> [f32; TILE_ROWS] {
+        debug_assert_eq!(row.len(), tile.len() * B::BYTES);
+        let mut acc = _mm256_setzero_ps();
+        let mut offsets = _mm256_setzero_ps();
+        for (b, acts) in tile.iter().enumerate() {
+            let block = row.as_ptr().add(b * B::BYTES);
+            _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD) as *const i8);
+            let weights = B::unpack(block);
+            // Two chains of additions, not one of eight: each waits for the one before it.
+            let mut dots = [_mm256_setzero_si256(); 2];
+            for c in 0..BLOCK / 4 {
+                let q = _mm256_permutevar8x32_epi32(weights.q, _mm256_set1_epi32(c as i32));
+                let x = _mm256_load_si256(acts.q.as_ptr().add(c * TILE_ROWS) as *const __m256i);
+                dots[c % 2] = D::accumulate(dots[c % 2], B::SIGNED, q, x);
+            }
+            let dots = _mm256_add_epi32(dots[0], dots[1]);
+            let scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(dots), _mm256_load_ps(acts.d.as_ptr()));
+            acc = _mm256_fmadd_ps(scaled, _mm256_set1_ps(weights.d), acc);
+            if !B::SIGNED {
+                let sums = _mm256_load_ps(acts.s.as_ptr());
+                offsets = _mm256_fmadd_ps(_mm256_set1_ps(weights.m), sums, offsets);
+            }
+        }
+        let mut out = [0f32; TILE_ROWS];
+        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(acc, offsets));
+        out
     }
 
     /// A k-quant block type: 8 groups of 32 unsigned values, read as a header once per block and
@@ -952,6 +1085,13 @@ mod avx2 {
                 Self::unsigned(q, x)
             }
         }
+
+        /// `acc` plus [`GroupSums::signed_or_not`].
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        unsafe fn accumulate(acc: __m256i, signed: bool, q: __m256i, x: __m256i) -> __m256i {
+            _mm256_add_epi32(acc, Self::signed_or_not(signed, q, x))
+        }
     }
 
     /// AVX2's byte products summed in pairs as 16 bits, then in pairs of pairs.
@@ -973,6 +1113,17 @@ mod avx2 {
         #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
         unsafe fn unsigned(q: __m256i, x: __m256i) -> __m256i {
             _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x)
+        }
+
+        /// The instruction adds to its accumulator itself.
+        #[inline]
+        #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+        unsafe fn accumulate(acc: __m256i, signed: bool, q: __m256i, x: __m256i) -> __m256i {
+            if signed {
+                _mm256_dpbusd_epi32(acc, _mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q))
+            } else {
+                _mm256_dpbusd_epi32(acc, q, x)
+            }
         }
     }
 
@@ -1024,14 +1175,58 @@ mod avx2 {
 
     #[cfg(test)]
     mod tests {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        use candle_core::{Device, Tensor};
+
         use super::*;
+
+        fn has_vnni() -> bool {
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vl")
+        }
+
+        /// A tile of activation rows against one weight row, with each instruction set's sums.
+        fn both_tiles<B: Block>(dtype: GgmlDType) -> [[f32; TILE_ROWS]; 2] {
+            let cols = 896;
+            let w = Tensor::randn(0f32, 0.05, (1, cols), &Device::Cpu).unwrap();
+            let weight = QTensor::quantize(&w, dtype).unwrap();
+            let row = weight.data().unwrap();
+            let x = Tensor::randn(0f32, 1.0, (TILE_ROWS * cols,), &Device::Cpu).unwrap();
+            let Acts::Blocks { tiles, .. } = Acts::quantize(&x.to_vec1().unwrap(), cols, B::FORMAT)
+            else {
+                unreachable!("single-block formats")
+            };
+            // SAFETY: the caller checked the CPU's features; `row` is one row for the tile.
+            unsafe {
+                [
+                    interleaved_tile::<B, Avx2>(&row, &tiles),
+                    interleaved_tile::<B, Vnni>(&row, &tiles),
+                ]
+            }
+        }
+
+        #[test]
+        fn tiles_of_rows_give_the_same_products_with_vnni_as_with_avx2() {
+            if !has_vnni() {
+                eprintln!("skipped: this CPU has no AVX-512 VNNI");
+                return;
+            }
+            for [avx2, vnni] in [
+                both_tiles::<Q41>(GgmlDType::Q4_1),
+                both_tiles::<Q50>(GgmlDType::Q5_0),
+                both_tiles::<Q80>(GgmlDType::Q8_0),
+            ] {
+                assert_eq!(avx2, vnni);
+                assert!(avx2.iter().all(|v| v.is_finite() && *v != 0.0), "{avx2:?}");
+            }
+        }
 
         #[test]
         fn vnni_sums_the_byte_products_as_avx2_does() {
-            if !(is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("avx512vnni")
-                && is_x86_feature_detected!("avx512vl"))
-            {
+            if !has_vnni() {
                 eprintln!("skipped: this CPU has no AVX-512 VNNI");
                 return;
             }
@@ -1179,10 +1374,9 @@ mod tests {
     /// Every group of 32 of all rows of `acts`, in order: its scale, values and their sum.
     fn act_groups(acts: &Acts) -> Vec<(f32, &[i8], i32)> {
         match acts {
-            Acts::Blocks(blocks) => blocks
-                .iter()
-                .map(|b| (b.d, &b.q[..], sum_of(&b.q)))
-                .collect(),
+            Acts::Blocks { rows, .. } => {
+                rows.iter().map(|b| (b.d, &b.q[..], sum_of(&b.q))).collect()
+            }
             Acts::SuperBlocks(blocks) => blocks
                 .iter()
                 .flat_map(|b| {
@@ -1277,8 +1471,11 @@ mod tests {
                 for m in [1, 2, 5, 9] {
                     let x = Tensor::randn(0f32, 1.0, (m, cols), &Device::Cpu).unwrap();
                     let got = matrix.forward(&x).unwrap().to_vec2::<f32>().unwrap();
-                    let acts =
-                        Acts::quantize(&x.flatten_all().unwrap().to_vec1().unwrap(), matrix.format);
+                    let acts = Acts::quantize(
+                        &x.flatten_all().unwrap().to_vec1().unwrap(),
+                        cols,
+                        matrix.format,
+                    );
                     let row_bytes = matrix.format.row_bytes(cols);
                     for (a, got_row) in got.iter().enumerate() {
                         for (r, row) in data.chunks_exact(row_bytes).enumerate() {
