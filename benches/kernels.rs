@@ -1,12 +1,13 @@
 //! tqa's own kernels (every product on CPUs with AVX2 and no int8 dot products; decoding, Q4_1,
 //! Q5_0 and Q6_K on CPUs with them) against candle's, on the matrix shapes of SmolLM2-135M (Q4_1, its
 //! output matrix Q8_0), Qwen2.5-Coder-0.5B (Q5_0) and Qwen2.5-Coder-1.5B (Q4_K, Q6_K): one token
-//! (decoding) and a prompt chunk of 256 tokens. candle runs Q4_1 and Q5_0 as Q8_0 copies and the
-//! k-quants as they are.
+//! (decoding) and a prompt chunk of 256 tokens. candle runs Q4_1, Q5_0 and Q8_0 as Q8_0 copies
+//! with zero columns up to a width of a multiple of 256, as the decoder pads them for candle's
+//! fast kernels, and the k-quants as they are.
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
+use candle_core::{Device, Module, Result, Tensor, D};
 use criterion::{criterion_group, criterion_main, Criterion};
 use tqa::model::kernels::{self, QuantMatrix};
 
@@ -25,23 +26,44 @@ const SHAPES: [(&str, GgmlDType, usize, usize); 10] = [
     ("qwen1.5b-down", GgmlDType::Q6K, 1536, 8960),
 ];
 
-/// Random weights of `dtype` for tqa's kernels, and the same weights for candle's, as Q8_0 where
-/// candle has only scalar kernels for `dtype`.
-fn both_kernels(dtype: GgmlDType, rows: usize, cols: usize) -> (QuantMatrix, QMatMul) {
+/// candle's matrix and the zero columns its inputs get.
+struct CandleCopy {
+    matmul: QMatMul,
+    padding: usize,
+}
+
+impl CandleCopy {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.padding == 0 {
+            self.matmul.forward(x)
+        } else {
+            self.matmul
+                .forward(&x.pad_with_zeros(D::Minus1, 0, self.padding)?)
+        }
+    }
+}
+
+/// Random weights of `dtype` for tqa's kernels, and the same weights for candle's: for the types of
+/// 32-value blocks a padded Q8_0 copy, as the decoder gives candle.
+fn both_kernels(dtype: GgmlDType, rows: usize, cols: usize) -> (QuantMatrix, CandleCopy) {
     let device = Device::Cpu;
     let dense = Tensor::randn(0f32, 0.05, (rows, cols), &device).expect("weights");
     let weight = Arc::new(QTensor::quantize(&dense, dtype).expect("quantize"));
     let own = QuantMatrix::new(weight.clone())
         .expect("weights for tqa's kernels")
         .expect("a type these kernels take");
-    let candles = if matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0) {
-        weight
+    let candles = if matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q8_0) {
+        let padding = cols.next_multiple_of(256) - cols;
+        let matmul = weight
             .dequantize(&device)
+            .and_then(|w| w.pad_with_zeros(D::Minus1, 0, padding))
             .and_then(|w| QTensor::quantize(&w, GgmlDType::Q8_0))
             .and_then(QMatMul::from_qtensor)
-            .expect("Q8_0 copy")
+            .expect("Q8_0 copy");
+        CandleCopy { matmul, padding }
     } else {
-        QMatMul::from_arc(weight).expect("candle's matrix")
+        let matmul = QMatMul::from_arc(weight).expect("candle's matrix");
+        CandleCopy { matmul, padding: 0 }
     };
     (own, candles)
 }
@@ -83,7 +105,7 @@ fn decode_sweep(c: &mut Criterion) {
         ("smollm2-gate-up-x30", GgmlDType::Q4_1, 3072, 576, 30),
         ("qwen1.5b-gate-up-x28", GgmlDType::Q4K, 17920, 1536, 28),
     ] {
-        let (own, candles): (Vec<QuantMatrix>, Vec<QMatMul>) =
+        let (own, candles): (Vec<QuantMatrix>, Vec<CandleCopy>) =
             (0..layers).map(|_| both_kernels(dtype, rows, cols)).unzip();
         let x = Tensor::randn(0f32, 1.0, (1, cols), &device).expect("input");
         group.bench_function(format!("{name}/own"), |b| {
