@@ -528,9 +528,8 @@ mod avx2 {
 
     /// Activation rows a k-quant block meets at once, unpacked once for all of them: 8 where the
     /// code is compiled for AVX-512's 32 vector registers, 4 in AVX2's 16. From 4 to 8 on
-    /// AVX-512 (and in the single-block formats' tiles then), `tqa bench --prefill 512`,
-    /// interleaved: SmolLM2 (Q4_1) 259 / 259 → 266 / 286 tok/s, Qwen2.5-Coder-0.5B (Q5_0) 111 /
-    /// 118 → 120 / 123, the 1.5B model (its Q6_K prompts) 96.8 / 97.6 → 107.8 / 119.4.
+    /// AVX-512, `tqa bench --prefill 512`, two interleaved rounds, the 1.5B model (its Q6_K
+    /// prompts): 96.8 / 97.6 → 107.8 / 119.4 tok/s.
     const ACT_TILE: usize = if cfg!(target_feature = "avx512f") {
         8
     } else {
@@ -588,11 +587,12 @@ mod avx2 {
     }
 
     /// Products of one weight row with activation rows, both by index: with one row, and with a
-    /// full tile of `FULL` rows from `first` (at most 8; the rest of the array is unused).
+    /// full tile of `FULL` rows from `first` (at most [`TILE_ROWS`]; the rest of the array is
+    /// unused).
     trait Tiles {
         const FULL: usize;
         unsafe fn one(&self, row: usize, act: usize) -> f32;
-        unsafe fn full(&self, row: usize, first: usize) -> [f32; 8];
+        unsafe fn full(&self, row: usize, first: usize) -> [f32; TILE_ROWS];
     }
 
     /// Weight rows of one format and activation rows of the blocks it is multiplied with.
@@ -654,12 +654,12 @@ mod avx2 {
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn one(&self, row: usize, act: usize) -> f32 {
-            tile::<B, D, 1>(self.rows.row(row), [self.rows.act_row(act)])[0]
+            row_product::<B, D>(self.rows.row(row), self.rows.act_row(act))
         }
 
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn full(&self, row: usize, first: usize) -> [f32; 8] {
+        unsafe fn full(&self, row: usize, first: usize) -> [f32; TILE_ROWS] {
             let blocks = self.rows.act_row_len;
             let tile = &self.tiles[first / TILE_ROWS * blocks..][..blocks];
             interleaved_tile::<B, D>(self.rows.row(row), tile)
@@ -677,7 +677,7 @@ mod avx2 {
 
         #[inline]
         #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn full(&self, row: usize, first: usize) -> [f32; 8] {
+        unsafe fn full(&self, row: usize, first: usize) -> [f32; TILE_ROWS] {
             let acts = std::array::from_fn(|i| self.act_row(first + i));
             let sums = super_tile::<K, ACT_TILE>(self.row(row), acts);
             std::array::from_fn(|i| sums.get(i).copied().unwrap_or(0.0))
@@ -823,38 +823,26 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// The `A` products of a weight row with `A` activation rows of the same width.
-    // Block `b` indexes the weight row and the activation rows alike.
-    #[allow(clippy::needless_range_loop)]
+    /// The product of a weight row with an activation row of the same width.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile<B: Block, D: GroupSums, const A: usize>(
-        row: &[u8],
-        acts: [&[ActBlock]; A],
-    ) -> [f32; A] {
-        let blocks = acts[0].len();
-        debug_assert!(acts.iter().all(|a| a.len() == blocks) && row.len() == blocks * B::BYTES);
-        // Reading through pointers spares a bounds check per activation row and block.
-        let act_rows = acts.map(<[ActBlock]>::as_ptr);
-        let mut acc = [_mm256_setzero_ps(); A];
-        let mut offsets = [0f32; A];
-        for b in 0..blocks {
+    unsafe fn row_product<B: Block, D: GroupSums>(row: &[u8], act_row: &[ActBlock]) -> f32 {
+        debug_assert_eq!(row.len(), act_row.len() * B::BYTES);
+        let mut acc = _mm256_setzero_ps();
+        let mut offset = 0f32;
+        for (b, act) in act_row.iter().enumerate() {
             let block = row.as_ptr().add(b * B::BYTES);
             _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD) as *const i8);
             let weights = B::unpack(block);
-            let d = _mm256_set1_ps(weights.d);
-            for a in 0..A {
-                let act = &*act_rows[a].add(b);
-                let x = _mm256_loadu_si256(act.q.as_ptr() as *const __m256i);
-                let sums = _mm256_cvtepi32_ps(D::signed_or_not(B::SIGNED, weights.q, x));
-                let scaled = _mm256_mul_ps(sums, _mm256_set1_ps(act.d));
-                acc[a] = _mm256_fmadd_ps(scaled, d, acc[a]);
-                if !B::SIGNED {
-                    offsets[a] = weights.m.mul_add(act.s, offsets[a]);
-                }
+            let x = _mm256_loadu_si256(act.q.as_ptr() as *const __m256i);
+            let sums = D::accumulate(_mm256_setzero_si256(), B::SIGNED, weights.q, x);
+            let scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(act.d));
+            acc = _mm256_fmadd_ps(scaled, _mm256_set1_ps(weights.d), acc);
+            if !B::SIGNED {
+                offset = weights.m.mul_add(act.s, offset);
             }
         }
-        std::array::from_fn(|a| horizontal_sum(acc[a]) + offsets[a])
+        horizontal_sum(acc) + offset
     }
 
     /// The products of a weight row with a tile of [`TILE_ROWS`] activation rows ([`ActTileBlock`]),
@@ -1070,27 +1058,20 @@ mod avx2 {
     }
 
     /// The byte products of one group of weights `q` with activations `x`, summed in fours
-    /// (32-bit lanes). Both instructions take unsigned values on their left.
+    /// (32-bit lanes) and added to `acc`. Both instructions take unsigned values on their left.
     trait GroupSums {
-        unsafe fn unsigned(q: __m256i, x: __m256i) -> __m256i;
+        unsafe fn add_unsigned(acc: __m256i, q: __m256i, x: __m256i) -> __m256i;
 
         /// Signed weights give the product their magnitudes and move their signs to the
         /// activations.
         #[inline]
         #[target_feature(enable = "avx2")]
-        unsafe fn signed_or_not(signed: bool, q: __m256i, x: __m256i) -> __m256i {
-            if signed {
-                Self::unsigned(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q))
-            } else {
-                Self::unsigned(q, x)
-            }
-        }
-
-        /// `acc` plus [`GroupSums::signed_or_not`].
-        #[inline]
-        #[target_feature(enable = "avx2")]
         unsafe fn accumulate(acc: __m256i, signed: bool, q: __m256i, x: __m256i) -> __m256i {
-            _mm256_add_epi32(acc, Self::signed_or_not(signed, q, x))
+            if signed {
+                Self::add_unsigned(acc, _mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q))
+            } else {
+                Self::add_unsigned(acc, q, x)
+            }
         }
     }
 
@@ -1103,27 +1084,17 @@ mod avx2 {
     impl GroupSums for Avx2 {
         #[inline]
         #[target_feature(enable = "avx2")]
-        unsafe fn unsigned(q: __m256i, x: __m256i) -> __m256i {
-            _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16(1))
+        unsafe fn add_unsigned(acc: __m256i, q: __m256i, x: __m256i) -> __m256i {
+            let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16(1));
+            _mm256_add_epi32(acc, sums)
         }
     }
 
     impl GroupSums for Vnni {
         #[inline]
         #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
-        unsafe fn unsigned(q: __m256i, x: __m256i) -> __m256i {
-            _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x)
-        }
-
-        /// The instruction adds to its accumulator itself.
-        #[inline]
-        #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
-        unsafe fn accumulate(acc: __m256i, signed: bool, q: __m256i, x: __m256i) -> __m256i {
-            if signed {
-                _mm256_dpbusd_epi32(acc, _mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q))
-            } else {
-                _mm256_dpbusd_epi32(acc, q, x)
-            }
+        unsafe fn add_unsigned(acc: __m256i, q: __m256i, x: __m256i) -> __m256i {
+            _mm256_dpbusd_epi32(acc, q, x)
         }
     }
 
@@ -1247,8 +1218,8 @@ mod avx2 {
                         let q = _mm256_loadu_si256(q.as_ptr() as *const __m256i);
                         let x = _mm256_loadu_si256(x.as_ptr() as *const __m256i);
                         [
-                            Avx2::signed_or_not(is_signed, q, x),
-                            Vnni::signed_or_not(is_signed, q, x),
+                            Avx2::accumulate(_mm256_set1_epi32(5), is_signed, q, x),
+                            Vnni::accumulate(_mm256_set1_epi32(5), is_signed, q, x),
                         ]
                         .map(|v| std::mem::transmute::<__m256i, [i32; 8]>(v))
                     };
