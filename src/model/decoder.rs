@@ -577,17 +577,24 @@ impl Decoder {
         &self.config
     }
 
-    /// Runs every weight matrix once on a prompt's worth of rows and once on one row. candle
-    /// repacks quantized weights for its fast kernels on their first use, differently for one
-    /// token and for 32 or more (AMX tiles for Q4_K); doing that here moves the cost from the
-    /// first question to loading. Packing runs on the calling thread, so the layers are split
-    /// between two threads: 3.5-4.7 s of warm-up for the 1.5B model on one.
+    /// Runs every weight matrix once on the fewest rows candle computes (a prompt's) and once on
+    /// one row. candle repacks quantized weights for its fast kernels on their first use,
+    /// differently for one token and, on CPUs with AMX, for 32 or more (AMX tiles for Q4_K);
+    /// doing that here moves the cost from the first question to loading. The fewest rows, not
+    /// 32, where there is no AMX: the product itself is wasted work (the 1.5B model's load, see
+    /// README). Packing runs on the calling thread, so the layers are split between two threads:
+    /// 3.5-4.7 s of warm-up for the 1.5B model on one.
     pub fn warm_up(&mut self) -> Result<()> {
         const AMX_MIN_ROWS: usize = 32;
+        let row_counts: &[usize] = if kernels::has_amx() {
+            &[AMX_MIN_ROWS, FEW_ROWS, 1]
+        } else {
+            &[FEW_ROWS, 1]
+        };
         let device = &self.device;
         let warm = |projections: &[&Projection]| -> Result<()> {
             for projection in projections {
-                projection.warm_up(&[AMX_MIN_ROWS, 1], device)?;
+                projection.warm_up(row_counts, device)?;
             }
             Ok(())
         };

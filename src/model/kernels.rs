@@ -175,6 +175,22 @@ pub fn has_int8_dot_products() -> bool {
     }
 }
 
+/// Whether this CPU has AMX int8 tiles, for which candle packs Q4_K differently in prompts of
+/// 32 rows or more. `is_x86_feature_detected!` cannot ask for AMX on stable Rust; CPUID leaf 7
+/// says it in bit 25 of EDX.
+pub fn has_amx() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        const AMX_INT8: u32 = 1 << 25;
+        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+        leaf7.edx & AMX_INT8 != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether tqa computes every product of `dtype` with these kernels on this CPU: everywhere they
 /// are [`available`], and for [`OWN_OVER_REPACKED`] also where candle's kernels take the other
 /// types' prompts.
