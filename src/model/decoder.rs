@@ -429,6 +429,44 @@ struct Layer {
 }
 
 impl Layer {
+    /// Layer `i` from the file, warmed up (see [`warm_up_rows`]).
+    fn load<R: Read + Seek>(tensors: &mut Tensors<'_, R>, i: usize, arch: &str) -> Result<Self> {
+        let name = |suffix: &str| format!("blk.{i}.{suffix}");
+        let bias = if arch == "qwen2" {
+            Some([
+                tensors.dequantized(&name("attn_q.bias"))?,
+                tensors.dequantized(&name("attn_k.bias"))?,
+                tensors.dequantized(&name("attn_v.bias"))?,
+            ])
+        } else {
+            None
+        };
+        let layer = Self {
+            attn_norm: tensors.dequantized(&name("attn_norm.weight"))?,
+            attn: Attention {
+                qkv: SharedInput::new(vec![
+                    tensors.matrix(&name("attn_q.weight"))?,
+                    tensors.matrix(&name("attn_k.weight"))?,
+                    tensors.matrix(&name("attn_v.weight"))?,
+                ])?,
+                o: Projection::new(tensors.matrix(&name("attn_output.weight"))?)?,
+                bias,
+            },
+            ffn_norm: tensors.dequantized(&name("ffn_norm.weight"))?,
+            mlp: Mlp {
+                gate_up: SharedInput::new(vec![
+                    tensors.matrix(&name("ffn_gate.weight"))?,
+                    tensors.matrix(&name("ffn_up.weight"))?,
+                ])?,
+                down: Projection::new(tensors.matrix(&name("ffn_down.weight"))?)?,
+            },
+        };
+        for projection in layer.projections() {
+            projection.warm_up(warm_up_rows(), tensors.device)?;
+        }
+        Ok(layer)
+    }
+
     fn projections(&self) -> Vec<&Projection> {
         let (a, m) = (&self.attn, &self.mlp);
         let mut all = a.qkv.projections();
@@ -447,6 +485,20 @@ const PREFILL_CHUNK: usize = 256;
 
 /// A GGUF file's tensors. Matrices tqa's own kernels take are read in place from the file's
 /// memory map when there is one; everything else is copied into candle's tensors.
+/// The row counts every matrix is run on once at load. candle repacks quantized weights for its
+/// fast kernels on their first use, differently for one token and, on CPUs with AMX, for 32 or
+/// more (AMX tiles for Q4_K); doing that at load moves the cost from the first question to
+/// loading. The fewest rows candle computes ([`FEW_ROWS`]) instead of 32 where there is no AMX:
+/// the product itself is wasted work (the 1.5B model's load, see README).
+fn warm_up_rows() -> &'static [usize] {
+    const AMX_MIN_ROWS: usize = 32;
+    if kernels::has_amx() {
+        &[AMX_MIN_ROWS, FEW_ROWS, 1]
+    } else {
+        &[FEW_ROWS, 1]
+    }
+}
+
 struct Tensors<'a, R> {
     content: &'a gguf_file::Content,
     reader: &'a mut R,
@@ -492,20 +544,27 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// Builds the model from a GGUF file's tensors. With `map`, a memory map of the same file,
-    /// the matrices tqa's own kernels take are read in place from it instead of copied.
-    pub fn from_gguf<R: Read + Seek>(
+    /// Builds the model from a GGUF file's tensors and warms it up (see [`warm_up_rows`]).
+    /// `readers` are handles on the file, each with its own position: the layers are split
+    /// between them, one thread each, so that copying the weights and candle's packing of them
+    /// run on every core. With `map`, a memory map of the same file, the matrices tqa's own
+    /// kernels take are read in place from it instead of copied.
+    pub fn from_gguf<R: Read + Seek + Send>(
         content: &gguf_file::Content,
-        reader: &mut R,
+        mut readers: Vec<R>,
         map: Option<Arc<Mmap>>,
         arch: &str,
         device: &Device,
     ) -> Result<Self> {
         let config = Config::from_gguf(content, arch)?;
+        let map = map.filter(|_| device.is_cpu());
+        let Some(reader) = readers.first_mut() else {
+            candle_core::bail!("loading a model needs a reader of its file");
+        };
         let mut tensors = Tensors {
             content,
             reader,
-            map: map.filter(|_| device.is_cpu()),
+            map: map.clone(),
             device,
         };
         let embedding_table = tensors.matrix("token_embd.weight")?;
@@ -526,38 +585,43 @@ impl Decoder {
             (output, table)
         };
         let output_norm = tensors.dequantized("output_norm.weight")?;
+        // Only the last position of a prompt reaches the output matrix.
+        output.warm_up(&[1], device)?;
+        let per_reader = config.n_layer.div_ceil(readers.len());
+        let loaded: Vec<Result<Vec<Layer>>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = readers
+                .iter_mut()
+                .enumerate()
+                .map(|(r, reader)| {
+                    let first = (r * per_reader).min(config.n_layer);
+                    let end = (first + per_reader).min(config.n_layer);
+                    let mut tensors = Tensors {
+                        content,
+                        reader,
+                        map: map.clone(),
+                        device,
+                    };
+                    scope.spawn(move || {
+                        (first..end)
+                            .map(|i| Layer::load(&mut tensors, i, arch))
+                            .collect::<Result<Vec<Layer>>>()
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|thread| {
+                    thread.join().unwrap_or_else(|_| {
+                        Err(candle_core::Error::Msg(
+                            "a thread loading the model's layers panicked".into(),
+                        ))
+                    })
+                })
+                .collect()
+        });
         let mut layers = Vec::with_capacity(config.n_layer);
-        for i in 0..config.n_layer {
-            let name = |suffix: &str| format!("blk.{i}.{suffix}");
-            let bias = if arch == "qwen2" {
-                Some([
-                    tensors.dequantized(&name("attn_q.bias"))?,
-                    tensors.dequantized(&name("attn_k.bias"))?,
-                    tensors.dequantized(&name("attn_v.bias"))?,
-                ])
-            } else {
-                None
-            };
-            layers.push(Layer {
-                attn_norm: tensors.dequantized(&name("attn_norm.weight"))?,
-                attn: Attention {
-                    qkv: SharedInput::new(vec![
-                        tensors.matrix(&name("attn_q.weight"))?,
-                        tensors.matrix(&name("attn_k.weight"))?,
-                        tensors.matrix(&name("attn_v.weight"))?,
-                    ])?,
-                    o: Projection::new(tensors.matrix(&name("attn_output.weight"))?)?,
-                    bias,
-                },
-                ffn_norm: tensors.dequantized(&name("ffn_norm.weight"))?,
-                mlp: Mlp {
-                    gate_up: SharedInput::new(vec![
-                        tensors.matrix(&name("ffn_gate.weight"))?,
-                        tensors.matrix(&name("ffn_up.weight"))?,
-                    ])?,
-                    down: Projection::new(tensors.matrix(&name("ffn_down.weight"))?)?,
-                },
-            });
+        for part in loaded {
+            layers.extend(part?);
         }
         let (cos, sin) = rope_tables(&config, device)?;
         Ok(Self {
@@ -575,44 +639,6 @@ impl Decoder {
 
     pub fn config(&self) -> &Config {
         &self.config
-    }
-
-    /// Runs every weight matrix once on the fewest rows candle computes (a prompt's) and once on
-    /// one row. candle repacks quantized weights for its fast kernels on their first use,
-    /// differently for one token and, on CPUs with AMX, for 32 or more (AMX tiles for Q4_K);
-    /// doing that here moves the cost from the first question to loading. The fewest rows, not
-    /// 32, where there is no AMX: the product itself is wasted work (the 1.5B model's load, see
-    /// README). Packing runs on the calling thread, so the layers are split between two threads:
-    /// 3.5-4.7 s of warm-up for the 1.5B model on one.
-    pub fn warm_up(&mut self) -> Result<()> {
-        const AMX_MIN_ROWS: usize = 32;
-        let row_counts: &[usize] = if kernels::has_amx() {
-            &[AMX_MIN_ROWS, FEW_ROWS, 1]
-        } else {
-            &[FEW_ROWS, 1]
-        };
-        let device = &self.device;
-        let warm = |projections: &[&Projection]| -> Result<()> {
-            for projection in projections {
-                projection.warm_up(row_counts, device)?;
-            }
-            Ok(())
-        };
-        let projections: Vec<&Projection> =
-            self.layers.iter().flat_map(Layer::projections).collect();
-        let (first, second) = projections.split_at(projections.len() / 2);
-        std::thread::scope(|scope| {
-            let helper = scope.spawn(|| warm(second));
-            let mine = warm(first);
-            let theirs = helper.join().unwrap_or_else(|_| {
-                Err(candle_core::Error::Msg(
-                    "the warm-up thread panicked".into(),
-                ))
-            });
-            mine.and(theirs)
-        })?;
-        // Only the last position of a prompt reaches the output matrix.
-        self.output.warm_up(&[1], device)
     }
 
     pub fn device(&self) -> &Device {
