@@ -483,12 +483,10 @@ impl Layer {
 /// the quantized matmuls are as fast at 256 rows as at more.
 const PREFILL_CHUNK: usize = 256;
 
-/// A GGUF file's tensors. Matrices tqa's own kernels take are read in place from the file's
-/// memory map when there is one; everything else is copied into candle's tensors.
-/// The row counts every matrix is run on once at load. candle repacks quantized weights for its
-/// fast kernels on their first use, differently for one token and, on CPUs with AMX, for 32 or
-/// more (AMX tiles for Q4_K); doing that at load moves the cost from the first question to
-/// loading. The fewest rows candle computes ([`FEW_ROWS`]) instead of 32 where there is no AMX:
+/// The row counts every matrix candle computes is run on once at load. candle repacks quantized
+/// weights for its fast kernels on their first use, differently for one token and, on CPUs with
+/// AMX, for 32 or more (AMX tiles for Q4_K); doing that at load moves the cost from the first
+/// question to loading. The fewest rows candle computes ([`FEW_ROWS`]) instead of 32 where there is no AMX:
 /// the product itself is wasted work (the 1.5B model's load, see README).
 fn warm_up_rows() -> &'static [usize] {
     const AMX_MIN_ROWS: usize = 32;
@@ -499,6 +497,8 @@ fn warm_up_rows() -> &'static [usize] {
     }
 }
 
+/// A GGUF file's tensors. Matrices tqa's own kernels take are read in place from the file's
+/// memory map when there is one; everything else is copied into candle's tensors.
 struct Tensors<'a, R> {
     content: &'a gguf_file::Content,
     reader: &'a mut R,
