@@ -10,6 +10,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Result, Tensor, D};
 use criterion::{criterion_group, criterion_main, Criterion};
 use tqa::model::kernels::{self, QuantMatrix};
+use tqa::model::weights::QuantBytes;
 
 /// (name, dtype, rows, cols): stacked q/k/v, stacked gate/up and down of each model, and
 /// SmolLM2's output matrix.
@@ -49,9 +50,17 @@ fn both_kernels(dtype: GgmlDType, rows: usize, cols: usize) -> (QuantMatrix, Can
     let device = Device::Cpu;
     let dense = Tensor::randn(0f32, 0.05, (rows, cols), &device).expect("weights");
     let weight = Arc::new(QTensor::quantize(&dense, dtype).expect("quantize"));
-    let own = QuantMatrix::new(weight.clone())
-        .expect("weights for tqa's kernels")
-        .expect("a type these kernels take");
+    // The way the decoder builds it where tqa prefers its kernels (with Q4_K's tiles for
+    // prompts on CPUs with AVX-512 VNNI), else as it builds them for decoding.
+    let preferred =
+        QuantMatrix::stacked(vec![QuantBytes::of_tensor(weight.clone()).expect("bytes")])
+            .expect("weights for tqa's kernels");
+    let own = match preferred {
+        Some(own) => own.with_prompt_tiles().expect("tiles"),
+        None => QuantMatrix::new(weight.clone())
+            .expect("weights for tqa's kernels")
+            .expect("a type these kernels take"),
+    };
     let candles = if matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q8_0) {
         let padding = cols.next_multiple_of(256) - cols;
         let matmul = weight

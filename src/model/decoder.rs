@@ -206,6 +206,14 @@ enum Projection {
 impl Projection {
     fn new(weight: QuantBytes) -> Result<Self> {
         match QuantMatrix::stacked(vec![weight.clone()])? {
+            Some(own) => Ok(Self::Own(own.with_prompt_tiles()?)),
+            None => Ok(Self::Candle(CandleProjection::new(weight.tensor()?)?)),
+        }
+    }
+
+    /// A matrix only the last position of a prompt reaches (the output matrix).
+    fn for_last_row(weight: QuantBytes) -> Result<Self> {
+        match QuantMatrix::stacked(vec![weight.clone()])? {
             Some(own) => Ok(Self::Own(own)),
             None => Ok(Self::Candle(CandleProjection::new(weight.tensor()?)?)),
         }
@@ -344,7 +352,7 @@ impl SharedInput {
         let rows = weights.iter().map(QuantBytes::rows).collect();
         if let Some(own) = QuantMatrix::stacked(weights.clone())? {
             return Ok(Self::Stacked {
-                projection: Projection::Own(own),
+                projection: Projection::Own(own.with_prompt_tiles()?),
                 rows,
             });
         }
@@ -429,7 +437,7 @@ struct Layer {
 }
 
 impl Layer {
-    /// Layer `i` from the file, warmed up (see [`warm_up_rows`]).
+    /// Layer `i` from the file, warmed up (see [`WARM_UP_ROWS`]).
     fn load<R: Read + Seek>(tensors: &mut Tensors<'_, R>, i: usize, arch: &str) -> Result<Self> {
         let name = |suffix: &str| format!("blk.{i}.{suffix}");
         let bias = if arch == "qwen2" {
@@ -462,7 +470,7 @@ impl Layer {
             },
         };
         for projection in layer.projections() {
-            projection.warm_up(warm_up_rows(), tensors.device)?;
+            projection.warm_up(&WARM_UP_ROWS, tensors.device)?;
         }
         Ok(layer)
     }
@@ -484,18 +492,11 @@ impl Layer {
 const PREFILL_CHUNK: usize = 256;
 
 /// The row counts every matrix candle computes is run on once at load. candle repacks quantized
-/// weights for its fast kernels on their first use, differently for one token and, on CPUs with
-/// AMX, for 32 or more (AMX tiles for Q4_K); doing that at load moves the cost from the first
-/// question to loading. The fewest rows candle computes ([`FEW_ROWS`]) instead of 32 where there is no AMX:
-/// the product itself is wasted work (the 1.5B model's load, see README).
-fn warm_up_rows() -> &'static [usize] {
-    const AMX_MIN_ROWS: usize = 32;
-    if kernels::has_amx() {
-        &[AMX_MIN_ROWS, FEW_ROWS, 1]
-    } else {
-        &[FEW_ROWS, 1]
-    }
-}
+/// weights for its fast kernels on their first use, differently for one token and for more;
+/// doing that at load moves the cost from the first question to loading. The fewest rows candle
+/// computes ([`FEW_ROWS`]) trigger it: the product itself is wasted work. (Until the own tiles
+/// took Q4_K, CPUs with AMX needed 32 rows as well, for candle's AMX tiles.)
+const WARM_UP_ROWS: [usize; 2] = [FEW_ROWS, 1];
 
 /// A GGUF file's tensors. Matrices tqa's own kernels take are read in place from the file's
 /// memory map when there is one; everything else is copied into candle's tensors.
@@ -544,7 +545,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// Builds the model from a GGUF file's tensors and warms it up (see [`warm_up_rows`]).
+    /// Builds the model from a GGUF file's tensors and warms it up (see [`WARM_UP_ROWS`]).
     /// `readers` are handles on the file, each with its own position: the layers are split
     /// between them, one thread each, so that copying the weights and candle's packing of them
     /// run on every core. With `map`, a memory map of the same file, the matrices tqa's own
@@ -571,11 +572,11 @@ impl Decoder {
         // Models with tied embeddings (Qwen2.5 up to 3B, SmolLM2) have no output matrix.
         let (output, embedding_table) = if content.tensor_infos.contains_key("output.weight") {
             (
-                Projection::new(tensors.matrix("output.weight")?)?,
+                Projection::for_last_row(tensors.matrix("output.weight")?)?,
                 embedding_table,
             )
         } else {
-            let output = Projection::new(embedding_table.clone())?;
+            let output = Projection::for_last_row(embedding_table.clone())?;
             // candle's projection may have padded a copy of the table: read the embeddings from
             // that copy, so that the table is held once.
             let table = match &output {

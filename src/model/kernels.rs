@@ -10,10 +10,11 @@
 //! original as well: the default model took twice its file's size in memory, and seconds of
 //! repacking at load. These kernels read the blocks where they lie.
 //!
-//! With AVX-512 VNNI or AVX-VNNI, candle's repacked kernels compute Q4_K and Q8_0 prompts faster
-//! than these, but they read more bytes per token than the blocks hold: there these kernels
-//! decode, and compute every product of the types candle would have to copy first
-//! ([`prefers`]).
+//! With AVX-512 VNNI or AVX-VNNI, candle's repacked kernels compute Q8_0 prompts (and, with
+//! AVX-VNNI alone, Q4_K ones) faster than these, but they read more bytes per token than the
+//! blocks hold: there these kernels decode, and compute every product of the types candle would
+//! have to copy first ([`prefers`]). With AVX-512 VNNI, Q4_K and Q6_K prompts go to tiles of 16
+//! weight rows made from the mapped blocks at load (`tiles`).
 //!
 //! Every format is read as groups of 32 values. Q4_1 and Q5_0 blocks are one group,
 //! `value = d * q + m` with an unsigned q (Q4_1: 4 bits and its own `m`; Q5_0: 5 bits and
@@ -33,6 +34,54 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Result, Tensor};
 
 use super::weights::QuantBytes;
+
+#[cfg(target_arch = "x86_64")]
+mod tiles;
+
+/// A k-quant matrix's blocks again in tiles, for prompts, on CPUs with AVX-512 VNNI (see
+/// `tiles`). Elsewhere there are none.
+enum PromptTiles {
+    #[cfg(target_arch = "x86_64")]
+    Q4K(tiles::Tiles<tiles::Q4K>),
+    #[cfg(target_arch = "x86_64")]
+    Q6K(tiles::Tiles<tiles::Q6K>),
+}
+
+impl PromptTiles {
+    fn run_here() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            tiles::run_here()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    fn takes(dtype: GgmlDType) -> bool {
+        matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K) && Self::run_here()
+    }
+
+    fn pack(format: Format, parts: &[&[u8]], cols: usize) -> Option<Self> {
+        match format {
+            #[cfg(target_arch = "x86_64")]
+            Format::Q4K => tiles::Tiles::pack(parts, cols).map(Self::Q4K),
+            #[cfg(target_arch = "x86_64")]
+            Format::Q6K => tiles::Tiles::pack(parts, cols).map(Self::Q6K),
+            _ => None,
+        }
+    }
+
+    fn product(&self, acts: &[ActSuperBlock], m: usize, out: &mut [f32]) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Q4K(tiles) => tiles.product(acts, m, out),
+            #[cfg(target_arch = "x86_64")]
+            Self::Q6K(tiles) => tiles.product(acts, m, out),
+        }
+    }
+}
 
 /// Values per block, in the weights and in the quantized activations.
 const BLOCK: usize = 32;
@@ -175,46 +224,43 @@ pub fn has_int8_dot_products() -> bool {
     }
 }
 
-/// Whether this CPU has AMX int8 tiles, for which candle packs Q4_K differently in prompts of
-/// 32 rows or more. `is_x86_feature_detected!` cannot ask for AMX on stable Rust; CPUID leaf 7
-/// says it in bit 25 of EDX.
-pub fn has_amx() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        const AMX_INT8: u32 = 1 << 25;
-        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
-        leaf7.edx & AMX_INT8 != 0
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// Whether tqa computes every product of `dtype` with these kernels on this CPU: everywhere they
-/// are [`available`], and for [`OWN_OVER_REPACKED`] also where candle's kernels take the other
-/// types' prompts.
+/// are [`available`], and for [`OWN_OVER_REPACKED`] and the types of the prompt tiles also where
+/// candle's kernels take the other types' prompts.
 pub fn prefers(dtype: GgmlDType) -> bool {
-    handles(dtype) && (available() || (runs_here() && OWN_OVER_REPACKED.contains(&dtype)))
+    let own_over_repacked = PromptTiles::takes(dtype) || OWN_OVER_REPACKED.contains(&dtype);
+    handles(dtype) && (available() || (runs_here() && own_over_repacked))
 }
 
 /// Types these kernels compute even on CPUs with int8 dot products, where candle's repacked
-/// kernels compute Q4_K and Q8_0 prompts faster. candle runs Q4_1 and Q5_0 only with scalar
+/// kernels compute Q8_0 prompts faster. candle runs Q4_1 and Q5_0 only with scalar
 /// code: it needed a Q8_0 copy of the file, its columns padded for the fast kernels and then
 /// repacked into tiles, three copies of the weights in memory and seconds at load. candle's
 /// repacked Q6_K tiles hold 1.5× the bytes of the blocks and gave prompts no speed: the 1.5B
 /// model (Q6_K in its output matrix and half its v and down projections), `tqa bench --prefill
 /// 512`, two interleaved rounds, candle's / own for Q6_K: 108.1 / 108.8 and 103.7 / 108.4 tok/s,
-/// peak 2,260 / 2,031 MiB.
+/// peak 2,260 / 2,031 MiB. (On AVX-512 VNNI CPUs Q6_K prompts now go to the own tiles.)
 const OWN_OVER_REPACKED: [GgmlDType; 3] = [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q6K];
+
+/// Prompts of at least this many rows go to a matrix's tiles, where it has them; one row
+/// (decoding) reads the blocks, fewer bytes from memory. `tqa bench --prefill 1,2,3,4,6,8` on the
+/// 1.5B model, two interleaved rounds, tiles from 1, 2, 4 or 16 rows: decode 20.2, 21.6 against
+/// 22.9, 22.8 tok/s (tiles from 1 / from 2); 2 and 3 rows 40.3, 30.2 and 40.9, 40.2 against
+/// 28.5, 27.2 and 27.9, 27.9 (from 2 / from 4); 4, 6 and 8 rows 48.3, 46.1 / 50.1, 56.1 / 58.6,
+/// 59.3 against 27.9, 29.7 / 28.3, 29.0 / 55.5, 46.8 (from 4 / from 16).
+const TILED_MIN_ROWS: usize = 2;
 
 /// Which kernels compute the products on this CPU, for the names of cache entries: each path
 /// rounds differently, and a greedy answer must repeat.
 pub fn path() -> &'static str {
-    match (available(), runs_here()) {
-        (true, _) => "own",
-        (false, true) => "candle-prompts-own-decoding",
-        (false, false) => "candle",
+    if available() {
+        "own"
+    } else if PromptTiles::run_here() {
+        "own-k-quant-tiles-candle-prompts-own-decoding"
+    } else if runs_here() {
+        "candle-prompts-own-decoding"
+    } else {
+        "candle"
     }
 }
 
@@ -246,6 +292,7 @@ pub struct QuantMatrix {
     cols: usize,
     parts: Vec<QuantBytes>,
     items: Vec<WorkItem>,
+    tiles: Option<PromptTiles>,
 }
 
 /// Weight rows of one part that one thread computes in one go.
@@ -276,6 +323,22 @@ impl QuantMatrix {
             return Ok(None);
         }
         Self::on_any_avx2_cpu(parts)
+    }
+
+    /// The matrix with its blocks also in tiles for prompts, where this CPU runs them and the
+    /// type has them (Q4_K and Q6_K, see `tiles`): a matrix that only ever meets one row (a
+    /// model's output matrix) is better off without.
+    pub fn with_prompt_tiles(mut self) -> Result<Self> {
+        if PromptTiles::run_here() {
+            let bytes = self
+                .parts
+                .iter()
+                .map(QuantBytes::bytes)
+                .collect::<Result<Vec<_>>>()?;
+            let parts: Vec<&[u8]> = bytes.iter().map(|b| b.as_ref()).collect();
+            self.tiles = PromptTiles::pack(self.format, &parts, self.cols);
+        }
+        Ok(self)
     }
 
     /// [`QuantMatrix::stacked`] wherever the kernels run, whether or not tqa prefers them there.
@@ -323,6 +386,7 @@ impl QuantMatrix {
             cols,
             parts,
             items,
+            tiles: None,
         }))
     }
 
@@ -360,6 +424,12 @@ impl QuantMatrix {
     /// Writes the products of the `m` quantized rows `acts` with every weight row into `out`
     /// (`m` × `rows`), the weight rows split between candle's CPU threads.
     fn product(&self, acts: &Acts, m: usize, out: &mut [f32]) -> Result<()> {
+        if let (Some(tiles), Acts::SuperBlocks(blocks)) = (&self.tiles, acts) {
+            if m >= TILED_MIN_ROWS {
+                tiles.product(blocks, m, out);
+                return Ok(());
+            }
+        }
         let parts = self
             .parts
             .iter()
@@ -1474,6 +1544,56 @@ mod tests {
                                 got_row[r]
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stacked Q4_K and Q6_K parts in tiles, for every count of prompt rows a pass over a column
+    /// of tiles takes (up to 6) and more, against the plain reading of the same blocks.
+    #[test]
+    fn tiles_compute_what_the_plain_reading_computes() {
+        if !PromptTiles::run_here() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        let cols = 1536;
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+            let weights = [
+                random_matrix(dtype, 32, cols),
+                random_matrix(dtype, 16, cols),
+            ];
+            let parts = weights
+                .iter()
+                .map(|w| QuantBytes::of_tensor(w.clone()).unwrap())
+                .collect();
+            let matrix = QuantMatrix::stacked(parts)
+                .unwrap()
+                .unwrap()
+                .with_prompt_tiles()
+                .unwrap();
+            assert!(matrix.tiles.is_some(), "{dtype:?} has no tiles");
+            let format = matrix.format;
+            let data: Vec<u8> = weights
+                .iter()
+                .flat_map(|w| w.data().unwrap().to_vec())
+                .collect();
+            let row_bytes = format.row_bytes(cols);
+            for m in [4, 5, 6, 7, 13] {
+                let x = Tensor::randn(0f32, 1.0, (m, cols), &Device::Cpu).unwrap();
+                let got = matrix.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+                let values = x.flatten_all().unwrap().to_vec1().unwrap();
+                let acts = Acts::quantize(&values, cols, format);
+                for (a, got_row) in got.iter().enumerate() {
+                    for (r, row) in data.chunks_exact(row_bytes).enumerate() {
+                        let want = row_dot_scalar(format, row, &acts, a);
+                        let diff = (got_row[r] - want).abs();
+                        assert!(
+                            diff <= 1e-4 * want.abs().max(1.0),
+                            "{dtype:?}, m {m}: [{a}][{r}] {} against {want}",
+                            got_row[r]
+                        );
                     }
                 }
             }
