@@ -211,9 +211,11 @@ impl Projection {
         }
     }
 
-    /// A matrix only the last position of a prompt reaches (the output matrix).
+    /// A matrix only the last position of a prompt reaches (the output matrix): one row, which
+    /// tqa's kernels compute wherever they run, from the blocks where they lie. candle's took a
+    /// copy with zero columns (SmolLM2's and the 0.5B's Q8_0 tables).
     fn for_last_row(weight: QuantBytes) -> Result<Self> {
-        match QuantMatrix::stacked(vec![weight.clone()])? {
+        match QuantMatrix::on_any_avx2_cpu(vec![weight.clone()])? {
             Some(own) => Ok(Self::Own(own)),
             None => Ok(Self::Candle(CandleProjection::new(weight.tensor()?)?)),
         }

@@ -279,6 +279,11 @@ pub fn runs_here() -> bool {
     }
 }
 
+/// Whether [`QuantMatrix::on_any_avx2_cpu`] takes matrices of this type on this CPU.
+pub fn runs_here_for(dtype: GgmlDType) -> bool {
+    handles(dtype) && runs_here()
+}
+
 /// Whether [`QuantMatrix`] takes tensors of this type.
 pub fn handles(dtype: GgmlDType) -> bool {
     Format::of(dtype).is_some()
@@ -341,8 +346,9 @@ impl QuantMatrix {
         Ok(self)
     }
 
-    /// [`QuantMatrix::stacked`] wherever the kernels run, whether or not tqa prefers them there.
-    fn on_any_avx2_cpu(parts: Vec<QuantBytes>) -> Result<Option<Self>> {
+    /// [`QuantMatrix::stacked`] wherever the kernels run, whether or not tqa prefers them there:
+    /// for a matrix that only ever meets one row, which they compute fastest wherever they run.
+    pub fn on_any_avx2_cpu(parts: Vec<QuantBytes>) -> Result<Option<Self>> {
         let Some(first) = parts.first() else {
             return Ok(None);
         };

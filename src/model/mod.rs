@@ -446,7 +446,8 @@ fn keep_freed_buffers() {
 }
 
 /// The map of the model file for the weights to be read in place, when tqa's own kernels compute
-/// the products of every matrix on this device; its pages are read in now, so that loading, not
+/// the products of every matrix on this device (the output matrix's single rows wherever they
+/// run); its pages are read in now, so that loading, not
 /// the first question, pays for reading the file. Otherwise `None`, the map dropped with the
 /// header read: the weights would count twice in the peak memory, once as file pages and once as
 /// the tensors candle copies from them.
@@ -455,11 +456,18 @@ fn weights_in_place(
     content: &gguf_file::Content,
     device: &Device,
 ) -> Option<Arc<Mmap>> {
+    let tied = !content.tensor_infos.contains_key("output.weight");
     let every_matrix_own = content
         .tensor_infos
-        .values()
-        .filter(|t| t.shape.rank() == 2)
-        .all(|t| kernels::prefers(t.ggml_dtype));
+        .iter()
+        .filter(|(_, t)| t.shape.rank() == 2)
+        .all(|(name, t)| match name.as_str() {
+            // Only the last row of a prompt meets the output matrix; embeddings are rows read.
+            "output.weight" => kernels::runs_here_for(t.ggml_dtype),
+            "token_embd.weight" if tied => kernels::runs_here_for(t.ggml_dtype),
+            "token_embd.weight" => true,
+            _ => kernels::prefers(t.ggml_dtype),
+        });
     if !device.is_cpu() || !every_matrix_own {
         return None;
     }
