@@ -1,5 +1,5 @@
 //! tqa's own kernels (every product on CPUs with AVX2 and no int8 dot products; decoding, Q4_1,
-//! Q5_0 and Q6_K on CPUs with them) against candle's, on the matrix shapes of SmolLM2-135M (Q4_1, its
+//! Q5_0 and, as tiles on AVX-512 VNNI, Q4_K and Q6_K on CPUs with them) against candle's, on the matrix shapes of SmolLM2-135M (Q4_1, its
 //! output matrix Q8_0), Qwen2.5-Coder-0.5B (Q5_0) and Qwen2.5-Coder-1.5B (Q4_K, Q6_K): one token
 //! (decoding) and a prompt chunk of 256 tokens. candle runs Q4_1, Q5_0 and Q8_0 as Q8_0 copies
 //! with zero columns up to a width of a multiple of 256, as the decoder pads them for candle's
@@ -50,8 +50,8 @@ fn both_kernels(dtype: GgmlDType, rows: usize, cols: usize) -> (QuantMatrix, Can
     let device = Device::Cpu;
     let dense = Tensor::randn(0f32, 0.05, (rows, cols), &device).expect("weights");
     let weight = Arc::new(QTensor::quantize(&dense, dtype).expect("quantize"));
-    // The way the decoder builds it where tqa prefers its kernels (with Q4_K's tiles for
-    // prompts on CPUs with AVX-512 VNNI), else as it builds them for decoding.
+    // The way the decoder builds it where tqa prefers its kernels (with Q4_K's and Q6_K's tiles
+    // for prompts on CPUs with AVX-512 VNNI), else as it builds them for decoding.
     let preferred =
         QuantMatrix::stacked(vec![QuantBytes::of_tensor(weight.clone()).expect("bytes")])
             .expect("weights for tqa's kernels");

@@ -205,17 +205,20 @@ enum Projection {
 
 impl Projection {
     fn new(weight: QuantBytes) -> Result<Self> {
-        match QuantMatrix::stacked(vec![weight.clone()])? {
-            Some(own) => Ok(Self::Own(own.with_prompt_tiles()?)),
-            None => Ok(Self::Candle(CandleProjection::new(weight.tensor()?)?)),
-        }
+        let own = QuantMatrix::stacked(vec![weight.clone()])?;
+        Self::own_or_candle(own.map(QuantMatrix::with_prompt_tiles).transpose()?, weight)
     }
 
     /// A matrix only the last position of a prompt reaches (the output matrix): one row, which
     /// tqa's kernels compute wherever they run, from the blocks where they lie. candle's took a
     /// copy with zero columns (SmolLM2's and the 0.5B's Q8_0 tables).
     fn for_last_row(weight: QuantBytes) -> Result<Self> {
-        match QuantMatrix::on_any_avx2_cpu(vec![weight.clone()])? {
+        let own = QuantMatrix::on_any_avx2_cpu(vec![weight.clone()])?;
+        Self::own_or_candle(own, weight)
+    }
+
+    fn own_or_candle(own: Option<QuantMatrix>, weight: QuantBytes) -> Result<Self> {
+        match own {
             Some(own) => Ok(Self::Own(own)),
             None => Ok(Self::Candle(CandleProjection::new(weight.tensor()?)?)),
         }
@@ -549,7 +552,7 @@ pub struct Decoder {
 impl Decoder {
     /// Builds the model from a GGUF file's tensors and warms it up (see [`WARM_UP_ROWS`]).
     /// `readers` are handles on the file, each with its own position: the layers are split
-    /// between them, one thread each, so that copying the weights and candle's packing of them
+    /// between them, one thread each, so that copying or tiling the weights and candle's packing
     /// run on every core. With `map`, a memory map of the same file, the matrices tqa's own
     /// kernels take are read in place from it instead of copied.
     pub fn from_gguf<R: Read + Seek + Send>(
