@@ -335,25 +335,33 @@ fn turn_pieces_alone_equal_a_plain_prefill_and_are_reused_wherever_they_land() {
         "a single piece differs from the plain prefill by {diff}"
     );
 
-    // `a`, stored at the first position after the head, is reused behind `b`. Of the head, only
-    // its system turn is reused: the rest is computed again, as on a first run.
+    // `a`, stored at the first position after the head, is reused behind `b`, and so is the
+    // head the cache holds from the last piece-wise prompt: a first run computes the head in the
+    // same chunks, so the logits are the same bits.
     let (got, reused) = model
         .prefill_pieces(&head, &[b.clone(), a.clone()], &tail)
         .unwrap();
-    let system_turn = model
-        .encode("<|im_start|>system\nrules<|im_end|>\n")
-        .unwrap();
-    assert_eq!(reused, system_turn.len() + a.len());
+    assert_eq!(reused, head.len() + a.len());
     let (expected, _) = fresh()
         .prefill_pieces(&head, &[b.clone(), a.clone()], &tail)
         .unwrap();
-    let diff = max_abs_diff(&expected.to_vec1().unwrap(), &got.to_vec1().unwrap());
-    assert!(diff < 1e-4, "a reused piece changes the logits by {diff}");
+    assert_eq!(
+        expected.to_vec1::<f32>().unwrap(),
+        got.to_vec1::<f32>().unwrap()
+    );
 
     // Pieces put together are not what a plain prefill computes: the same tokens as a plain
     // prompt are recomputed past the system turn.
     let (_, reused) = model.prefill(&[&head[..], &b, &a, &tail].concat()).unwrap();
+    let system_turn = model
+        .encode("<|im_start|>system\nrules<|im_end|>\n")
+        .unwrap();
     assert_eq!(reused, system_turn.len());
+    // Nor does the next piece-wise prompt take the head from what the plain prompt left.
+    let (_, reused) = model
+        .prefill_pieces(&head, std::slice::from_ref(&a), &tail)
+        .unwrap();
+    assert_eq!(reused, system_turn.len() + a.len());
 }
 
 /// The real quantized models, teacher-forced along the reference's greedy tokens. Activations

@@ -149,6 +149,10 @@ pub struct Model {
     /// How many of `cached` hold exactly what a plain prefill would compute; pieces put together
     /// by `prefill_pieces` are not that, so no plain prompt may reuse them.
     exact: usize,
+    /// How many of `cached` hold a head as `prefill_pieces` computes it: its system turn, then
+    /// the rest as a chunk of its own. The next piece-wise prompt with the same head (the
+    /// reranking's, once per turn judged) starts after it.
+    pieces_head: usize,
     /// System turns and transcript turns computed before, by this process or an earlier one.
     stored: KvStore,
     /// The token that opens a turn of the chat template.
@@ -225,6 +229,7 @@ impl Model {
             decoder,
             cached: Vec::new(),
             exact: 0,
+            pieces_head: 0,
             stored,
             turn_start: tokenizer.token_to_id(template.turn_start()),
             tokenizer,
@@ -251,6 +256,9 @@ impl Model {
         let logits = self.decoder.forward(tokens, pos)?;
         self.cached.truncate(pos);
         self.cached.extend_from_slice(tokens);
+        if pos < self.pieces_head {
+            self.pieces_head = 0;
+        }
         if pos <= self.exact {
             self.exact = pos + tokens.len();
         }
@@ -297,10 +305,7 @@ impl Model {
         pieces: &[Vec<u32>],
         tail: &[u32],
     ) -> Result<(Tensor, usize), ModelError> {
-        let mut reused = self.reuse_prefix(head)?;
-        if reused < head.len() {
-            self.compute_from(head, reused)?;
-        }
+        let mut reused = self.put_pieces_head(head)?;
         let config = self.decoder.config().clone();
         let device = self.decoder.device().clone();
         let mut entries = Vec::with_capacity(pieces.len());
@@ -331,6 +336,20 @@ impl Model {
         self.exact = self.exact.min(head.len());
         let logits = self.forward(tail, pos)?;
         Ok((logits, reused))
+    }
+
+    /// Puts `head` in the cache as `prefill_pieces` computes it, from what the cache holds or the
+    /// stored system turn where it can. Returns how many of its tokens were not computed.
+    fn put_pieces_head(&mut self, head: &[u32]) -> Result<usize, ModelError> {
+        if self.pieces_head == head.len() && self.cached.starts_with(head) {
+            return Ok(head.len());
+        }
+        let reused = self.reuse_prefix(head)?;
+        if reused < head.len() {
+            self.compute_from(head, reused)?;
+        }
+        self.pieces_head = head.len();
+        Ok(reused)
     }
 
     /// Puts the longest known prefix of `prompt`, up to the end of its system turn, in the
