@@ -239,6 +239,7 @@ impl Index {
                     *score *= SPEAKER_BOOST;
                 }
             }
+            self.lead_exchanges_with(speaker, &mut fused);
         }
         let wordings = queries.len().max(1) as f32;
         for similarity in &mut passage_similarities {
@@ -284,6 +285,19 @@ impl Index {
             rankings.push((passages, 1.0));
         }
         Ok(Some(similarities))
+    }
+
+    /// Where a turn outranks its partner by `speaker`, the two swap scores: the exchange keeps
+    /// its place, led by the turn that says what the question asks `speaker` said. A question
+    /// about an answer tends to repeat the host's question, so the question outscores the answer.
+    fn lead_exchanges_with(&self, speaker: &str, scores: &mut [f32]) {
+        for (turn, partner) in self.turns.iter().enumerate() {
+            if let Some(partner) = self.partners[turn] {
+                if self.turns[turn].speaker == speaker && scores[partner] > scores[turn] {
+                    scores.swap(turn, partner);
+                }
+            }
+        }
     }
 
     /// The speaker a question names, when it names exactly one in its wordings ("what did Altman
@@ -480,6 +494,20 @@ mod tests {
                 .speaker,
             "Ann Lee"
         );
+    }
+
+    #[test]
+    fn the_named_speaker_leads_an_exchange_the_other_side_matched() {
+        let t = transcript(
+            "Ann Lee: Why do teams waste talent?\n\nBob Stone: Offices are built badly and luck decides.\n\nAnn Lee: Anything else?\n\nBob Stone: Offices again.",
+        );
+        let index = Index::build(&t);
+        let ids = |query: &str| -> Vec<String> {
+            let hits = index.search(&[query], 1).unwrap();
+            hits.iter().map(|h| h.turn.id.clone()).collect()
+        };
+        assert_eq!(ids("why do teams waste talent"), ["T1", "T2"]);
+        assert_eq!(ids("why does Bob say teams waste talent"), ["T2", "T1"]);
     }
 
     #[test]
