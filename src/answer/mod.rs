@@ -175,7 +175,7 @@ impl Prompts {
             .unwrap_or((rendered.as_str(), ""));
         PromptText {
             head: head.to_string(),
-            turns: format_turns(turns, host),
+            exchanges: format_exchanges(turns, host),
             tail: format!(
                 "{}{VERDICT_PREFIX}",
                 tail.replace("{question}", question.trim())
@@ -203,19 +203,20 @@ impl Prompts {
 }
 
 /// A prompt in the parts `Model::prefill_pieces` takes: everything before the transcript turns,
-/// one piece per turn, and everything after.
+/// one piece per exchange (a host question with its answer, or a turn alone), and everything
+/// after.
 #[derive(Debug, Clone)]
 pub struct PromptText {
     pub head: String,
-    pub turns: Vec<String>,
+    pub exchanges: Vec<String>,
     pub tail: String,
 }
 
-/// A `PromptText` tokenized part by part, so that each turn's tokens are the same in every
+/// A `PromptText` tokenized part by part, so that each exchange's tokens are the same in every
 /// prompt it appears in.
 struct PromptTokens {
     head: Vec<u32>,
-    turns: Vec<Vec<u32>>,
+    exchanges: Vec<Vec<u32>>,
     tail: Vec<u32>,
 }
 
@@ -223,8 +224,8 @@ impl PromptTokens {
     fn encode(model: &Model, text: &PromptText) -> Result<Self, ModelError> {
         Ok(Self {
             head: model.encode(&text.head)?,
-            turns: text
-                .turns
+            exchanges: text
+                .exchanges
                 .iter()
                 .map(|t| model.encode(t))
                 .collect::<Result<_, _>>()?,
@@ -233,12 +234,12 @@ impl PromptTokens {
     }
 
     fn len(&self) -> usize {
-        self.head.len() + self.turns.iter().map(Vec::len).sum::<usize>() + self.tail.len()
+        self.head.len() + self.exchanges.iter().map(Vec::len).sum::<usize>() + self.tail.len()
     }
 
     fn concat(&self) -> Vec<u32> {
         let mut all = self.head.clone();
-        all.extend(self.turns.iter().flatten());
+        all.extend(self.exchanges.iter().flatten());
         all.extend(&self.tail);
         all
     }
@@ -382,7 +383,7 @@ pub fn rank_turns(
 /// Each exchange (a matched turn with its partner) in transcript order, so that a question reads
 /// before its answer; the exchanges from the weakest match to the best, so that the best stands
 /// next to the question, where a small model looks first. Each turn ends with a blank line.
-fn format_turns(turns: &[Retrieved], host: Option<&str>) -> Vec<String> {
+fn format_exchanges(turns: &[Retrieved], host: Option<&str>) -> Vec<String> {
     let mut exchanges: Vec<Vec<&Turn>> = Vec::new();
     let mut leaders: Vec<&str> = Vec::new();
     for r in turns {
@@ -398,11 +399,10 @@ fn format_turns(turns: &[Retrieved], host: Option<&str>) -> Vec<String> {
     exchanges
         .iter_mut()
         .rev()
-        .flat_map(|exchange| {
+        .map(|exchange| {
             exchange.sort_by_key(|t| turn_number(&t.id));
-            exchange.iter()
+            exchange.iter().map(|t| format_turn(t, host)).collect()
         })
-        .map(|t| format_turn(t, host))
         .collect()
 }
 
@@ -674,7 +674,7 @@ fn judge_and_generate(
     steer: &mut dyn Steer,
 ) -> Result<Judged, AnswerError> {
     let (logits, reused) = if options.reuse_turns {
-        model.prefill_pieces(&prompt.head, &prompt.turns, &prompt.tail)?
+        model.prefill_pieces(&prompt.head, &prompt.exchanges, &prompt.tail)?
     } else {
         model.prefill(&prompt.concat())?
     };
@@ -932,6 +932,27 @@ mod tests {
             relevance: None,
             partner_of: None,
         }
+    }
+
+    #[test]
+    fn each_exchange_is_one_piece_in_turn_order_with_the_best_match_last() {
+        let partner = |id: &str, speaker: &str, text: &str, of: &str| Retrieved {
+            partner_of: Some(of.into()),
+            ..given(id, speaker, text)
+        };
+        let turns = [
+            given("T8", "Guest", "Agents book tables."),
+            partner("T7", "Host", "What about agents?", "T8"),
+            given("T3", "Host", "Pricing?"),
+        ];
+        let pieces = format_exchanges(&turns, Some("Host"));
+        assert_eq!(
+            pieces,
+            [
+                "[T3] Host (host): Pricing?\n\n",
+                "[T7] Host (host): What about agents?\n\n[T8] Guest: Agents book tables.\n\n",
+            ]
+        );
     }
 
     #[test]
