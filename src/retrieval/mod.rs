@@ -291,8 +291,8 @@ impl Index {
     /// its place, led by the turn that says what the question asks `speaker` said. A question
     /// about an answer tends to repeat the host's question, so the question outscores the answer.
     fn lead_exchanges_with(&self, speaker: &str, scores: &mut [f32]) {
-        for (turn, partner) in self.turns.iter().enumerate() {
-            if let Some(partner) = self.partners[turn] {
+        for (turn, partner) in self.partners.iter().enumerate() {
+            if let Some(partner) = *partner {
                 if self.turns[turn].speaker == speaker && scores[partner] > scores[turn] {
                     scores.swap(turn, partner);
                 }
