@@ -151,7 +151,7 @@ pub struct Model {
     exact: usize,
     /// How many of `cached` hold a head as `prefill_pieces` computes it: its system turn, then
     /// the rest as a chunk of its own. The next piece-wise prompt with the same head (the
-    /// reranking's, once per turn judged) starts after it.
+    /// reranking's, once per exchange judged) starts after it.
     pieces_head: usize,
     /// System turns and transcript turns computed before, by this process or an earlier one.
     stored: KvStore,
