@@ -1,9 +1,9 @@
 //! tqa's own kernels (every product on CPUs with AVX2 and no int8 dot products; decoding, Q4_1,
-//! Q5_0 and, as tiles on AVX-512 VNNI, Q4_K and Q6_K on CPUs with them) against candle's, on the matrix shapes of SmolLM2-135M (Q4_1, its
-//! output matrix Q8_0), Qwen2.5-Coder-0.5B (Q5_0) and Qwen2.5-Coder-1.5B (Q4_K, Q6_K): one token
-//! (decoding) and a prompt chunk of 256 tokens. candle runs Q4_1, Q5_0 and Q8_0 as Q8_0 copies
-//! with zero columns up to a width of a multiple of 256, as the decoder pads them for candle's
-//! fast kernels, and the k-quants as they are.
+//! Q5_0 and, as tiles on AVX-512 VNNI, Q4_K and Q6_K on CPUs with them) against candle's, on the
+//! matrix shapes of SmolLM2-135M (Q4_1, its output matrix Q8_0), Qwen2.5-Coder-0.5B (Q5_0) and
+//! Qwen2.5-Coder-1.5B (Q4_K, Q6_K): one token (decoding) and a prompt chunk of 256 tokens. candle
+//! runs Q4_1, Q5_0 and Q8_0 as Q8_0 copies with zero columns up to a width of a multiple of 256,
+//! as the decoder pads them for candle's fast kernels, and the k-quants as they are.
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
