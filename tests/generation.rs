@@ -311,3 +311,51 @@ fn a_steer_can_go_on_where_the_model_would_end() {
     assert_eq!(cut.tokens.len(), 1);
     assert_eq!(cut.stop, StopReason::TokenLimit);
 }
+
+/// A reply that copies more than `limit` of its own tokens is cut where the copy began, and what
+/// was cut is never streamed: the copy's line ends there, and a reply that copies a whole line
+/// ends.
+#[test]
+fn a_reply_copying_itself_is_cut_where_the_copy_began() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load(&common::tiny_model(
+        dir.path(),
+        Behaviour::AlwaysEmit(u32::from(b'a')),
+    ));
+    let limited = |max_self_repeat| SamplingConfig {
+        max_self_repeat,
+        ..unpenalized(32)
+    };
+    let (free, _) = run(&mut model, "hi", &limited(None));
+    assert_eq!(free.stop, StopReason::TokenLimit);
+    assert_eq!(free.text, "a".repeat(32));
+
+    // From the second "a" on, every token repeats the one before it. The line ends after the
+    // first; the next line is all copy.
+    let (cut, streamed) = run(&mut model, "hi", &limited(Some(3)));
+    assert_eq!(cut.stop, StopReason::Repetition);
+    assert_eq!(cut.text, "a\n");
+    assert_eq!(streamed, cut.text);
+    let line_break = model.encode("\n").unwrap();
+    assert_eq!(
+        cut.tokens,
+        [vec![u32::from(b'a')], line_break.clone()].concat()
+    );
+    assert_eq!(cut.steered_tokens, line_break.len());
+
+    // Where a steer goes on instead of ending, the model starts afresh after the steered text.
+    let prompt = model.encode("hi").unwrap();
+    let ready = prefilled(&mut model, &prompt);
+    let mut streamed = String::new();
+    let went_on = continue_generation(
+        &mut model,
+        ready,
+        &limited(Some(3)),
+        &mut |t| streamed.push_str(t),
+        &mut GoOn { times: 2 },
+    )
+    .unwrap();
+    assert_eq!(went_on.text, "a\nab\nab\n");
+    assert_eq!(streamed, went_on.text);
+    assert_eq!(went_on.stop, StopReason::Repetition);
+}

@@ -245,6 +245,10 @@ impl PromptTokens {
     }
 }
 
+/// Longest run of tokens an answer may copy from its own earlier words: a phrase may recur, a
+/// sentence may not (a bullet that explains its quotation with the previous bullet's words).
+const MAX_SELF_REPEAT: usize = 16;
+
 /// Most tokens a rewritten or translated question may take; a question is a sentence or two.
 const MAX_QUESTION_TOKENS: usize = 96;
 
@@ -533,6 +537,7 @@ impl Default for AskOptions {
             // a longer reply is a model that has lost its way.
             sampling: SamplingConfig {
                 max_new_tokens: 768,
+                max_self_repeat: Some(MAX_SELF_REPEAT),
                 ..SamplingConfig::default()
             },
         }

@@ -4,7 +4,7 @@
 use regex::Regex;
 
 use super::{citation_regex, extract_citations, normalize_turn_id};
-use crate::model::generate::{Next, Steer};
+use crate::model::generate::{closing_mark, Next, Steer};
 use crate::retrieval::Retrieved;
 
 /// The steering of one answer: its citations are held to the citable turns and, when
@@ -266,16 +266,6 @@ fn plain_words(text: &str) -> String {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn closing_mark(open: char) -> Option<char> {
-    match open {
-        '"' => Some('"'),
-        '“' => Some('”'),
-        '「' => Some('」'),
-        '『' => Some('』'),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -284,7 +284,7 @@ impl SamplingArgs {
             seed: self.seed,
             repeat_penalty: self.repeat_penalty,
             max_new_tokens: self.max_tokens,
-            ..SamplingConfig::default()
+            ..AskOptions::default().sampling
         }
     }
 }

@@ -22,6 +22,12 @@ pub struct SamplingConfig {
     /// Texts that end the reply where they begin; they are neither shown nor kept. A small model
     /// that has seen a worked example in its prompt tends to go on with the example's next line.
     pub stop_sequences: Vec<String>,
+    /// Longest run of tokens the model may copy from what it wrote earlier in the same reply. A
+    /// longer copy is cut where it began, before it is shown, and its line ends there: a small
+    /// model that has explained one quotation tends to explain the next one with the same
+    /// sentences, word for word. A reply that copies a whole line ends (or goes on where a
+    /// steer says so). `None` lets it repeat.
+    pub max_self_repeat: Option<usize>,
 }
 
 impl Default for SamplingConfig {
@@ -34,6 +40,7 @@ impl Default for SamplingConfig {
             repeat_last_n: 64,
             max_new_tokens: 512,
             stop_sequences: Vec::new(),
+            max_self_repeat: None,
         }
     }
 }
@@ -55,6 +62,8 @@ pub enum StopReason {
     EndOfTurn,
     TokenLimit,
     StopSequence,
+    /// The model went on copying what it had written (see `SamplingConfig::max_self_repeat`).
+    Repetition,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -214,52 +223,95 @@ pub fn continue_generation(
 
     let mut steered_tokens = 0;
     let mut steer_time = Duration::ZERO;
+    let mut copies = config.max_self_repeat.map(SelfRepeats::new);
+    // Tokens that went through the model and were then cut: they count against the token limit,
+    // which bounds the work of a reply as well as its length.
+    let mut cut_tokens = 0;
     // The tokens that go through the model next: the sampled one, and any steered text after it.
     let mut step: Vec<u32> = Vec::new();
     let decode_start = Instant::now();
     let stop = loop {
         step.clear();
-        let ended = model.is_stop_token(next);
+        let mut ended = model.is_stop_token(next);
+        // Whether the step holds only steered text: where the model ended, or after a cut.
+        let mut all_steered = ended;
+        let mut copied = false;
         if ended {
             if let Some(rest) = stream.finish(|t| model.decode(t))? {
                 if text.push(&rest, on_text) {
                     break StopReason::StopSequence;
                 }
             }
-            let Some(more) = steer
-                .instead_of_end(text.so_far())
-                .filter(|more| !more.is_empty())
-            else {
-                break StopReason::EndOfTurn;
-            };
-            let (gen, step) = (&mut generated, &mut step);
-            if put_steered(model, more, config, gen, step, &mut text, on_text)? {
-                break StopReason::StopSequence;
-            }
         } else {
+            let cut_point = CutPoint {
+                token: generated.len() - stream.pending(),
+                text: text.so_far().len(),
+            };
             step.push(next);
             generated.push(next);
             sampled.push(next);
             if let Some(piece) = stream.push(next, |t| model.decode(t))? {
-                if text.push(&piece, on_text) {
-                    break StopReason::StopSequence;
+                if let Some(copies) = copies.as_mut() {
+                    copies.push(&piece, cut_point);
+                    if let Some(start) = copies.over_limit(generated.len()) {
+                        cut_tokens +=
+                            cut_back(start, &mut generated, &mut sampled, copies, &mut text);
+                        step.clear();
+                        (copied, all_steered) = (true, true);
+                    }
+                    text.hold_from(copies.start().map(|s| s.text));
                 }
-                // Consulted only when the text has grown, so that one opening is steered once.
-                if let Some(steered) = steer.insert(text.so_far()) {
-                    let (gen, step) = (&mut generated, &mut step);
-                    if put_steered(model, steered, config, gen, step, &mut text, on_text)? {
+                if copied {
+                    // The copy ends the line it was on; a reply that copied a whole line ends.
+                    let so_far = text.so_far();
+                    if so_far.is_empty() || so_far.ends_with('\n') {
+                        ended = true;
+                    } else {
+                        let line_end = line_end_after(so_far);
+                        let (gen, step) = (&mut generated, &mut step);
+                        if put_steered(model, line_end, config, gen, step, &mut text, on_text)? {
+                            break StopReason::StopSequence;
+                        }
+                    }
+                } else {
+                    if text.push(&piece, on_text) {
                         break StopReason::StopSequence;
+                    }
+                    // Consulted only when the text has grown, so that one opening is steered once.
+                    if let Some(steered) = steer.insert(text.so_far()) {
+                        end_copying(&mut copies, &mut text);
+                        let (gen, step) = (&mut generated, &mut step);
+                        if put_steered(model, steered, config, gen, step, &mut text, on_text)? {
+                            break StopReason::StopSequence;
+                        }
                     }
                 }
             }
         }
-        if step.is_empty() || generated.len() >= config.max_new_tokens {
+        if ended {
+            let Some(more) = steer
+                .instead_of_end(text.so_far())
+                .filter(|more| !more.is_empty())
+            else {
+                break if copied {
+                    StopReason::Repetition
+                } else {
+                    StopReason::EndOfTurn
+                };
+            };
+            end_copying(&mut copies, &mut text);
+            let (gen, step) = (&mut generated, &mut step);
+            if put_steered(model, more, config, gen, step, &mut text, on_text)? {
+                break StopReason::StopSequence;
+            }
+        }
+        if step.is_empty() || generated.len() + cut_tokens >= config.max_new_tokens {
             break StopReason::TokenLimit;
         }
         let step_start = Instant::now();
+        // After a cut this goes back to where the copy began, replacing it in the cache.
         let logits = model.forward(&step, context + generated.len() - step.len())?;
-        // Where the model ended, every token of the step is the steer's.
-        let steered_now = step.len() - usize::from(!ended);
+        let steered_now = step.len() - usize::from(!all_steered);
         if steered_now > 0 {
             steered_tokens += steered_now;
             steer_time += step_start.elapsed();
@@ -282,6 +334,133 @@ pub fn continue_generation(
         steered_tokens,
         steer_time,
     })
+}
+
+/// Cuts the reply back to `start`, where a copy began; returns how many of the tokens cut went
+/// through the model (all but the one just sampled). A copy holds no steered text, so every token
+/// cut was sampled.
+fn cut_back(
+    start: CutPoint,
+    generated: &mut Vec<u32>,
+    sampled: &mut Vec<u32>,
+    copies: &mut SelfRepeats,
+    text: &mut StopScan,
+) -> usize {
+    let cut = generated.len() - start.token;
+    generated.truncate(start.token);
+    sampled.truncate(sampled.len() - cut);
+    copies.cut(start);
+    text.cut(start.text);
+    cut - 1
+}
+
+/// Steered text comes between the model's tokens: a copy of the model's words runs up to it, and
+/// what was held as a possible copy is shown.
+fn end_copying(copies: &mut Option<SelfRepeats>, text: &mut StopScan) {
+    if let Some(copies) = copies {
+        copies.break_run();
+    }
+    text.hold_from(None);
+}
+
+/// What ends the last line of `text` where a copy was cut from it: a line break, after the
+/// closing mark of the line's first quotation when the line leaves it open (the copy began with
+/// the mark). A mark left open later in the line is more likely a stray one.
+fn line_end_after(text: &str) -> String {
+    let line = text.rsplit('\n').next().unwrap_or(text);
+    let first_quotation = line
+        .char_indices()
+        .find_map(|(at, c)| Some((at + c.len_utf8(), closing_mark(c)?)));
+    match first_quotation {
+        Some((inside, close)) if !line[inside..].contains(close) => format!("{close}\n"),
+        _ => "\n".to_string(),
+    }
+}
+
+/// The mark that closes a quotation `open` opens, if it opens one.
+pub(crate) fn closing_mark(open: char) -> Option<char> {
+    match open {
+        '"' => Some('"'),
+        '“' => Some('”'),
+        '「' => Some('」'),
+        '『' => Some('』'),
+        _ => None,
+    }
+}
+
+/// Where a reply can be cut back to: before the token at `token` in the reply, whose text begins
+/// at byte `text`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CutPoint {
+    token: usize,
+    text: usize,
+}
+
+/// The ending of the model's text that repeats, character for character, text it wrote earlier
+/// in the reply (steered text is not the model's and is skipped). Characters, not tokens: the
+/// same words after a quotation's closing mark ("\" Altman") are often split into other tokens
+/// than before.
+struct SelfRepeats {
+    limit: usize,
+    /// The model's text, each character with where a cut before the token that wrote it goes.
+    own: Vec<(char, CutPoint)>,
+    /// For each character of `own`, how many characters ending with it match the latest ones.
+    matched: Vec<usize>,
+    /// Characters in the repeating ending.
+    run: usize,
+}
+
+impl SelfRepeats {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            own: Vec::new(),
+            matched: Vec::new(),
+            run: 0,
+        }
+    }
+
+    /// Adds text the model wrote; `at` is where a cut before the token it begins with goes.
+    fn push(&mut self, piece: &str, at: CutPoint) {
+        for c in piece.chars() {
+            // Backwards, so that each match grows from the previous character's match before that
+            // is updated in its turn.
+            for j in (0..self.own.len()).rev() {
+                self.matched[j] = if self.own[j].0 == c {
+                    j.checked_sub(1).map_or(0, |i| self.matched[i]) + 1
+                } else {
+                    0
+                };
+            }
+            self.run = self.matched.iter().copied().max().unwrap_or(0);
+            self.own.push((c, at));
+            self.matched.push(0);
+        }
+    }
+
+    /// Where the repeating ending begins: before the token that wrote its first character.
+    fn start(&self) -> Option<CutPoint> {
+        (self.run > 0).then(|| self.own[self.own.len() - self.run].1)
+    }
+
+    /// Where the repeating ending begins once it spans more than the limit's tokens, with the
+    /// reply `tokens` long.
+    fn over_limit(&self, tokens: usize) -> Option<CutPoint> {
+        self.start().filter(|s| tokens - s.token > self.limit)
+    }
+
+    /// Forgets the text from `start` on, which the reply no longer holds.
+    fn cut(&mut self, start: CutPoint) {
+        let kept = self.own.partition_point(|(_, at)| at.token < start.token);
+        self.own.truncate(kept);
+        self.matched.truncate(kept);
+        self.break_run();
+    }
+
+    fn break_run(&mut self) {
+        self.matched.fill(0);
+        self.run = 0;
+    }
 }
 
 /// Puts `steered` into the reply as if the model had written it, cut to the room `config` leaves:
@@ -408,14 +587,22 @@ impl TextStream {
         let text = decode(&std::mem::take(&mut self.pending))?;
         Ok(Some(text).filter(|t| !t.is_empty()))
     }
+
+    /// Tokens held until they form whole characters.
+    fn pending(&self) -> usize {
+        self.pending.len()
+    }
 }
 
 /// The reply's text, passed on as it grows except for an ending that may be the start of a stop
-/// sequence: that part is held until it is known not to be one.
+/// sequence, or a copy of earlier words that may yet be cut: that part is held until it is known
+/// not to be one.
 struct StopScan<'a> {
     stops: &'a [String],
     text: String,
     shown: usize,
+    /// Where a possible copy begins (see `SelfRepeats`).
+    hold: Option<usize>,
 }
 
 impl<'a> StopScan<'a> {
@@ -424,7 +611,18 @@ impl<'a> StopScan<'a> {
             stops,
             text: String::new(),
             shown: 0,
+            hold: None,
         }
+    }
+
+    fn hold_from(&mut self, at: Option<usize>) {
+        self.hold = at;
+    }
+
+    /// Drops the text from `at` on, which was held and never shown.
+    fn cut(&mut self, at: usize) {
+        self.text.truncate(at.max(self.shown));
+        self.hold = None;
     }
 
     /// Adds `piece`; true when the text now contains a stop sequence, which is cut off.
@@ -441,7 +639,7 @@ impl<'a> StopScan<'a> {
                 self.text.truncate(at);
                 at
             }
-            None => self.text.len() - self.held_back(),
+            None => (self.text.len() - self.held_back()).min(self.hold.unwrap_or(usize::MAX)),
         };
         if show_to > self.shown {
             on_text(&self.text[self.shown..show_to]);
@@ -538,6 +736,57 @@ mod tests {
         let (shown, text, _) = scan(&["\nQuestion:"], &["done", "\n"]);
         assert_eq!(shown.concat(), "done\n");
         assert_eq!(text, "done\n");
+    }
+
+    /// `pieces` written one token each, the token at `i` starting at text byte `10 * i`.
+    fn repeats_of(pieces: &[&str], limit: usize) -> SelfRepeats {
+        let mut repeats = SelfRepeats::new(limit);
+        for (i, piece) in pieces.iter().enumerate() {
+            repeats.push(piece, at(i));
+        }
+        repeats
+    }
+
+    fn at(token: usize) -> CutPoint {
+        CutPoint {
+            token,
+            text: 10 * token,
+        }
+    }
+
+    #[test]
+    fn a_copy_is_the_longest_ending_written_before_whatever_its_tokens() {
+        let first = ["He", " said", " it", " works", ".", " "];
+        let again = [first.as_slice(), &["He s", "aid", " it"]].concat();
+        let repeats = repeats_of(&again, 3);
+        assert_eq!(repeats.start(), Some(at(6)));
+        assert_eq!(repeats.over_limit(9), None);
+        assert_eq!(repeats.over_limit(10), Some(at(6)));
+        // Within a token: the copy is cut before the token that began it.
+        let within = repeats_of(&["ab", "c", "xb", "c"], 3);
+        assert_eq!(within.start(), Some(at(2)));
+        assert_eq!(repeats_of(&["ab", "cd"], 3).start(), None);
+    }
+
+    #[test]
+    fn a_copy_does_not_run_across_a_break_or_a_cut() {
+        let mut repeats = repeats_of(&["a", "b", "c", "a", "b"], 3);
+        repeats.break_run();
+        repeats.push("c", at(5));
+        // "c" follows "b" before too, but the copy starts afresh after the break.
+        assert_eq!(repeats.start(), Some(at(5)));
+        repeats.cut(at(3));
+        assert_eq!(repeats.start(), None);
+        repeats.push("x", at(3));
+        assert_eq!(repeats.start(), None);
+    }
+
+    #[test]
+    fn a_cut_line_closes_the_quotation_it_leaves_open() {
+        assert_eq!(line_end_after("- [T4] \"他说了。\" He"), "\n");
+        assert_eq!(line_end_after("- [T4] \"他说了。"), "\"\n");
+        assert_eq!(line_end_after("x “a” and\n- [T4] “他说"), "”\n");
+        assert_eq!(line_end_after("- [T4] \"他说了。\" He said \" so"), "\n");
     }
 
     #[test]
