@@ -46,6 +46,9 @@ impl Steer for AnswerSteer<'_> {
         if let Some(rest) = self.citations.continuations(reply) {
             return Some(Next::OneOf(rest));
         }
+        if let Some(opening) = self.quotes.as_ref().and_then(|q| q.opening_after(reply)) {
+            return Some(Next::OneOf(opening));
+        }
         let just_filled = self
             .last_filled
             .as_ref()
@@ -211,6 +214,7 @@ pub const PASSAGES_PER_QUOTE: usize = 2;
 struct QuoteFiller<'a> {
     given: &'a [Retrieved],
     opening: Regex,
+    bullet_citation: Regex,
 }
 
 impl<'a> QuoteFiller<'a> {
@@ -219,7 +223,20 @@ impl<'a> QuoteFiller<'a> {
             given,
             opening: Regex::new(r#"[\[【]\s*(T\d+)\s*[\]】]\s*[:：]?\s*(["“「『])$"#)
                 .expect("static regex"),
+            bullet_citation: Regex::new(r"^\s*[-*•]\s*[\[【]\s*T\d+\s*[\]】](\s?)$")
+                .expect("static regex"),
         }
+    }
+
+    /// The quotation marks the line may go on with, when `reply` ends with a bullet's leading
+    /// citation. Left free there, a small model now and then copies the prompt's excerpt header
+    /// ("[T59] 主持人…: …") after it, with another turn's words, where a quotation is checked
+    /// and filled from the turn cited.
+    fn opening_after(&self, reply: &str) -> Option<Vec<String>> {
+        let line = reply.rsplit('\n').next().unwrap_or(reply);
+        let caps = self.bullet_citation.captures(line)?;
+        let space = if caps[1].is_empty() { " " } else { "" };
+        Some(["\"", "“"].map(|mark| format!("{space}{mark}")).to_vec())
     }
 
     /// The quotation's words and closing mark, when `reply` ends with a cited turn's opening
@@ -408,6 +425,24 @@ mod tests {
             steer.next(&format!("{reply} He\n- [T")),
             Some(Next::OneOf(_))
         ));
+    }
+
+    #[test]
+    fn a_bullets_leading_citation_goes_on_with_a_quotation() {
+        let turns = [given("T4", "Sam", "一句话。")];
+        let filler = QuoteFiller::new(&turns);
+        let marks = |reply: &str| filler.opening_after(reply);
+        let spaced = Some(vec![" \"".to_string(), " “".to_string()]);
+        assert_eq!(marks("- [T4]"), spaced);
+        assert_eq!(marks("Answered: yes\n- 【T4】"), spaced);
+        assert_eq!(
+            marks("- [T4] "),
+            Some(vec!["\"".to_string(), "“".to_string()])
+        );
+        // A citation inside a sentence, or one already followed by words, is left alone.
+        assert_eq!(marks("- He said so [T4]"), None);
+        assert_eq!(marks("- [T4] He"), None);
+        assert_eq!(marks("- [T"), None);
     }
 
     #[test]
