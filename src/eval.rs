@@ -475,6 +475,7 @@ mod tests {
             // No turns are given here, so every quotation counts as unverified.
             quotes: crate::answer::check_quotes(text, &[]),
             retrieved: vec![],
+            stop: None,
             timings: crate::answer::Timings {
                 retrieval_ms: 1.0,
                 time_to_first_token_ms: 100.0,

@@ -124,22 +124,30 @@ fn search_prints_ranked_turns_as_json() {
     assert!(first["turn"]["text"].as_str().unwrap().contains("代理"));
 }
 
-#[test]
-fn ask_json_on_a_tiny_model_reports_every_field() {
+/// `tqa ask` on a tiny model of random weights over a small transcript, 6 tokens at most.
+fn ask_tiny_model(extra: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let model = common::tiny_model(dir.path(), Behaviour::Random(4));
-    let out = tqa(&[
+    let transcript = small_transcript(dir.path());
+    let mut args = vec![
         "ask",
         "What about agents?",
         "--model",
         model.to_str().unwrap(),
         "--transcript",
-        &small_transcript(dir.path()),
+        &transcript,
         "--max-tokens",
         "6",
-        "--json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = tqa(&args);
     assert!(out.status.success(), "{}", stderr(&out));
+    out
+}
+
+#[test]
+fn ask_json_on_a_tiny_model_reports_every_field() {
+    let out = ask_tiny_model(&["--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["question"], "What about agents?");
     assert!(v["answer"].is_string());
@@ -164,6 +172,15 @@ fn ask_json_on_a_tiny_model_reports_every_field() {
         assert!(v["timings"][field].is_number(), "timings.{field} missing");
     }
     assert_eq!(v["timings"]["generated_tokens"], 6);
+    assert_eq!(v["stop"], "token_limit");
+}
+
+#[test]
+fn an_answer_cut_at_the_token_limit_says_so() {
+    let out = ask_tiny_model(&[]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("token limit"), "{shown}");
+    assert!(shown.contains("--max-tokens"), "{shown}");
 }
 
 #[test]

@@ -17,6 +17,7 @@ use candle_core::Tensor;
 use crate::model::generate::{check_context, continue_generation, per_second, Prefilled, Steer};
 use crate::model::{
     generate, ChatTemplate, Generation, Message, Model, ModelError, Role, SamplingConfig,
+    StopReason,
 };
 use crate::retrieval::{DenseError, Index, Ranking, Retrieved};
 pub use crate::transcript::Language;
@@ -498,6 +499,9 @@ pub struct Answer {
     /// The answer's quotations, each checked against the turn it is attributed to.
     pub quotes: Vec<Quote>,
     pub retrieved: Vec<Retrieved>,
+    /// Why the model's reply ended; absent for a refusal written without it. `token_limit` means
+    /// the answer was cut short.
+    pub stop: Option<StopReason>,
     pub timings: Timings,
 }
 
@@ -619,6 +623,7 @@ pub fn ask(
         invalid_citations,
         quotes,
         retrieved,
+        stop: judged.generation.as_ref().map(|g| g.stop),
         timings: Timings {
             retrieval_ms: ms(retrieval),
             time_to_first_token_ms: ms(before_prefill + prefill_time),

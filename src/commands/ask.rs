@@ -2,6 +2,7 @@ use std::io::Write;
 
 use clap::Args;
 use tqa::answer::{self, Answer};
+use tqa::model::StopReason;
 
 use super::PipelineArgs;
 
@@ -75,6 +76,11 @@ pub fn print_sources(answer: &Answer) {
         println!(
             "  (ignored citations of turns the model was not given: {})",
             answer.invalid_citations.join(", ")
+        );
+    }
+    if answer.stop == Some(StopReason::TokenLimit) {
+        println!(
+            "  (the answer reached the token limit and was cut short: --max-tokens raises it)"
         );
     }
     for quote in answer.quotes.iter().filter(|q| !q.verbatim) {
