@@ -342,6 +342,8 @@ fn a_reply_copying_itself_is_cut_where_the_copy_began() {
         [vec![u32::from(b'a')], line_break.clone()].concat()
     );
     assert_eq!(cut.steered_tokens, line_break.len());
+    // Each of the two copies was cut at four tokens, three of them already through the model.
+    assert_eq!(cut.cut_tokens, 6);
 
     // Where a steer goes on instead of ending, the model starts afresh after the steered text.
     let prompt = model.encode("hi").unwrap();

@@ -83,6 +83,9 @@ pub struct Generation {
     /// Part of `decode_time` spent running steered text through the model.
     #[serde(serialize_with = "crate::serialize_ms")]
     pub steer_time: Duration,
+    /// Sampled tokens that went through the model and were then cut as a copy (see
+    /// `SamplingConfig::max_self_repeat`); they are not in `tokens`.
+    pub cut_tokens: usize,
 }
 
 impl Generation {
@@ -90,10 +93,11 @@ impl Generation {
         per_second(self.prompt_tokens, self.prefill_time)
     }
 
-    /// Sampled tokens only: steered text goes through the model as a prefill does.
+    /// Sampled tokens only, cut ones included: steered text goes through the model as a prefill
+    /// does.
     pub fn decode_tokens_per_s(&self) -> f64 {
         per_second(
-            self.tokens.len().saturating_sub(self.steered_tokens + 1),
+            (self.tokens.len() + self.cut_tokens).saturating_sub(self.steered_tokens + 1),
             self.decode_time.saturating_sub(self.steer_time),
         )
     }
@@ -333,6 +337,7 @@ pub fn continue_generation(
         decode_time: decode_start.elapsed(),
         steered_tokens,
         steer_time,
+        cut_tokens,
     })
 }
 
