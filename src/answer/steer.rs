@@ -430,8 +430,11 @@ mod tests {
     #[test]
     fn a_bullets_leading_citation_goes_on_with_a_quotation() {
         let turns = [given("T4", "Sam", "一句话。")];
-        let filler = QuoteFiller::new(&turns);
-        let marks = |reply: &str| filler.opening_after(reply);
+        let steer = AnswerSteer::new(&turns, None, 0.0, true);
+        let marks = |reply: &str| match steer.next(reply) {
+            Some(Next::OneOf(marks)) => Some(marks),
+            _ => None,
+        };
         let spaced = Some(vec![" \"".to_string(), " “".to_string()]);
         assert_eq!(marks("- [T4]"), spaced);
         assert_eq!(marks("Answered: yes\n- 【T4】"), spaced);
@@ -442,7 +445,9 @@ mod tests {
         // A citation inside a sentence, or one already followed by words, is left alone.
         assert_eq!(marks("- He said so [T4]"), None);
         assert_eq!(marks("- [T4] He"), None);
-        assert_eq!(marks("- [T"), None);
+        // Where the model writes its own quotations, it may write anything after the citation.
+        let unfilled = AnswerSteer::new(&turns, None, 0.0, false);
+        assert!(unfilled.next("- [T4]").is_none());
     }
 
     #[test]

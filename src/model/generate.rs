@@ -237,8 +237,6 @@ pub fn continue_generation(
     let stop = loop {
         step.clear();
         let mut ended = model.is_stop_token(next);
-        // Whether the step holds only steered text: where the model ended, or after a cut.
-        let mut all_steered = ended;
         let mut copied = false;
         if ended {
             if let Some(rest) = stream.finish(|t| model.decode(t))? {
@@ -261,7 +259,7 @@ pub fn continue_generation(
                         cut_tokens +=
                             cut_back(start, &mut generated, &mut sampled, copies, &mut text);
                         step.clear();
-                        (copied, all_steered) = (true, true);
+                        copied = true;
                     }
                     text.hold_from(copies.start().map(|s| s.text));
                 }
@@ -315,7 +313,8 @@ pub fn continue_generation(
         let step_start = Instant::now();
         // After a cut this goes back to where the copy began, replacing it in the cache.
         let logits = model.forward(&step, context + generated.len() - step.len())?;
-        let steered_now = step.len() - usize::from(!all_steered);
+        // Where the model ended, or after a cut, every token of the step is the steer's.
+        let steered_now = step.len() - usize::from(!(ended || copied));
         if steered_now > 0 {
             steered_tokens += steered_now;
             steer_time += step_start.elapsed();
