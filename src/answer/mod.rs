@@ -489,7 +489,7 @@ pub struct Answer {
     /// verdict was asked for.
     pub answered_log_odds: Option<f32>,
     /// With reranking: the model's log-odds that the best turn it judged answers the question;
-    /// below the model's `min_rerank_relevance` tqa refuses.
+    /// below even odds tqa refuses.
     pub best_relevance: Option<f32>,
     pub answer: String,
     /// Cited turns that were given to the model, in order of first citation.
@@ -584,15 +584,13 @@ pub fn ask(
         .stop_sequences
         .extend(prompts.reply_stops());
     let queries: Vec<&str> = search_queries.iter().map(String::as_str).collect();
-    let min_relevance = model.info.min_rerank_relevance;
     let mut steer = AnswerSteer::new(
         &retrieved,
         index.named_speaker(&queries),
-        min_relevance,
+        model.info.min_owed_relevance,
         options.fill_quotes,
     );
-    let too_weak = best_relevance(&ranking).is_some_and(|r| r < min_relevance);
-    let judged = if options.judge && too_weak {
+    let judged = if options.judge && judged_to_answer_nowhere(&ranking.hits) {
         Judged::refused_unread()
     } else {
         judge_and_generate(model, &prompt, &options, prefill_start, on_text, &mut steer)?
@@ -617,7 +615,7 @@ pub fn ask(
         language,
         answered: judged.generation.is_some(),
         answered_log_odds: judged.log_odds,
-        best_relevance: best_relevance(&ranking),
+        best_relevance: best_relevance(&ranking.hits),
         answer: text.to_string(),
         citations,
         invalid_citations,
@@ -662,15 +660,18 @@ impl Judged {
     }
 }
 
-/// The model's judgement of the turn it found likeliest to answer, when it judged turns of
-/// `ranking` (see [`rerank`]). Below the model's threshold no prompt of these turns would hold the
-/// answer either, and the model is not asked to write one.
-fn best_relevance(ranking: &Ranking) -> Option<f32> {
-    ranking
-        .hits
-        .iter()
-        .filter_map(|h| h.relevance)
-        .reduce(f32::max)
+/// Whether the model, judging the best-ranked turns (see [`rerank`]), leaned "no" on every one:
+/// then no prompt of them would hold the answer either, and the model is not asked to write one.
+/// Even odds, not the calibrated margin that owes a turn a bullet: a refusal withholds the whole
+/// answer, and the answer's own verdict still refuses after it (Chinese questions, judged less
+/// surely, were refused at 0.16; README, session 28).
+fn judged_to_answer_nowhere(hits: &[Retrieved]) -> bool {
+    best_relevance(hits).is_some_and(|r| r < 0.0)
+}
+
+/// The model's judgement of the turn it found likeliest to answer, when it judged any.
+fn best_relevance(hits: &[Retrieved]) -> Option<f32> {
+    hits.iter().filter_map(|h| h.relevance).reduce(f32::max)
 }
 
 /// Prefills `prompt` (which ends with the verdict prefix), reads the verdict and, when it is "yes"
@@ -942,6 +943,30 @@ mod tests {
             relevance: None,
             partner_of: None,
         }
+    }
+
+    #[test]
+    fn only_a_judge_leaning_no_on_every_turn_refuses() {
+        let judged = |relevances: &[Option<f32>]| -> Vec<Retrieved> {
+            relevances
+                .iter()
+                .map(|&relevance| Retrieved {
+                    relevance,
+                    ..given("T1", "Guest", "text")
+                })
+                .collect()
+        };
+        assert!(judged_to_answer_nowhere(&judged(&[
+            Some(-0.5),
+            Some(-0.01)
+        ])));
+        // Above even odds, however slightly: the answer's verdict decides.
+        assert!(!judged_to_answer_nowhere(&judged(&[
+            Some(-1.0),
+            Some(0.16)
+        ])));
+        // Not judged at all (`--no-rerank`): nothing to refuse on.
+        assert!(!judged_to_answer_nowhere(&judged(&[None, None])));
     }
 
     #[test]

@@ -128,7 +128,7 @@ pub struct ModelInfo {
     /// From the registry; see `ModelSource`.
     pub min_answered_log_odds: f32,
     pub min_answered_log_odds_reused_turns: f32,
-    pub min_rerank_relevance: f32,
+    pub min_owed_relevance: f32,
     /// See `ModelSource::languages`.
     pub languages: Option<Vec<Language>>,
 }
@@ -243,7 +243,7 @@ impl Model {
                 load_time: start.elapsed(),
                 min_answered_log_odds: source.min_answered_log_odds,
                 min_answered_log_odds_reused_turns: source.min_answered_log_odds_reused_turns,
-                min_rerank_relevance: source.min_rerank_relevance,
+                min_owed_relevance: source.min_owed_relevance,
                 languages: source.languages.clone(),
             },
         })

@@ -42,10 +42,10 @@ pub struct ModelEntry {
     /// other and move the verdict; the plain threshold when absent.
     #[serde(default)]
     pub min_answered_log_odds_reused_turns: Option<f32>,
-    /// The model's calibrated threshold for its judgement of the best reranked turn (`--rerank`),
-    /// as log-odds: below it no turn answers, and tqa refuses without writing an answer.
+    /// The log-odds of the model's judgement (`--rerank`) at which a given exchange is owed a
+    /// bullet in the answer (`answer::steer`); the model leans "yes", so this lies above 0.
     #[serde(default)]
-    pub min_rerank_relevance: Option<f32>,
+    pub min_owed_relevance: Option<f32>,
     /// The languages the model reads; absent: not known, taken to be any.
     #[serde(default)]
     pub languages: Option<Vec<Language>>,

@@ -34,8 +34,9 @@ pub struct ModelSource {
     pub min_answered_log_odds: f32,
     /// The same for prompts built with `AskOptions::reuse_turns`.
     pub min_answered_log_odds_reused_turns: f32,
-    /// How sure the model must be that the best reranked turn answers (see `answer::rerank`).
-    pub min_rerank_relevance: f32,
+    /// How sure the model must be that a reranked exchange answers before the answer owes it a
+    /// bullet (see `answer::steer`).
+    pub min_owed_relevance: f32,
     /// The languages the model reads, from the registry; `None` when not known.
     pub languages: Option<Vec<Language>>,
     /// Where computed system turns are kept for later runs (`model::kv_store`); `None` keeps them
@@ -85,7 +86,7 @@ pub async fn resolve(spec: Option<&str>) -> Result<ModelSource, ModelError> {
             .min_answered_log_odds_reused_turns
             .or(entry.min_answered_log_odds)
             .unwrap_or(0.0),
-        min_rerank_relevance: entry.min_rerank_relevance.unwrap_or(0.0),
+        min_owed_relevance: entry.min_owed_relevance.unwrap_or(0.0),
         languages: entry.languages.clone(),
         prefix_cache: default_prefix_cache(),
     })
@@ -109,7 +110,7 @@ fn resolve_path(path: &Path) -> Result<ModelSource, ModelError> {
         optimize: true,
         min_answered_log_odds: 0.0,
         min_answered_log_odds_reused_turns: 0.0,
-        min_rerank_relevance: 0.0,
+        min_owed_relevance: 0.0,
         languages: None,
         prefix_cache: default_prefix_cache(),
     })
