@@ -3,7 +3,7 @@ mod common;
 
 use common::Behaviour;
 use tqa::model::generate::{continue_generation, Next, Prefilled, Steer};
-use tqa::model::{generate, Model, ModelError, SamplingConfig, StopReason};
+use tqa::model::{generate, Generation, Model, ModelError, SamplingConfig, StopReason};
 
 fn load(path: &std::path::Path) -> Model {
     common::load_model(path)
@@ -238,28 +238,46 @@ fn allowed_continuations_hold_the_next_token_to_them() {
     assert_eq!(reference.tokens.first(), held.tokens.get(1));
 }
 
+/// The reply of a tiny model that always emits `emits`, with `next` limiting its first token.
+fn held_at_start(
+    dir: &std::path::Path,
+    emits: u32,
+    max_new_tokens: usize,
+    next: fn() -> Next,
+) -> (Model, Generation) {
+    let mut model = load(&common::tiny_model(dir, Behaviour::AlwaysEmit(emits)));
+    let prompt = model.encode("<|im_start|>user\nhello<|im_end|>\n").unwrap();
+    let ready = prefilled(&mut model, &prompt);
+    let reply = continue_generation(
+        &mut model,
+        ready,
+        &unpenalized(max_new_tokens),
+        &mut |_| {},
+        &mut AtStart(next),
+    )
+    .unwrap();
+    (model, reply)
+}
+
 #[test]
 fn a_reply_held_on_its_line_cannot_end_there() {
     let dir = tempfile::tempdir().unwrap();
-    let mut model = load(&common::tiny_model(
-        dir.path(),
-        Behaviour::AlwaysEmit(common::im_end_id()),
-    ));
-    let prompt = model.encode("<|im_start|>user\nhello<|im_end|>\n").unwrap();
-    let ready = prefilled(&mut model, &prompt);
-    let held = continue_generation(
-        &mut model,
-        ready,
-        &unpenalized(4),
-        &mut |_| {},
-        &mut AtStart(|| Next::OnSameLine),
-    )
-    .unwrap();
+    let (model, held) = held_at_start(dir.path(), common::im_end_id(), 4, || Next::OnSameLine);
     // The model would end at once; held, it writes one token, then ends.
     assert_eq!(held.tokens.len(), 1);
     assert_ne!(held.tokens[0], common::im_end_id());
     assert!(!model.decode(&held.tokens).unwrap().contains('\n'));
     assert_eq!(held.stop, StopReason::EndOfTurn);
+}
+
+#[test]
+fn a_steer_can_end_the_reply_where_the_model_would_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, ended) = held_at_start(dir.path(), u32::from(b'a'), 8, || Next::End);
+    // The model would write "a" to the token limit; the steer ends the reply before it begins.
+    assert_eq!(ended.text, "");
+    assert_eq!(ended.stop, StopReason::EndOfTurn);
+    assert!(ended.tokens.is_empty());
 }
 
 /// Goes on with "ab" the first `times` times the model would end.
@@ -335,7 +353,7 @@ fn a_reply_copying_itself_is_cut_where_the_copy_began() {
     let (cut, streamed) = run(&mut model, "hi", &limited(Some(3)));
     assert_eq!(cut.stop, StopReason::Repetition);
     assert_eq!(cut.text, "a\n");
-    assert_eq!(streamed, cut.text);
+    assert_eq!(streamed, "a", "a line break at the end is not shown");
     let line_break = model.encode("\n").unwrap();
     assert_eq!(
         cut.tokens,
@@ -358,6 +376,6 @@ fn a_reply_copying_itself_is_cut_where_the_copy_began() {
     )
     .unwrap();
     assert_eq!(went_on.text, "a\nab\nab\n");
-    assert_eq!(streamed, went_on.text);
+    assert_eq!(streamed, went_on.text.trim_end());
     assert_eq!(went_on.stop, StopReason::Repetition);
 }

@@ -43,8 +43,16 @@ impl Steer for AnswerSteer<'_> {
     }
 
     fn next(&self, reply: &str) -> Option<Next> {
-        if let Some(rest) = self.citations.continuations(reply) {
+        let spent = || {
+            self.quotes
+                .as_ref()
+                .map_or_else(Vec::new, |q| q.spent(reply))
+        };
+        if let Some(rest) = self.citations.continuations(reply, spent) {
             return Some(Next::OneOf(rest));
+        }
+        if reply.ends_with('\n') && self.citations.all_spent(reply, spent) {
+            return Some(Next::End);
         }
         if let Some(opening) = self.quotes.as_ref().and_then(|q| q.opening_after(reply)) {
             return Some(Next::OneOf(opening));
@@ -86,6 +94,7 @@ struct CitationGuard {
     /// citation may name.
     begun: Option<(usize, Vec<String>)>,
     opening: Regex,
+    bullet_start: Regex,
     citation: Regex,
 }
 
@@ -103,13 +112,17 @@ impl CitationGuard {
             owed: owed(given, &citable, min_relevance),
             begun: None,
             opening: Regex::new(r"([\[【])\s*T(\d*)$").expect("static regex"),
+            bullet_start: Regex::new(r"^\s*[-*•]\s*[\[【]\s*T\d*$").expect("static regex"),
             citation: citation_regex(),
         }
     }
 
     /// When `reply` ends inside a citation ("[T", "[T1"), the rest of each id it may cite that
-    /// begins with the digits written so far, with the closing bracket.
-    fn continuations(&self, reply: &str) -> Option<Vec<String>> {
+    /// begins with the digits written so far, with the closing bracket. A bullet's leading
+    /// citation names a turn with something left to quote, while there is one (`spent`: the
+    /// turns without, see [`QuoteFiller::spent`]): the quotation after it would otherwise repeat
+    /// an earlier bullet's.
+    fn continuations(&self, reply: &str, spent: impl Fn() -> Vec<String>) -> Option<Vec<String>> {
         // Consulted at every token: only the line being written can hold an open citation.
         let line_start = reply.rfind('\n').map_or(0, |at| at + 1);
         let line = &reply[line_start..];
@@ -125,12 +138,30 @@ impl CitationGuard {
             None if !self.lead.is_empty() && !self.citation.is_match(reply) => &self.lead,
             None => &self.numbers,
         };
+        let leads_bullet = self.bullet_start.is_match(line);
+        let spent = if leads_bullet { spent() } else { Vec::new() };
+        let fresh: Vec<&String> = allowed.iter().filter(|n| !spent.contains(n)).collect();
+        let allowed: Vec<&String> = if fresh.is_empty() {
+            allowed.iter().collect()
+        } else {
+            fresh
+        };
         let rest: Vec<String> = allowed
-            .iter()
+            .into_iter()
             .filter_map(|n| n.strip_prefix(written))
             .map(|rest| format!("{rest}{close}"))
             .collect();
         (!rest.is_empty()).then_some(rest)
+    }
+
+    /// Whether `reply` has cited a turn and every citable turn is `spent`: a further bullet
+    /// could only repeat a quotation.
+    fn all_spent(&self, reply: &str, spent: impl Fn() -> Vec<String>) -> bool {
+        if !self.citation.is_match(reply) {
+            return false;
+        }
+        let spent = spent();
+        self.numbers.iter().all(|n| spent.contains(n))
     }
 
     /// The opening of a bullet for the exchanges still owed one, when `reply` has cited a turn
@@ -249,14 +280,7 @@ impl<'a> QuoteFiller<'a> {
         let id = normalize_turn_id(caps.get(1)?.as_str());
         let close = closing_mark(caps.get(2)?.as_str().chars().next()?)?;
         let turn = self.given.iter().find(|r| r.turn.id == id)?;
-        let mut fresh: Vec<&str> = turn
-            .passages
-            .iter()
-            .map(|p| p.text.as_str())
-            .filter(|text| {
-                let words = plain_words(text);
-                !words.is_empty() && !reply.contains(words.as_str())
-            })
+        let mut fresh: Vec<&str> = unquoted_passages(turn, reply)
             .take(PASSAGES_PER_QUOTE)
             .collect();
         let text = &turn.turn.text;
@@ -275,6 +299,27 @@ impl<'a> QuoteFiller<'a> {
             })?;
         Some(format!("{quoted}{close}"))
     }
+
+    /// The numbers of the given turns whose passages `reply` has all quoted: a quotation opened
+    /// after citing one is left to the model, which then copies an earlier quotation.
+    fn spent(&self, reply: &str) -> Vec<String> {
+        self.given
+            .iter()
+            .filter(|r| !r.passages.is_empty() && unquoted_passages(r, reply).next().is_none())
+            .map(number)
+            .collect()
+    }
+}
+
+/// The passages of `turn`, closest to the question first, that `reply` does not quote yet.
+fn unquoted_passages<'a>(turn: &'a Retrieved, reply: &'a str) -> impl Iterator<Item = &'a str> {
+    turn.passages
+        .iter()
+        .map(|p| p.text.as_str())
+        .filter(move |text| {
+            let words = plain_words(text);
+            !words.is_empty() && !reply.contains(words.as_str())
+        })
 }
 
 /// Text as it is quoted: without bold marks, its spacing and line breaks made single spaces.
@@ -302,18 +347,24 @@ mod tests {
         ];
         let guard = CitationGuard::new(&turns, Some("Sam"), 0.0);
         assert_eq!(
-            guard.continuations("Answered: yes\n- [T"),
+            guard.continuations("Answered: yes\n- [T", Vec::new),
             Some(vec!["12]".to_string(), "2]".to_string()])
         );
-        assert_eq!(guard.continuations("- [T1"), Some(vec!["2]".to_string()]));
-        assert_eq!(guard.continuations("- 【T12"), Some(vec!["】".to_string()]));
+        assert_eq!(
+            guard.continuations("- [T1", Vec::new),
+            Some(vec!["2]".to_string()])
+        );
+        assert_eq!(
+            guard.continuations("- 【T12", Vec::new),
+            Some(vec!["】".to_string()])
+        );
         // Outside a citation, and past digits no citable id begins with, the model is free.
-        assert_eq!(guard.continuations("- [T12] \""), None);
-        assert_eq!(guard.continuations("- [T9"), None);
+        assert_eq!(guard.continuations("- [T12] \"", Vec::new), None);
+        assert_eq!(guard.continuations("- [T9", Vec::new), None);
 
         let anyone = CitationGuard::new(&turns, None, 0.0);
         assert_eq!(
-            anyone.continuations("[T1").map(|c| c.len()),
+            anyone.continuations("[T1", Vec::new).map(|c| c.len()),
             Some(3),
             "T1 itself, T12 and T13"
         );
@@ -341,14 +392,21 @@ mod tests {
     fn a_judged_rankings_first_citation_is_in_its_best_exchange() {
         let mut turns = two_judged_exchanges();
         let guard = CitationGuard::new(&turns, None, 0.0);
-        let first = guard.continuations("Answered: yes\n- [T");
+        let first = guard.continuations("Answered: yes\n- [T", Vec::new);
         assert_eq!(first, Some(vec!["15]".to_string(), "16]".to_string()]));
-        assert_eq!(guard.continuations("- [T13"), None, "not in the lead");
-        let second = guard.continuations("- [T16] \"回答。\" ok\n- [T");
+        assert_eq!(
+            guard.continuations("- [T13", Vec::new),
+            None,
+            "not in the lead"
+        );
+        let second = guard.continuations("- [T16] \"回答。\" ok\n- [T", Vec::new);
         assert_eq!(second.map(|c| c.len()), Some(4), "then any given turn");
         // A named speaker's turns only; the best-ranked of them when the best exchange has none.
         let named = CitationGuard::new(&turns, Some("Sam"), 0.0);
-        assert_eq!(named.continuations("- [T"), Some(vec!["16]".to_string()]));
+        assert_eq!(
+            named.continuations("- [T", Vec::new),
+            Some(vec!["16]".to_string()])
+        );
         let mut hosts_elsewhere = [
             given("T16", "Sam", "回答。"),
             given("T12", "Harry", "上一个问题？"),
@@ -357,14 +415,17 @@ mod tests {
         hosts_elsewhere[0].relevance = Some(1.0);
         let host_named = CitationGuard::new(&hosts_elsewhere, Some("Harry"), 0.0);
         assert_eq!(
-            host_named.continuations("- [T"),
+            host_named.continuations("- [T", Vec::new),
             Some(vec!["12]".to_string()])
         );
 
         // The index's order alone does not lead.
         turns[0].relevance = None;
         let unjudged = CitationGuard::new(&turns, None, 0.0);
-        assert_eq!(unjudged.continuations("- [T").map(|c| c.len()), Some(4));
+        assert_eq!(
+            unjudged.continuations("- [T", Vec::new).map(|c| c.len()),
+            Some(4)
+        );
     }
 
     #[test]
@@ -382,13 +443,13 @@ mod tests {
         assert_eq!(opened, "\n- [T");
         let reply = format!("{reply}{opened}");
         assert_eq!(
-            guard.continuations(&reply),
+            guard.continuations(&reply, Vec::new),
             Some(vec!["13]".to_string()]),
             "the named speaker's turn of the owed exchange, not T30"
         );
         let reply = format!("{reply}13] \"另一个回答。\" and\n");
         assert_eq!(
-            guard.continuations(&format!("{reply}- [T3")),
+            guard.continuations(&format!("{reply}- [T3"), Vec::new),
             Some(vec!["0]".to_string()])
         );
         assert_eq!(
@@ -425,6 +486,44 @@ mod tests {
             steer.next(&format!("{reply} He\n- [T")),
             Some(Next::OneOf(_))
         ));
+    }
+
+    /// Quotations are filled with passages not quoted yet: once a turn's are all quoted, a
+    /// bullet citing it again could only repeat an earlier quotation.
+    #[test]
+    fn bullets_cite_turns_with_something_left_to_quote_and_end_when_none_has() {
+        let with_passage = |id: &str, text: &str| {
+            let mut turn = given(id, "Sam", text);
+            turn.passages = vec![Passage {
+                text: text.into(),
+                similarity: 0.9,
+            }];
+            turn
+        };
+        let turns = [
+            with_passage("T4", "大约两百万美元。"),
+            with_passage("T7", "四名工程师。"),
+        ];
+        let steer = AnswerSteer::new(&turns, None, 0.0, true);
+        let one = "- [T4] \"大约两百万美元。\" 他说两百万。\n";
+        assert!(steer.next(one).is_none());
+        match steer.next(&format!("{one}- [T")) {
+            Some(Next::OneOf(rest)) => assert_eq!(rest, ["7]"]),
+            _ => panic!("the citation is held to T7"),
+        }
+        // Inside a sentence any given turn may be named.
+        let inline = steer.next(&format!("{one}- 他在 [T"));
+        assert!(matches!(inline, Some(Next::OneOf(rest)) if rest.len() == 2));
+        let both = format!("{one}- [T7] \"四名工程师。\" 还有工程师。\n");
+        assert!(matches!(steer.next(&both), Some(Next::End)));
+        assert!(steer.next(&both[..both.len() - 1]).is_none(), "mid-line");
+        // The model writes its own quotations: nothing is spent.
+        let unfilled = AnswerSteer::new(&turns, None, 0.0, false);
+        assert!(unfilled.next(&both).is_none());
+        // Without passages (no embedder) nothing is filled, so nothing is spent either.
+        let bare = [given("T4", "Sam", "大约两百万美元。")];
+        let steer = AnswerSteer::new(&bare, None, 0.0, true);
+        assert!(steer.next("- [T4] \"大约两百万美元。\" ok\n").is_none());
     }
 
     #[test]

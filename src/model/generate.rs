@@ -158,6 +158,8 @@ pub enum Next {
     OneOf(Vec<String>),
     /// Any token that neither ends the reply nor starts a new line.
     OnSameLine,
+    /// The reply ends here, as if the model had ended it.
+    End,
 }
 
 /// Line breaks a token may begin with; their first tokens are what `Next::OnSameLine` rules out.
@@ -512,6 +514,7 @@ fn token_limit(model: &Model, steer: &dyn Steer, reply: &str) -> Result<Mask, Mo
             ruled_out.extend(model.stop_tokens());
             Mask::Except(ruled_out)
         }
+        Some(Next::End) => Mask::Only(model.stop_tokens().to_vec()),
     })
 }
 
@@ -600,7 +603,8 @@ impl TextStream {
 
 /// The reply's text, passed on as it grows except for an ending that may be the start of a stop
 /// sequence, or a copy of earlier words that may yet be cut: that part is held until it is known
-/// not to be one.
+/// not to be one. Trailing white space is passed on with the text after it, so that a reply
+/// ended after a line break does not show a blank line.
 struct StopScan<'a> {
     stops: &'a [String],
     text: String,
@@ -645,6 +649,7 @@ impl<'a> StopScan<'a> {
             }
             None => (self.text.len() - self.held_back()).min(self.hold.unwrap_or(usize::MAX)),
         };
+        let show_to = self.shown.max(self.text[..show_to].trim_end().len());
         if show_to > self.shown {
             on_text(&self.text[self.shown..show_to]);
             self.shown = show_to;
@@ -671,11 +676,11 @@ impl<'a> StopScan<'a> {
         &self.text
     }
 
-    fn finish(mut self, on_text: &mut dyn FnMut(&str)) -> String {
-        if self.shown < self.text.len() {
-            on_text(&self.text[self.shown..]);
+    fn finish(self, on_text: &mut dyn FnMut(&str)) -> String {
+        let end = self.text.trim_end().len();
+        if self.shown < end {
+            on_text(&self.text[self.shown..end]);
         }
-        self.shown = self.text.len();
         self.text
     }
 }
@@ -737,9 +742,16 @@ mod tests {
 
     #[test]
     fn held_back_text_is_shown_at_the_end() {
-        let (shown, text, _) = scan(&["\nQuestion:"], &["done", "\n"]);
-        assert_eq!(shown.concat(), "done\n");
-        assert_eq!(text, "done\n");
+        let (shown, text, _) = scan(&["\nQuestion:"], &["done", "\nQu"]);
+        assert_eq!(shown.concat(), "done\nQu");
+        assert_eq!(text, "done\nQu");
+    }
+
+    #[test]
+    fn white_space_is_shown_with_the_text_after_it_and_never_at_the_end() {
+        let (shown, text, _) = scan(&[], &["a ", "b\n", "\n", "c", "\n"]);
+        assert_eq!(shown, ["a", " b", "\n\nc"]);
+        assert_eq!(text, "a b\n\nc\n");
     }
 
     /// `pieces` written one token each, the token at `i` starting at text byte `10 * i`.
