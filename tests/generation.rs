@@ -349,17 +349,17 @@ fn a_reply_copying_itself_is_cut_where_the_copy_began() {
     assert_eq!(free.text, "a".repeat(32));
 
     // From the second "a" on, every token repeats the one before it. The line ends after the
-    // first; the next line is all copy.
+    // first, marked as cut short; the next line is all copy.
     let (cut, streamed) = run(&mut model, "hi", &limited(Some(3)));
     assert_eq!(cut.stop, StopReason::Repetition);
-    assert_eq!(cut.text, "a\n");
-    assert_eq!(streamed, "a", "a line break at the end is not shown");
-    let line_break = model.encode("\n").unwrap();
+    assert_eq!(cut.text, "a…\n");
+    assert_eq!(streamed, "a…", "a line break at the end is not shown");
+    let line_end = model.encode("…\n").unwrap();
     assert_eq!(
         cut.tokens,
-        [vec![u32::from(b'a')], line_break.clone()].concat()
+        [vec![u32::from(b'a')], line_end.clone()].concat()
     );
-    assert_eq!(cut.steered_tokens, line_break.len());
+    assert_eq!(cut.steered_tokens, line_end.len());
     // Each of the two copies was cut at four tokens, three of them already through the model.
     assert_eq!(cut.cut_tokens, 6);
 
@@ -367,15 +367,20 @@ fn a_reply_copying_itself_is_cut_where_the_copy_began() {
     let prompt = model.encode("hi").unwrap();
     let ready = prefilled(&mut model, &prompt);
     let mut streamed = String::new();
+    // Each cut costs its copy's tokens and the line end's: room for three lines.
+    let roomy = SamplingConfig {
+        max_new_tokens: 64,
+        ..limited(Some(3))
+    };
     let went_on = continue_generation(
         &mut model,
         ready,
-        &limited(Some(3)),
+        &roomy,
         &mut |t| streamed.push_str(t),
         &mut GoOn { times: 2 },
     )
     .unwrap();
-    assert_eq!(went_on.text, "a\nab\nab\n");
+    assert_eq!(went_on.text, "a…\nab…\nab…\n");
     assert_eq!(streamed, went_on.text.trim_end());
     assert_eq!(went_on.stop, StopReason::Repetition);
 }

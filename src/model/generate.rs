@@ -371,7 +371,9 @@ fn end_copying(copies: &mut Option<SelfRepeats>, text: &mut StopScan) {
 
 /// What ends the last line of `text` where a copy was cut from it: a line break, after the
 /// closing mark of the line's first quotation when the line leaves it open (the copy began with
-/// the mark). A mark left open later in the line is more likely a stray one.
+/// the mark; a mark left open later in the line is more likely a stray one), or after an
+/// ellipsis when the cut leaves a sentence unfinished, so that it reads as cut short, not as
+/// the whole of what the model meant.
 fn line_end_after(text: &str) -> String {
     let line = text.rsplit('\n').next().unwrap_or(text);
     let first_quotation = line
@@ -379,9 +381,15 @@ fn line_end_after(text: &str) -> String {
         .find_map(|(at, c)| Some((at + c.len_utf8(), closing_mark(c)?)));
     match first_quotation {
         Some((inside, close)) if !line[inside..].contains(close) => format!("{close}\n"),
-        _ => "\n".to_string(),
+        _ if line.trim_end().ends_with(SENTENCE_ENDS) => "\n".to_string(),
+        _ => "…\n".to_string(),
     }
 }
+
+/// Characters a finished sentence, or a quotation, may end with.
+const SENTENCE_ENDS: &[char] = &[
+    '.', '。', '!', '！', '?', '？', '…', '"', '”', '」', '』', ')', '）',
+];
 
 /// The mark that closes a quotation `open` opens, if it opens one.
 pub(crate) fn closing_mark(open: char) -> Option<char> {
@@ -799,10 +807,25 @@ mod tests {
 
     #[test]
     fn a_cut_line_closes_the_quotation_it_leaves_open() {
-        assert_eq!(line_end_after("- [T4] \"他说了。\" He"), "\n");
         assert_eq!(line_end_after("- [T4] \"他说了。"), "\"\n");
         assert_eq!(line_end_after("x “a” and\n- [T4] “他说"), "”\n");
-        assert_eq!(line_end_after("- [T4] \"他说了。\" He said \" so"), "\n");
+    }
+
+    #[test]
+    fn a_cut_sentence_is_marked_as_cut_short() {
+        assert_eq!(line_end_after("- [T4] \"他说了。\" He said so."), "\n");
+        assert_eq!(line_end_after("- [T4] \"他说了。\" 他说过。"), "\n");
+        assert_eq!(
+            line_end_after("- [T4] \"他说了。\""),
+            "\n",
+            "nothing after the quotation"
+        );
+        assert_eq!(
+            line_end_after("- [T4] \"他说了。\" He said that while"),
+            "…\n"
+        );
+        assert_eq!(line_end_after("- [T4] \"他说了。\" Altman 认为，"), "…\n");
+        assert_eq!(line_end_after("- [T4] \"他说了。\" He said \" so"), "…\n");
     }
 
     #[test]
