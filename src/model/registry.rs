@@ -43,7 +43,7 @@ pub struct ModelEntry {
     #[serde(default)]
     pub min_answered_log_odds_reused_turns: Option<f32>,
     /// The log-odds of the model's judgement (`--rerank`) at which a given exchange is owed a
-    /// bullet in the answer (`answer::steer`); the model leans "yes", so this lies above 0.
+    /// bullet in the answer (`answer::steer`); above 0 for a judge that leans "yes".
     #[serde(default)]
     pub min_owed_relevance: Option<f32>,
     /// The languages the model reads; absent: not known, taken to be any.
