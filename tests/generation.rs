@@ -144,6 +144,12 @@ fn truncated_and_foreign_files_are_refused_with_a_reason() {
         .err()
         .unwrap();
     assert!(matches!(err, ModelError::Truncated { .. }), "{err}");
+    std::fs::write(&cut, &bytes[..64]).unwrap();
+    let err = Model::load(&common::model_source(&cut), &candle_core::Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(matches!(err, ModelError::DamagedHeader { .. }), "{err}");
+    assert!(err.to_string().contains("fetch it again"), "{err}");
     let text = dir.path().join("notes.gguf");
     std::fs::write(&text, "definitely not a model").unwrap();
     let err = Model::load(&common::model_source(&text), &candle_core::Device::Cpu)

@@ -47,6 +47,8 @@ pub enum ModelError {
     },
     #[error("{path} is not a readable GGUF file ({reason}). Give the path to a .gguf model, or a registry name (`tqa models list`)")]
     NotGguf { path: PathBuf, reason: String },
+    #[error("model file {path} is cut short or damaged inside its GGUF header ({reason}). Delete it and fetch it again (`models/fetch NAME`)")]
+    DamagedHeader { path: PathBuf, reason: String },
     #[error("model file {path} is truncated: {actual} bytes, its header promises {expected}. Delete it and fetch it again (`models/fetch NAME`)")]
     Truncated {
         path: PathBuf,
@@ -509,14 +511,22 @@ fn open_checked(path: &Path) -> Result<(File, gguf_file::Content, Arc<Mmap>), Mo
     // beside it and renamed, and a renamed-over file keeps its pages while mapped), so the
     // mapped bytes do not change while the model is loaded.
     let map = unsafe { MmapOptions::new().map(&file) }.map_err(io)?;
-    let content =
-        gguf_file::Content::read(&mut Cursor::new(&map[..])).map_err(|e| ModelError::NotGguf {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+    let content = gguf_file::Content::read(&mut Cursor::new(&map[..])).map_err(|e| {
+        let (path, reason) = (path.to_path_buf(), e.to_string());
+        // A file that begins as a GGUF and then fails to parse is nearly always a download that
+        // stopped inside the header: asking for "a .gguf model" would send the user elsewhere.
+        if map.starts_with(GGUF_MAGIC) {
+            ModelError::DamagedHeader { path, reason }
+        } else {
+            ModelError::NotGguf { path, reason }
+        }
+    })?;
     check_complete(&content, map.len() as u64, path)?;
     Ok((file, content, Arc::new(map)))
 }
+
+/// The bytes every GGUF file begins with.
+const GGUF_MAGIC: &[u8] = b"GGUF";
 
 /// Most threads that load a model's layers. Measured with two (this machine's cores); more copy
 /// and pack through the same memory bus.
