@@ -15,8 +15,8 @@ const UNANSWERABLE: &str = "d38";
 const ANSWERABLE_EN: &str = "d19";
 
 /// Held while a test asks about the shipped transcript: the first such question translates the
-/// transcript into English (minutes, then cached), and the other waits to read the translation
-/// instead of computing it a second time at once.
+/// transcript into English and writes the questions its turns answer (minutes, then cached), and
+/// the other waits to read them instead of computing them a second time at once.
 static SHIPPED_TRANSCRIPT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn ask(question: &str, transcript: &Path) -> serde_json::Value {

@@ -1,11 +1,11 @@
-//! The transcript's turns translated by the model: once, then read back from the cache; a
-//! damaged cache file is translated again, not trusted.
+//! The transcript's turns translated by the model, and the questions they answer: once, then
+//! read back from the cache; a damaged cache file is written again, not trusted.
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::Behaviour;
-use tqa::answer::translate::translate_turns;
+use tqa::answer::translate::{questions_for_turns, translate_turns};
 use tqa::answer::Prompts;
 use tqa::model::Model;
 use tqa::transcript::{Language, Transcript};
@@ -30,16 +30,22 @@ fn translate(model: &mut Model, transcript: &Transcript, cache: &Path) -> (Vec<S
     (turns.into_iter().map(|t| t.text).collect(), translated)
 }
 
-#[test]
-fn a_translation_is_computed_once_and_a_damaged_cache_is_not_trusted() {
+/// A tiny model, a two-turn transcript and a cache folder, all in a temporary folder.
+fn setup() -> (tempfile::TempDir, Model, Transcript, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut model = common::load_model(&common::tiny_model(dir.path(), Behaviour::Random(5)));
+    let model = common::load_model(&common::tiny_model(dir.path(), Behaviour::Random(5)));
     let transcript = Transcript::parse(
         "Host: Agents?\n\nGuest: They run tasks. They cost compute.",
         Path::new("t.txt"),
     )
     .expect("transcript");
     let cache = dir.path().join("cache");
+    (dir, model, transcript, cache)
+}
+
+#[test]
+fn a_translation_is_computed_once_and_a_damaged_cache_is_not_trusted() {
+    let (_dir, mut model, transcript, cache) = setup();
 
     let (first, pieces) = translate(&mut model, &transcript, &cache);
     assert_eq!(first.len(), transcript.turns.len());
@@ -60,4 +66,37 @@ fn a_translation_is_computed_once_and_a_damaged_cache_is_not_trusted() {
         (first, 2),
         "translated again, the same way"
     );
+}
+
+#[test]
+fn the_questions_turns_answer_are_cached_apart_from_their_translation() {
+    let (_dir, mut model, transcript, cache) = setup();
+    let prompts = Prompts {
+        turn_questions: "Questions in {language}.".into(),
+        ..Prompts::default()
+    };
+    let questions = |model: &mut Model| {
+        let mut written = 0;
+        let turns = questions_for_turns(
+            model,
+            &prompts,
+            &transcript.turns,
+            Language::En,
+            Some(&cache),
+            &mut |done, _| written = done,
+        )
+        .expect("questions");
+        (
+            turns.into_iter().map(|t| t.text).collect::<Vec<_>>(),
+            written,
+        )
+    };
+    let (first, pieces) = questions(&mut model);
+    assert_eq!((first.len(), pieces), (2, 2));
+    let (again, pieces) = questions(&mut model);
+    assert_eq!((again, pieces), (first, 0), "read from the cache");
+
+    let (_, translated) = translate(&mut model, &transcript, &cache);
+    assert_eq!(translated, 2, "a translation is not the questions' cache");
+    assert_eq!(std::fs::read_dir(&cache).expect("cache folder").count(), 2);
 }

@@ -84,6 +84,9 @@ pub struct Prompts {
     pub translate: String,
     /// The instruction with which the model translates the transcript's turns (see [`translate`]).
     pub translate_turn: String,
+    /// The instruction with which the model writes the questions each piece of a turn answers
+    /// (see [`translate::questions_for_turns`]).
+    pub turn_questions: String,
     pub rewrite: String,
     /// The instruction and the message with which the model judges one turn (see [`rerank`]).
     pub rerank_system: String,
@@ -105,6 +108,7 @@ impl Default for Prompts {
             },
             translate: text(include_str!("../../prompts/translate.txt")),
             translate_turn: text(include_str!("../../prompts/translate-turn.txt")),
+            turn_questions: text(include_str!("../../prompts/turn-questions.txt")),
             rewrite: text(include_str!("../../prompts/rewrite.txt")),
             rerank_system: text(include_str!("../../prompts/rerank-system.txt")),
             rerank_user: text(include_str!("../../prompts/rerank-user.txt")),
@@ -147,6 +151,7 @@ impl Prompts {
             },
             translate: read("translate.txt")?,
             translate_turn: read("translate-turn.txt")?,
+            turn_questions: read("turn-questions.txt")?,
             rewrite: read("rewrite.txt")?,
             rerank_system: read("rerank-system.txt")?,
             rerank_user: with_placeholders("rerank-user.txt", "{turn}")?,

@@ -6,7 +6,7 @@
 use super::{format_turn, log_odds, AnswerError, Prompts};
 use crate::model::generate::check_context;
 use crate::model::{Message, Model, Role, SamplingConfig};
-use crate::retrieval::{standardized_fusion, Index, Retrieved};
+use crate::retrieval::{standardized_fusion, Index, Retrieved, ScoreList};
 
 /// How many of the best-ranked turns the model judges unless told otherwise: enough to reach the
 /// turns that the index ranks just out of the prompt's reach.
@@ -90,7 +90,10 @@ pub fn rerank(
 /// the candidates and weighted alike. The judgement alone moved turns the index had rightly put
 /// first below worse ones: a small model's yes/no is a noisy vote, not a verdict (README).
 fn judged_order(scores: &[f32], relevances: &[f32]) -> Vec<usize> {
-    let combined = standardized_fusion(&[(scores.to_vec(), 1.0), (relevances.to_vec(), 1.0)]);
+    let combined = standardized_fusion(&[
+        ScoreList::new(scores.to_vec(), 1.0),
+        ScoreList::new(relevances.to_vec(), 1.0),
+    ]);
     let mut order: Vec<usize> = (0..scores.len()).collect();
     // Stable: candidates judged alike keep the index's order.
     order.sort_by(|&a, &b| combined[b].total_cmp(&combined[a]));

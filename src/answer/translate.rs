@@ -3,8 +3,11 @@
 //! English rendering of a Chinese turn share words ("the most unusual thing") where the
 //! embedder alone, across languages, often misses.
 //!
-//! A translation costs minutes of generation, so it is done once per transcript, model and
-//! prompt, and kept in the cache folder.
+//! The same machinery writes the questions each turn answers (`questions_for_turns`), another
+//! view of the turns that retrieval matches questions against.
+//!
+//! Either costs minutes of generation, so it is done once per transcript, model and prompt, and
+//! kept in the cache folder.
 
 use std::path::Path;
 
@@ -39,8 +42,60 @@ pub fn translate_turns(
     let instruction = prompts
         .translate_turn
         .replace("{language}", language_name(to));
-    let path = cache_dir.map(|dir| dir.join(cache_name(model, &instruction, turns)));
-    if let Some(texts) = path.as_deref().and_then(|p| read_cache(p, to, turns.len())) {
+    rewrite_turns(
+        model,
+        "translation",
+        &instruction,
+        turns,
+        to,
+        cache_dir,
+        on_progress,
+    )
+}
+
+/// `turns` with their texts replaced by the questions each piece of them answers, written by the
+/// model in `language` (the transcript's own). A question about a turn tends to be worded like
+/// the questions the turn answers, not like the turn itself ("compared with a normal company…"
+/// against "a normal company can take its time…"); cached like a translation.
+pub fn questions_for_turns(
+    model: &mut Model,
+    prompts: &Prompts,
+    turns: &[Turn],
+    language: Language,
+    cache_dir: Option<&Path>,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Turn>, AnswerError> {
+    let instruction = prompts
+        .turn_questions
+        .replace("{language}", language_name(language));
+    rewrite_turns(
+        model,
+        "questions",
+        &instruction,
+        turns,
+        language,
+        cache_dir,
+        on_progress,
+    )
+}
+
+/// Each turn's pieces rewritten by the model as `instruction` says, into `to`, joined again per
+/// turn; read from `cache_dir` when an earlier run did the same with the same model. `kind` names
+/// the cache file and the warning about a damaged one.
+fn rewrite_turns(
+    model: &mut Model,
+    kind: &str,
+    instruction: &str,
+    turns: &[Turn],
+    to: Language,
+    cache_dir: Option<&Path>,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Turn>, AnswerError> {
+    let path = cache_dir.map(|dir| dir.join(cache_name(model, kind, instruction, turns)));
+    if let Some(texts) = path
+        .as_deref()
+        .and_then(|p| read_cache(p, kind, to, turns.len()))
+    {
         return Ok(with_texts(turns, texts));
     }
     let pieces: Vec<Vec<String>> = turns
@@ -52,13 +107,13 @@ pub fn translate_turns(
     on_progress(done, total);
     let mut texts = Vec::with_capacity(turns.len());
     for turn_pieces in &pieces {
-        let mut translated = Vec::with_capacity(turn_pieces.len());
+        let mut rewritten = Vec::with_capacity(turn_pieces.len());
         for piece in turn_pieces {
-            translated.push(translate_piece(model, &instruction, piece)?);
+            rewritten.push(rewrite_piece(model, instruction, piece)?);
             done += 1;
             on_progress(done, total);
         }
-        texts.push(translated.join(" "));
+        texts.push(rewritten.join(" "));
     }
     if let Some(path) = &path {
         write_cache(path, to, &texts)?;
@@ -66,11 +121,7 @@ pub fn translate_turns(
     Ok(with_texts(turns, texts))
 }
 
-fn translate_piece(
-    model: &mut Model,
-    instruction: &str,
-    piece: &str,
-) -> Result<String, AnswerError> {
+fn rewrite_piece(model: &mut Model, instruction: &str, piece: &str) -> Result<String, AnswerError> {
     let config = SamplingConfig {
         // An English rendering of Chinese takes about one token per character; the margin is
         // for the languages that take more.
@@ -93,7 +144,7 @@ fn with_texts(turns: &[Turn], texts: Vec<String>) -> Vec<Turn> {
 
 /// The model is named by its file's name and size: the same weights fetched into another folder
 /// translate the same way, and hashing a gigabyte would cost more than reading the cache saves.
-fn cache_name(model: &Model, instruction: &str, turns: &[Turn]) -> String {
+fn cache_name(model: &Model, kind: &str, instruction: &str, turns: &[Turn]) -> String {
     let file = model
         .info
         .path
@@ -104,10 +155,10 @@ fn cache_name(model: &Model, instruction: &str, turns: &[Turn]) -> String {
     let pieces = PIECE_CHARS.to_le_bytes();
     let mut parts: Vec<&[u8]> = vec![model_id.as_bytes(), instruction.as_bytes(), &pieces];
     parts.extend(turns.iter().map(|t| t.text.as_bytes()));
-    crate::cache::content_name("translation", &parts).replace(".bin", ".json")
+    crate::cache::content_name(kind, &parts).replace(".bin", ".json")
 }
 
-fn read_cache(path: &Path, to: Language, turn_count: usize) -> Option<Vec<String>> {
+fn read_cache(path: &Path, kind: &str, to: Language, turn_count: usize) -> Option<Vec<String>> {
     let bytes = std::fs::read(path).ok()?;
     match serde_json::from_slice::<CachedTranslation>(&bytes) {
         Ok(cached) if cached.language == to && cached.texts.len() == turn_count => {
@@ -115,7 +166,7 @@ fn read_cache(path: &Path, to: Language, turn_count: usize) -> Option<Vec<String
         }
         _ => {
             eprintln!(
-                "warning: translation cache {} is damaged; translating again",
+                "warning: {kind} cache {} is damaged; writing it again",
                 path.display()
             );
             None

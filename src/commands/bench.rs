@@ -3,7 +3,7 @@ use tqa::bench::{self, BenchConfig, BenchReport, Stat};
 
 use tqa::answer::Prompts;
 
-use super::{with_english_turns, ModelArgs, TranscriptArgs};
+use super::{with_english_turns, with_turn_questions, ModelArgs, TranscriptArgs};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -46,9 +46,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .join("\n");
     let mut model = args.model.load().await?;
-    // The question is answered as `tqa ask` answers it, with the turns' English translation.
+    // The question is answered as `tqa ask` answers it, with the turns' English translation and
+    // the questions they answer.
     let index = match index {
-        Some(index) => Some(with_english_turns(index, &mut model, &Prompts::default())?),
+        Some(index) => {
+            let prompts = Prompts::default();
+            let index = with_english_turns(index, &mut model, &prompts)?;
+            Some(with_turn_questions(index, &mut model, &prompts)?)
+        }
         None => None,
     };
     let config = BenchConfig {

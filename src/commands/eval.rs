@@ -6,7 +6,9 @@ use tqa::answer::rerank::DEFAULT_CANDIDATES;
 use tqa::answer::{self, AskOptions};
 use tqa::eval::{self, AnswerMetrics, RetrievalMetrics};
 
-use super::{prompts_from, with_english_turns, ModelArgs, PipelineArgs, TranscriptArgs};
+use super::{
+    prompts_from, with_english_turns, with_turn_questions, ModelArgs, PipelineArgs, TranscriptArgs,
+};
 
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
@@ -39,6 +41,10 @@ pub struct EvalRetrievalArgs {
     /// answering model, as `tqa ask` does.
     #[arg(long)]
     pub translate_turns: bool,
+    /// Also match the questions against the questions each turn answers, written by the
+    /// answering model (`tqa ask --turn-questions`).
+    #[arg(long)]
+    pub turn_questions: bool,
     /// Read the prompt files from this folder instead of the built-in `prompts/`.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
@@ -168,22 +174,28 @@ async fn retrieval(args: EvalRetrievalArgs) -> anyhow::Result<()> {
             .map_or(0, |candidates| candidates.unwrap_or(DEFAULT_CANDIDATES)),
         ..AskOptions::default()
     };
-    let report = if options.translate || options.rerank > 0 || args.translate_turns {
-        let mut model = args.model.load().await?;
-        let prompts = prompts_from(args.prompts.as_deref())?;
-        let index = if args.translate_turns {
-            with_english_turns(index, &mut model, &prompts)?
+    let report =
+        if options.translate || options.rerank > 0 || args.translate_turns || args.turn_questions {
+            let mut model = args.model.load().await?;
+            let prompts = prompts_from(args.prompts.as_deref())?;
+            let index = if args.translate_turns {
+                with_english_turns(index, &mut model, &prompts)?
+            } else {
+                index
+            };
+            let index = if args.turn_questions {
+                with_turn_questions(index, &mut model, &prompts)?
+            } else {
+                index
+            };
+            eval::evaluate_retrieval(&items, &mut |item| {
+                let (_, ranking) =
+                    answer::rank_turns(&index, &mut model, &prompts, &item.question, &options)?;
+                Ok(ranking.hits)
+            })?
         } else {
-            index
+            eval::evaluate_retrieval(&items, &mut |item| Ok(index.rank(&[&item.question])?))?
         };
-        eval::evaluate_retrieval(&items, &mut |item| {
-            let (_, ranking) =
-                answer::rank_turns(&index, &mut model, &prompts, &item.question, &options)?;
-            Ok(ranking.hits)
-        })?
-    } else {
-        eval::evaluate_retrieval(&items, &mut |item| Ok(index.rank(&[&item.question])?))?
-    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

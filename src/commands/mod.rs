@@ -12,14 +12,14 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use tqa::answer::translate::translate_turns;
+use tqa::answer::translate::{questions_for_turns, translate_turns};
 use tqa::answer::{AnswerError, AskOptions, Prompts};
 use tqa::cache::default_cache_dir;
 use tqa::model::registry::Registry;
 use tqa::model::{self, DeviceChoice, Model, SamplingConfig};
 use tqa::retrieval::embed::Embedder;
 use tqa::retrieval::{DenseIndex, Index, Translation};
-use tqa::transcript::{self, Language, Transcript};
+use tqa::transcript::{self, Language, Transcript, Turn};
 
 pub use ask::AskArgs;
 pub use bench::BenchArgs;
@@ -81,39 +81,89 @@ pub fn with_english_turns(
         return Ok(index);
     }
     let cache_dir = default_cache_dir();
+    let turns = with_progress_bar(
+        "translating the transcript into English, once (cached for later runs; \
+         --no-translate-turns skips it)…",
+        |progress| {
+            translate_turns(
+                model,
+                prompts,
+                index.turns(),
+                Language::En,
+                cache_dir.as_deref(),
+                progress,
+            )
+        },
+    )?;
+    let dense = embedded(&index, &turns, "embedding the translated passages")?;
+    Ok(index.with_translation(Translation::new(&turns, Language::En, dense)))
+}
+
+/// `index` with the questions each turn answers, written by `model` (see
+/// `answer::translate::questions_for_turns`), beside the originals.
+pub fn with_turn_questions(
+    index: Index,
+    model: &mut Model,
+    prompts: &Prompts,
+) -> anyhow::Result<Index> {
+    let language = index.language();
+    if !model.info.reads(language) {
+        eprintln!(
+            "the model does not read the transcript's language; no questions are written for \
+             its turns"
+        );
+        return Ok(index);
+    }
+    let cache_dir = default_cache_dir();
+    let turns = with_progress_bar(
+        "writing the questions each turn answers, once (cached for later runs)…",
+        |progress| {
+            questions_for_turns(
+                model,
+                prompts,
+                index.turns(),
+                language,
+                cache_dir.as_deref(),
+                progress,
+            )
+        },
+    )?;
+    let dense = embedded(&index, &turns, "embedding the turns' questions")?;
+    Ok(index.with_questions(Translation::new(&turns, language, dense)))
+}
+
+/// Runs `rewrite`, showing a progress bar with `announcement` once the slow path starts.
+fn with_progress_bar<F>(announcement: &str, rewrite: F) -> anyhow::Result<Vec<Turn>>
+where
+    F: FnOnce(&mut dyn FnMut(usize, usize)) -> Result<Vec<Turn>, AnswerError>,
+{
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")?
             .progress_chars("=> "),
     );
-    let turns = translate_turns(
-        model,
-        prompts,
-        index.turns(),
-        Language::En,
-        cache_dir.as_deref(),
-        &mut |done, total| {
-            if done == 0 {
-                eprintln!(
-                    "translating the transcript into English, once (cached for later runs; \
-                     --no-translate-turns skips it)…"
-                );
-                bar.set_length(total as u64);
-            }
-            bar.set_position(done as u64);
-        },
-    )?;
+    let turns = rewrite(&mut |done, total| {
+        if done == 0 {
+            eprintln!("{announcement}");
+            bar.set_length(total as u64);
+        }
+        bar.set_position(done as u64);
+    })?;
     bar.finish_and_clear();
-    let dense = match index.dense() {
-        Some(dense) => Some(DenseIndex::build(
-            &turns,
-            dense.embedder(),
-            &Registry::builtin()?.embedder.package.sha256,
-            cache_dir.as_deref(),
-            &|| eprintln!("embedding the translated passages (once; cached for later runs)…"),
-        )?),
-        None => None,
+    Ok(turns)
+}
+
+/// A dense index over rewritten `turns`, with the embedder of `index`, when it has one.
+fn embedded(index: &Index, turns: &[Turn], what: &str) -> anyhow::Result<Option<DenseIndex>> {
+    let Some(dense) = index.dense() else {
+        return Ok(None);
     };
-    Ok(index.with_translation(Translation::new(&turns, Language::En, dense)))
+    Ok(Some(DenseIndex::build(
+        turns,
+        dense.embedder(),
+        &Registry::builtin()?.embedder.package.sha256,
+        default_cache_dir().as_deref(),
+        &|| eprintln!("{what} (once; cached for later runs)…"),
+    )?))
 }
 
 /// What the answering commands (ask, chat, eval answers) share: transcript, model and answer
@@ -131,7 +181,8 @@ pub struct PipelineArgs {
 impl PipelineArgs {
     /// The index and the answering model, loaded side by side: the embedder's vocabulary and the
     /// model's weights take about the same time to read, and neither waits for the other. Then
-    /// the model's English translation of the turns joins the index (see [`with_english_turns`]).
+    /// the model's English translation of the turns joins the index (see [`with_english_turns`]),
+    /// and the questions the turns answer (see [`with_turn_questions`]).
     pub async fn load(&self) -> anyhow::Result<(Index, Model)> {
         let transcript = self.transcript.clone();
         let index = tokio::task::spawn_blocking(move || transcript.index());
@@ -140,7 +191,12 @@ impl PipelineArgs {
         if self.answer.no_translate_turns {
             return Ok((index, model));
         }
-        let index = with_english_turns(index, &mut model, &self.answer.prompts()?)?;
+        let prompts = self.answer.prompts()?;
+        let index = with_english_turns(index, &mut model, &prompts)?;
+        if self.answer.no_turn_questions {
+            return Ok((index, model));
+        }
+        let index = with_turn_questions(index, &mut model, &prompts)?;
         Ok((index, model))
     }
 }
@@ -203,6 +259,10 @@ pub struct AnswerArgs {
     /// minutes, and the translation is cached).
     #[arg(long)]
     pub no_translate_turns: bool,
+    /// Match questions against the turns only, not also against the questions each turn
+    /// answers (written by the answering model once per transcript, in minutes, and cached).
+    #[arg(long)]
+    pub no_turn_questions: bool,
     /// Let the answering model judge the N best-ranked turns, each with its partner in the
     /// exchange, and re-order them before the best are picked: better turns, at one short prompt
     /// per exchange. Each exchange is computed once and cached, so later questions cost much less

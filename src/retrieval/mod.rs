@@ -70,6 +70,9 @@ pub struct Index {
     speaker_terms: Vec<(String, Vec<String>)>,
     /// The turns translated into another language, scored beside the originals.
     translation: Option<Translation>,
+    /// The questions each turn answers, in the transcript's language, scored beside the
+    /// originals (see `answer::translate::questions_for_turns`).
+    questions: Option<Translation>,
 }
 
 /// The transcript's turns in another language (see `answer::translate`), indexed like the
@@ -112,11 +115,18 @@ impl Index {
             language: transcript.language(),
             speaker_terms,
             translation: None,
+            questions: None,
         }
     }
 
     pub fn with_translation(mut self, translation: Translation) -> Self {
         self.translation = Some(translation);
+        self
+    }
+
+    /// `questions` are the transcript's turns with, as their texts, the questions they answer.
+    pub fn with_questions(mut self, questions: Translation) -> Self {
+        self.questions = Some(questions);
         self
     }
 
@@ -191,7 +201,7 @@ impl Index {
     /// Fused score of every turn (0 means no match at all), and every passage's similarity to
     /// the wordings.
     fn scores(&self, queries: &[&str]) -> Result<Scored, DenseError> {
-        let mut rankings: Vec<(Vec<f32>, f32)> = Vec::new();
+        let mut rankings: Vec<ScoreList> = Vec::new();
         let mut passage_similarities: Vec<f32> = Vec::new();
         for query in queries {
             let translation = self
@@ -222,6 +232,23 @@ impl Index {
                     &mut rankings,
                 )?,
             };
+            if let Some(questions) = self
+                .questions
+                .as_ref()
+                .filter(|q| q.language == Language::of(query))
+            {
+                let before = rankings.len();
+                self.rank_view(
+                    &questions.lexical,
+                    questions.dense.as_ref(),
+                    questions.language,
+                    query,
+                    &mut rankings,
+                )?;
+                for ranking in &mut rankings[before..] {
+                    ranking.penalizes = false;
+                }
+            }
             if let Some(similarities) = similarities {
                 passage_similarities.resize(similarities.passages.len(), 0.0);
                 for (sum, s) in passage_similarities.iter_mut().zip(similarities.passages) {
@@ -230,7 +257,7 @@ impl Index {
             }
         }
         let mut fused = match rankings.as_slice() {
-            [(lexical, _)] => lexical.clone(),
+            [lexical] => lexical.scores.clone(),
             _ => standardized_fusion(&rankings),
         };
         if let Some(speaker) = self.named_speaker(queries) {
@@ -260,14 +287,14 @@ impl Index {
         dense: Option<&DenseIndex>,
         language: Language,
         query: &str,
-        rankings: &mut Vec<(Vec<f32>, f32)>,
+        rankings: &mut Vec<ScoreList>,
     ) -> Result<Option<dense::Similarities>, DenseError> {
         let content_terms: Vec<String> = lexical
             .terms(query)
             .into_iter()
             .filter(|t| !self.speaker_terms.iter().any(|(_, name)| name.contains(t)))
             .collect();
-        rankings.push((
+        rankings.push(ScoreList::new(
             lexical.scores(&content_terms),
             lexical.known_share(&content_terms),
         ));
@@ -279,10 +306,10 @@ impl Index {
         // Across languages the small embedder needs a passage's context: matched one sentence
         // at a time, an English question's ranking got worse (README).
         if Language::of(query) == language {
-            rankings.push((passages, 0.5));
-            rankings.push((sentences, 0.5));
+            rankings.push(ScoreList::new(passages, 0.5));
+            rankings.push(ScoreList::new(sentences, 0.5));
         } else {
-            rankings.push((passages, 1.0));
+            rankings.push(ScoreList::new(passages, 1.0));
         }
         Ok(Some(similarities))
     }
@@ -378,16 +405,39 @@ struct Scored {
     passage_similarities: Vec<f32>,
 }
 
+/// One scorer's score for every turn, in turn order, and how much it counts in
+/// [`standardized_fusion`].
+#[derive(Debug, Clone)]
+pub(crate) struct ScoreList {
+    pub scores: Vec<f32>,
+    pub weight: f32,
+    /// Whether a score below the scorer's mean counts against a turn. Not for the questions the
+    /// model wrote for each turn: where it summed a turn up poorly ("为什么会有怀疑？" for an
+    /// answer about failed training runs), the turn is not thereby off the question's topic.
+    pub penalizes: bool,
+}
+
+impl ScoreList {
+    pub(crate) fn new(scores: Vec<f32>, weight: f32) -> Self {
+        Self {
+            scores,
+            weight,
+            penalizes: true,
+        }
+    }
+}
+
 /// Σ weight × (score − mean) / standard deviation, per scorer. Standardizing puts BM25's
 /// unbounded scores and the embedder's narrow band of cosines (0.7–0.9 for every turn) on one
 /// scale, on which a scorer's clear favourite stands out by how far it lies above the rest.
 /// Fusing ranks instead (reciprocal-rank fusion, measured in the README) rewarded turns that
 /// were middling for every scorer. Shifted so that the weakest turn any scorer matched scores
 /// just above 0, and a turn no scorer matched scores 0.
-pub(crate) fn standardized_fusion(score_lists: &[(Vec<f32>, f32)]) -> Vec<f32> {
-    let n = score_lists.first().map_or(0, |(s, _)| s.len());
+pub(crate) fn standardized_fusion(score_lists: &[ScoreList]) -> Vec<f32> {
+    let n = score_lists.first().map_or(0, |l| l.scores.len());
     let mut fused = vec![0.0_f32; n];
-    for (scores, weight) in score_lists {
+    for list in score_lists {
+        let scores = &list.scores;
         let mean = scores.iter().sum::<f32>() / n as f32;
         let variance = scores.iter().map(|s| (s - mean).powi(2)).sum::<f32>() / n as f32;
         if variance <= 0.0 {
@@ -396,11 +446,17 @@ pub(crate) fn standardized_fusion(score_lists: &[(Vec<f32>, f32)]) -> Vec<f32> {
         }
         let sd = variance.sqrt();
         for (sum, s) in fused.iter_mut().zip(scores) {
-            *sum += weight * (s - mean) / sd;
+            let standardized = (s - mean) / sd;
+            *sum += list.weight
+                * if list.penalizes {
+                    standardized
+                } else {
+                    standardized.max(0.0)
+                };
         }
     }
     let matched: Vec<bool> = (0..n)
-        .map(|i| score_lists.iter().any(|(s, _)| s[i] > 0.0))
+        .map(|i| score_lists.iter().any(|l| l.scores[i] > 0.0))
         .collect();
     let floor = fused
         .iter()
@@ -459,6 +515,18 @@ mod tests {
         Transcript::parse(text, Path::new("t.txt")).unwrap()
     }
 
+    /// The turns of `t` with other texts: a translation, or the questions each answers.
+    fn rewritten(t: &Transcript, texts: &[&str]) -> Vec<Turn> {
+        texts
+            .iter()
+            .zip(&t.turns)
+            .map(|(text, turn)| Turn {
+                text: text.to_string(),
+                ..turn.clone()
+            })
+            .collect()
+    }
+
     #[test]
     fn a_matched_answer_brings_its_question() {
         let t = transcript(
@@ -513,19 +581,15 @@ mod tests {
     #[test]
     fn a_question_meets_the_turns_in_its_own_language() {
         let t = transcript("主持人: 定价怎么样？\n\n嘉宾: 价格会跟着算力走。\n\n主持人: 代理呢？\n\n嘉宾: 代理能运行很长的任务。");
-        let english: Vec<Turn> = [
-            "What about pricing?",
-            "Prices will follow compute.",
-            "And agents?",
-            "Agents can run long tasks.",
-        ]
-        .iter()
-        .zip(&t.turns)
-        .map(|(text, turn)| Turn {
-            text: text.to_string(),
-            ..turn.clone()
-        })
-        .collect();
+        let english = rewritten(
+            &t,
+            &[
+                "What about pricing?",
+                "Prices will follow compute.",
+                "And agents?",
+                "Agents can run long tasks.",
+            ],
+        );
         let plain = Index::build(&t);
         assert!(plain.rank(&["long tasks"]).unwrap().is_empty());
         let index = plain.with_translation(Translation::new(&english, Language::En, None));
@@ -535,17 +599,62 @@ mod tests {
     }
 
     #[test]
+    fn a_turn_is_found_by_the_questions_it_answers() {
+        let t = transcript(
+            "Host: Tell me about the early days.\n\nGuest: Four of us shared one server in a garage.\n\nHost: And now?\n\nGuest: Thousands work here now.",
+        );
+        let questions = rewritten(
+            &t,
+            &[
+                "What were the early days like?",
+                "How big was the team at the start?",
+                "What is it like now?",
+                "How many people work there today?",
+            ],
+        );
+        let plain = Index::build(&t);
+        let query = "how big was the team at the start";
+        assert!(plain.rank(&[query]).unwrap().is_empty());
+        let index = plain.with_questions(Translation::new(&questions, Language::En, None));
+        assert_eq!(index.rank(&[query]).unwrap()[0].turn.id, "T2");
+    }
+
+    #[test]
+    fn a_scorer_that_does_not_penalize_adds_evidence_and_takes_none_away() {
+        let lexical = ScoreList::new(vec![3.0, 2.0, 1.0], 1.0);
+        let questions = ScoreList::new(vec![0.0, 1.0, 1.0], 1.0);
+        let penalizing = standardized_fusion(&[lexical.clone(), questions.clone()]);
+        assert!(penalizing[1] > penalizing[0]);
+        let adding = standardized_fusion(&[
+            lexical,
+            ScoreList {
+                penalizes: false,
+                ..questions
+            },
+        ]);
+        assert!(adding[0] > adding[1] && adding[1] > adding[2]);
+    }
+
+    #[test]
     fn fusion_rewards_agreement_and_weighs_scorers() {
-        let fused = standardized_fusion(&[(vec![3.0, 2.0, 0.0], 1.0), (vec![0.1, 0.9, 0.5], 1.0)]);
+        let fused = standardized_fusion(&[
+            ScoreList::new(vec![3.0, 2.0, 0.0], 1.0),
+            ScoreList::new(vec![0.1, 0.9, 0.5], 1.0),
+        ]);
         assert!(fused[1] > fused[0] && fused[0] > fused[2] && fused[2] > 0.0);
-        let lexical_only =
-            standardized_fusion(&[(vec![3.0, 2.0, 0.0], 1.0), (vec![0.1, 0.9, 0.5], 0.0)]);
+        let lexical_only = standardized_fusion(&[
+            ScoreList::new(vec![3.0, 2.0, 0.0], 1.0),
+            ScoreList::new(vec![0.1, 0.9, 0.5], 0.0),
+        ]);
         assert!(lexical_only[0] > lexical_only[1]);
     }
 
     #[test]
     fn fusion_scores_unmatched_turns_zero() {
-        let fused = standardized_fusion(&[(vec![2.0, 0.0, 1.0], 1.0), (vec![0.0, 0.0, 0.0], 1.0)]);
+        let fused = standardized_fusion(&[
+            ScoreList::new(vec![2.0, 0.0, 1.0], 1.0),
+            ScoreList::new(vec![0.0, 0.0, 0.0], 1.0),
+        ]);
         assert_eq!(fused[1], 0.0);
         assert!(fused[0] > fused[2] && fused[2] > 0.0);
     }
