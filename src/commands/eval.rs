@@ -42,7 +42,7 @@ pub struct EvalRetrievalArgs {
     #[arg(long)]
     pub translate_turns: bool,
     /// Also match the questions against the questions each turn answers, written by the
-    /// answering model (`tqa ask --turn-questions`).
+    /// answering model, as `tqa ask` does.
     #[arg(long)]
     pub turn_questions: bool,
     /// Read the prompt files from this folder instead of the built-in `prompts/`.

@@ -18,7 +18,7 @@ use tqa::cache::default_cache_dir;
 use tqa::model::registry::Registry;
 use tqa::model::{self, DeviceChoice, Model, SamplingConfig};
 use tqa::retrieval::embed::Embedder;
-use tqa::retrieval::{DenseIndex, Index, Translation};
+use tqa::retrieval::{DenseIndex, Index, TurnView};
 use tqa::transcript::{self, Language, Transcript, Turn};
 
 pub use ask::AskArgs;
@@ -95,8 +95,13 @@ pub fn with_english_turns(
             )
         },
     )?;
-    let dense = embedded(&index, &turns, "embedding the translated passages")?;
-    Ok(index.with_translation(Translation::new(&turns, Language::En, dense)))
+    let dense = embedded(
+        &index,
+        &turns,
+        cache_dir.as_deref(),
+        "embedding the translated passages",
+    )?;
+    Ok(index.with_translation(TurnView::new(&turns, Language::En, dense)))
 }
 
 /// `index` with the questions each turn answers, written by `model` (see
@@ -128,8 +133,13 @@ pub fn with_turn_questions(
             )
         },
     )?;
-    let dense = embedded(&index, &turns, "embedding the turns' questions")?;
-    Ok(index.with_questions(Translation::new(&turns, language, dense)))
+    let dense = embedded(
+        &index,
+        &turns,
+        cache_dir.as_deref(),
+        "embedding the turns' questions",
+    )?;
+    Ok(index.with_questions(TurnView::new(&turns, language, dense)))
 }
 
 /// Runs `rewrite`, showing a progress bar with `announcement` once the slow path starts.
@@ -153,7 +163,12 @@ where
 }
 
 /// A dense index over rewritten `turns`, with the embedder of `index`, when it has one.
-fn embedded(index: &Index, turns: &[Turn], what: &str) -> anyhow::Result<Option<DenseIndex>> {
+fn embedded(
+    index: &Index,
+    turns: &[Turn],
+    cache_dir: Option<&std::path::Path>,
+    what: &str,
+) -> anyhow::Result<Option<DenseIndex>> {
     let Some(dense) = index.dense() else {
         return Ok(None);
     };
@@ -161,7 +176,7 @@ fn embedded(index: &Index, turns: &[Turn], what: &str) -> anyhow::Result<Option<
         turns,
         dense.embedder(),
         &Registry::builtin()?.embedder.package.sha256,
-        default_cache_dir().as_deref(),
+        cache_dir,
         &|| eprintln!("{what} (once; cached for later runs)…"),
     )?))
 }
@@ -187,16 +202,14 @@ impl PipelineArgs {
         let transcript = self.transcript.clone();
         let index = tokio::task::spawn_blocking(move || transcript.index());
         let mut model = self.model.load().await?;
-        let index = index.await.context("the index-building thread failed")??;
-        if self.answer.no_translate_turns {
-            return Ok((index, model));
-        }
+        let mut index = index.await.context("the index-building thread failed")??;
         let prompts = self.answer.prompts()?;
-        let index = with_english_turns(index, &mut model, &prompts)?;
-        if self.answer.no_turn_questions {
-            return Ok((index, model));
+        if !self.answer.no_translate_turns {
+            index = with_english_turns(index, &mut model, &prompts)?;
         }
-        let index = with_turn_questions(index, &mut model, &prompts)?;
+        if !self.answer.no_turn_questions {
+            index = with_turn_questions(index, &mut model, &prompts)?;
+        }
         Ok((index, model))
     }
 }

@@ -69,22 +69,23 @@ pub struct Index {
     /// what about, so these terms select a speaker instead of matching text.
     speaker_terms: Vec<(String, Vec<String>)>,
     /// The turns translated into another language, scored beside the originals.
-    translation: Option<Translation>,
+    translation: Option<TurnView>,
     /// The questions each turn answers, in the transcript's language, scored beside the
     /// originals (see `answer::translate::questions_for_turns`).
-    questions: Option<Translation>,
+    questions: Option<TurnView>,
 }
 
-/// The transcript's turns in another language (see `answer::translate`), indexed like the
-/// originals: a question then also meets each turn in the question's own language.
-pub struct Translation {
+/// The transcript's turns rewritten by the answering model (see `answer::translate`), indexed
+/// like the originals: translated, so that a question also meets each turn in the question's own
+/// language, or as the questions each turn answers.
+pub struct TurnView {
     lexical: Bm25,
     dense: Option<DenseIndex>,
     language: Language,
 }
 
-impl Translation {
-    /// `turns` are the transcript's turns, in order, with translated texts; `dense` is a
+impl TurnView {
+    /// `turns` are the transcript's turns, in order, with rewritten texts; `dense` is a
     /// [`DenseIndex`] built over them.
     pub fn new(turns: &[Turn], language: Language, dense: Option<DenseIndex>) -> Self {
         Self {
@@ -119,13 +120,13 @@ impl Index {
         }
     }
 
-    pub fn with_translation(mut self, translation: Translation) -> Self {
+    pub fn with_translation(mut self, translation: TurnView) -> Self {
         self.translation = Some(translation);
         self
     }
 
     /// `questions` are the transcript's turns with, as their texts, the questions they answer.
-    pub fn with_questions(mut self, questions: Translation) -> Self {
+    pub fn with_questions(mut self, questions: TurnView) -> Self {
         self.questions = Some(questions);
         self
     }
@@ -592,7 +593,7 @@ mod tests {
         );
         let plain = Index::build(&t);
         assert!(plain.rank(&["long tasks"]).unwrap().is_empty());
-        let index = plain.with_translation(Translation::new(&english, Language::En, None));
+        let index = plain.with_translation(TurnView::new(&english, Language::En, None));
         assert_eq!(index.rank(&["long tasks"]).unwrap()[0].turn.id, "T4");
         // A Chinese wording still meets the Chinese originals.
         assert_eq!(index.rank(&["价格"]).unwrap()[0].turn.id, "T2");
@@ -615,7 +616,7 @@ mod tests {
         let plain = Index::build(&t);
         let query = "how big was the team at the start";
         assert!(plain.rank(&[query]).unwrap().is_empty());
-        let index = plain.with_questions(Translation::new(&questions, Language::En, None));
+        let index = plain.with_questions(TurnView::new(&questions, Language::En, None));
         assert_eq!(index.rank(&[query]).unwrap()[0].turn.id, "T2");
     }
 
