@@ -264,6 +264,60 @@ fn the_first_run_of_long_prompt_pieces_computes_what_later_runs_compute() {
 }
 
 #[test]
+fn a_kept_first_exchange_is_reused_by_the_next_question_and_changes_no_bit() {
+    let (dir, path) = tiny(14, Arch::Qwen2);
+    let shared = dir.path().join("shared");
+    let prompt = |model: &Model, exchanges: &[&str], question: &str| {
+        let head = model
+            .encode("<|im_start|>system\nrules<|im_end|>\n<|im_start|>user\nexcerpts:\n\n")
+            .unwrap();
+        let first = model.encode(exchanges[0]).unwrap();
+        let kept = head.len() + first.len();
+        let rest: Vec<u32> = exchanges[1..]
+            .iter()
+            .flat_map(|e| model.encode(e).unwrap())
+            .chain(model.encode(question).unwrap())
+            .collect();
+        ([head, first, rest].concat(), kept)
+    };
+    let a = "[T1] Host: what about agents?\n[T2] Guest: they will do long tasks.\n\n";
+    let mut first = load_caching(&path, false, Some(&shared));
+    let (one, kept) = prompt(
+        &first,
+        &[a, "[T5] Guest: pricing.\n\n"],
+        "Question: agents?",
+    );
+    let (_, reused) = first.prefill_keeping(&one, kept).unwrap();
+    assert_eq!(reused, 0);
+
+    // Another question given the same first exchange, in the next process.
+    let (two, kept) = prompt(
+        &first,
+        &[a, "[T9] Guest: open source.\n\n"],
+        "Question: tasks?",
+    );
+    let (got, reused) = load_caching(&path, false, Some(&shared))
+        .prefill_keeping(&two, kept)
+        .unwrap();
+    assert_eq!(
+        reused, kept,
+        "the system turn and the first exchange are reused"
+    );
+    let (expected, reused) = load_caching(&path, false, Some(&dir.path().join("fresh")))
+        .prefill_keeping(&two, kept)
+        .unwrap();
+    assert_eq!(reused, 0);
+    assert_eq!(
+        expected.to_vec1::<f32>().unwrap(),
+        got.to_vec1::<f32>().unwrap(),
+        "a reused first exchange gives other logits than its first run"
+    );
+    let (plain, _) = load(&path, false).prefill(&two).unwrap();
+    let diff = max_abs_diff(&plain.to_vec1().unwrap(), &got.to_vec1().unwrap());
+    assert!(diff < 1e-4, "keeping a part changes the logits by {diff}");
+}
+
+#[test]
 fn a_system_turn_computed_once_is_reused_by_the_next_process_and_survives_damage() {
     let (dir, path) = tiny(10, Arch::Qwen2);
     let cache = dir.path().join("prefixes");

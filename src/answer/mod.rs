@@ -243,6 +243,12 @@ impl PromptTokens {
         self.head.len() + self.exchanges.iter().map(Vec::len).sum::<usize>() + self.tail.len()
     }
 
+    /// Where the first exchange ends: the prompt up to there recurs whenever a question is given
+    /// the same least relevant exchange.
+    fn first_exchange_end(&self) -> usize {
+        self.head.len() + self.exchanges.first().map_or(0, Vec::len)
+    }
+
     fn concat(&self) -> Vec<u32> {
         let mut all = self.head.clone();
         all.extend(self.exchanges.iter().flatten());
@@ -692,7 +698,7 @@ fn judge_and_generate(
     let (logits, reused) = if options.reuse_turns {
         model.prefill_pieces(&prompt.head, &prompt.exchanges, &prompt.tail)?
     } else {
-        model.prefill(&prompt.concat())?
+        model.prefill_keeping(&prompt.concat(), prompt.first_exchange_end())?
     };
     let log_odds = answered_log_odds(model, &logits)?;
     let verdict_time = prefill_start.elapsed();

@@ -3,6 +3,7 @@
 //! model and text, kept in memory for the process and on disk for the next one.
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use candle_core::{Device, Tensor};
 
@@ -21,6 +22,12 @@ const COMPUTED_BY: &[&str] = &[
 const MAGIC: &[u8; 4] = b"TQAK";
 /// Floats kept in memory (256 MB): the system turns in use and the most recent transcript turns.
 const MEMORY_BUDGET: usize = 64 << 20;
+/// Megabytes of entries kept on disk unless `$TQA_PREFIX_CACHE_MB` says otherwise: a transcript
+/// adds several hundred (its exchanges as judged and as first in an answer, ~57 KB per token for
+/// the default model), and every build that computes differently starts afresh beside the old
+/// entries, which nothing would read again.
+const DEFAULT_DISK_BUDGET_MB: u64 = 2048;
+const DISK_BUDGET_VAR: &str = "TQA_PREFIX_CACHE_MB";
 
 pub type Entries = Vec<(Tensor, Tensor)>;
 
@@ -36,6 +43,8 @@ pub struct KvStore {
     /// Keyed by the tokens the entries depend on and how many positions they hold; most recently
     /// used last.
     memory: Vec<((Vec<u32>, usize), Entries)>,
+    /// Bytes the folder's entries may take; the least recently used go first.
+    disk_budget: u64,
 }
 
 impl KvStore {
@@ -50,6 +59,15 @@ impl KvStore {
             ),
             code: crate::cache::code_digest(COMPUTED_BY),
             memory: Vec::new(),
+            disk_budget: disk_budget_from_env(),
+        }
+    }
+
+    #[cfg(test)]
+    fn with_disk_budget(self, bytes: u64) -> Self {
+        Self {
+            disk_budget: bytes,
+            ..self
         }
     }
 
@@ -85,17 +103,16 @@ impl KvStore {
                 return None;
             }
         };
+        mark_used(&path);
         let entries = split_layers(floats, config, len, device).ok()?;
         self.remember(key, len, entries.clone(), config);
         Some(entries)
     }
 
-    /// Whether entries for all of `key` are stored, without reading them.
-    pub fn contains(&self, key: &[u32]) -> bool {
-        self.memory
-            .iter()
-            .any(|((k, l), _)| k == key && *l == key.len())
-            || self.path(key, key.len()).is_some_and(|p| p.is_file())
+    /// Whether the last `len` positions of `key` are stored, without reading them.
+    pub fn contains(&self, key: &[u32], len: usize) -> bool {
+        self.memory.iter().any(|((k, l), _)| k == key && *l == len)
+            || self.path(key, len).is_some_and(|p| p.is_file())
     }
 
     /// Keeps `entries` under `key`, in memory and, when a folder is set, on disk. A cache that
@@ -112,11 +129,16 @@ impl KvStore {
                     crate::cache::write_floats(&path, MAGIC, &dims(config, len), &floats)
                         .map_err(|e| e.to_string())
                 });
-            if let Err(e) = written {
-                eprintln!(
+            match written {
+                Ok(()) => {
+                    if let Some(dir) = path.parent() {
+                        evict_least_recently_used(dir, self.disk_budget, &path);
+                    }
+                }
+                Err(e) => eprintln!(
                     "warning: cannot write the prompt cache {}: {e}",
                     path.display()
-                );
+                ),
             }
         }
         self.remember(key, len, entries, config);
@@ -143,6 +165,58 @@ impl KvStore {
             &[&self.code, self.model_id.as_bytes(), &len, &token_bytes],
         );
         Some(self.dir.as_ref()?.join(name))
+    }
+}
+
+fn disk_budget_from_env() -> u64 {
+    let megabytes = match std::env::var(DISK_BUDGET_VAR) {
+        Ok(value) => value.trim().parse::<u64>().unwrap_or_else(|_| {
+            eprintln!(
+                "warning: ${DISK_BUDGET_VAR}={value:?} is not a whole number of megabytes; \
+                 keeping the prompt cache under {DEFAULT_DISK_BUDGET_MB} MB"
+            );
+            DEFAULT_DISK_BUDGET_MB
+        }),
+        Err(_) => DEFAULT_DISK_BUDGET_MB,
+    };
+    megabytes << 20
+}
+
+/// An entry's modification time is when it was last read or written: what eviction goes by.
+fn mark_used(path: &Path) {
+    let _ = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(SystemTime::now()));
+}
+
+/// Removes the least recently used entries of `dir` until they take at most `budget` bytes;
+/// `keep`, the entry just written, stays whatever its size.
+fn evict_least_recently_used(dir: &Path, budget: u64, keep: &Path) {
+    let Ok(listing) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<(SystemTime, u64, PathBuf)> = listing
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("kv-") && name.ends_with(".bin")
+        })
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((meta.modified().ok()?, meta.len(), e.path()))
+        })
+        .collect();
+    let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();
+    entries.sort();
+    for (_, len, path) in entries {
+        if total <= budget {
+            break;
+        }
+        if path != keep && std::fs::remove_file(&path).is_ok() {
+            total -= len;
+        }
     }
 }
 
@@ -245,5 +319,45 @@ mod tests {
             }
             assert!(store.get(&key, 4, &config, &Device::Cpu).is_none());
         }
+    }
+
+    #[test]
+    fn the_disk_keeps_the_most_recently_used_entries_within_its_budget() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = config();
+        let files = || -> Vec<PathBuf> {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
+                .expect("listing")
+                .map(|e| e.expect("entry").path())
+                .collect();
+            files.sort();
+            files
+        };
+        let mut store = KvStore::new(Some(dir.path().to_path_buf()), Path::new("m"), &Device::Cpu);
+        store.put(&[1], entries(&config, 3, 1.0), &config);
+        let a = files().pop().expect("entry written");
+        store.put(&[2], entries(&config, 3, 2.0), &config);
+        let b = files().into_iter().find(|f| *f != a).expect("second entry");
+        let size = std::fs::metadata(&a).expect("size").len();
+        let now = SystemTime::now();
+        let set_age = |path: &Path, seconds| {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_modified(now - std::time::Duration::from_secs(seconds)))
+                .expect("mtime set");
+        };
+        set_age(&a, 20);
+        set_age(&b, 10);
+
+        // Read back by the next process, `a` is now the most recently used of the two.
+        let mut store = KvStore::new(Some(dir.path().to_path_buf()), Path::new("m"), &Device::Cpu)
+            .with_disk_budget(2 * size + size / 2);
+        assert!(store.get(&[1], 3, &config, &Device::Cpu).is_some());
+        store.put(&[3], entries(&config, 3, 3.0), &config);
+        let left = files();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(left.contains(&a) && !left.contains(&b));
+        assert!(store.get(&[3], 3, &config, &Device::Cpu).is_some());
     }
 }

@@ -272,29 +272,73 @@ impl Model {
     /// earlier one, or for a prompt without one the part it shares with the previous prompt.
     /// Returns how many prompt tokens were reused.
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<(Tensor, usize), ModelError> {
+        self.prefill_keeping(prompt, 0)
+    }
+
+    /// Like `prefill`, and also keeps the keys and values of `prompt[..prefix]`, a part past the
+    /// system turn that later prompts may begin with (the answer prompt's first exchange: the
+    /// turns that follow it attend to it, so it is the one part of them that stays exact when
+    /// reused), and reuses it when it was kept before.
+    pub fn prefill_keeping(
+        &mut self,
+        prompt: &[u32],
+        prefix: usize,
+    ) -> Result<(Tensor, usize), ModelError> {
+        let checkpoints = self.checkpoints(prompt, prefix);
         // At least one token has to go through the model to produce logits.
         let reused = self
-            .reuse_prefix(prompt)?
+            .reuse_prefix(prompt, &checkpoints)?
             .min(prompt.len().saturating_sub(1));
-        let logits = self.compute_from(prompt, reused)?;
+        let logits = self.compute_from(prompt, reused, &checkpoints)?;
         Ok((logits, reused))
+    }
+
+    /// Where a prompt's computation is cut, and what is before each cut kept: the end of its
+    /// system turn, then `prefix` when it lies past it. Empty for a prompt without a system turn.
+    fn checkpoints(&self, prompt: &[u32], prefix: usize) -> Vec<usize> {
+        let Some(system_turn_end) = self.system_turn_end(prompt) else {
+            return Vec::new();
+        };
+        let mut checkpoints = vec![system_turn_end];
+        if prefix > system_turn_end && prefix < prompt.len() {
+            checkpoints.push(prefix);
+        }
+        checkpoints
     }
 
     /// Computes `prompt` from `start` on and returns the logits of its last position.
     ///
     /// A prompt goes through the model in chunks, and products over chunks of other sizes round
     /// their last bits differently. So that the first run of a question and every later one
-    /// compute exactly the same thing (and greedy answers repeat), a system turn not known yet
-    /// is computed on its own and stored, and the rest from its end, as a later run that reads
-    /// the stored turn back does; `reuse_prefix` never reuses anything past it.
-    fn compute_from(&mut self, prompt: &[u32], start: usize) -> Result<Tensor, ModelError> {
+    /// compute exactly the same thing (and greedy answers repeat), the prompt is cut at its
+    /// checkpoints whether or not what lies before them is known: each part before a checkpoint
+    /// is computed on its own and kept, and the rest from the last one, as a later run that
+    /// reads the kept parts back does; `reuse_prefix` reuses only whole parts.
+    fn compute_from(
+        &mut self,
+        prompt: &[u32],
+        start: usize,
+        checkpoints: &[usize],
+    ) -> Result<Tensor, ModelError> {
+        let first = start;
         let mut start = start;
-        if let Some(end) = self.system_turn_end(prompt).filter(|&end| end > start) {
+        for &end in checkpoints.iter().filter(|&&end| end > first) {
             self.forward(&prompt[start..end], start)?;
-            self.store_system_turn(prompt)?;
+            self.keep_part(prompt, start, end)?;
             start = end;
         }
         self.forward(&prompt[start..], start)
+    }
+
+    /// Keeps the positions `start..end` of the prompt just computed, under the tokens they depend
+    /// on, unless they are kept already.
+    fn keep_part(&mut self, prompt: &[u32], start: usize, end: usize) -> Result<(), ModelError> {
+        let key = &prompt[..end];
+        if end <= self.exact && !self.stored.contains(key, end - start) {
+            let entries = self.decoder.cache().export(start, end - start)?;
+            self.stored.put(key, entries, self.decoder.config());
+        }
+        Ok(())
     }
 
     /// Like `prefill` for the prompt `head + pieces + tail`, except that each piece attends only
@@ -346,61 +390,54 @@ impl Model {
         if self.pieces_head == head.len() && self.cached.starts_with(head) {
             return Ok(head.len());
         }
-        let reused = self.reuse_prefix(head)?;
+        let checkpoints = self.checkpoints(head, 0);
+        let reused = self.reuse_prefix(head, &checkpoints)?;
         if reused < head.len() {
-            self.compute_from(head, reused)?;
+            self.compute_from(head, reused, &checkpoints)?;
         }
         self.pieces_head = head.len();
         Ok(reused)
     }
 
-    /// Puts the longest known prefix of `prompt`, up to the end of its system turn, in the
-    /// cache: what the cache already holds of it, or its stored system turn. Returns its length.
-    fn reuse_prefix(&mut self, prompt: &[u32]) -> Result<usize, ModelError> {
-        let system_turn_end = self.system_turn_end(prompt);
-        let shared = self
+    /// Puts the longest known part of `prompt` that ends at a checkpoint in the cache, from
+    /// what the cache already holds of it or the parts kept before; for a prompt without
+    /// checkpoints, whatever the cache holds of it. Returns its length.
+    fn reuse_prefix(&mut self, prompt: &[u32], checkpoints: &[usize]) -> Result<usize, ModelError> {
+        let in_cache = self
             .cached
             .iter()
             .zip(prompt)
             .take_while(|(a, b)| a == b)
             .count()
-            .min(self.exact)
-            .min(system_turn_end.unwrap_or(usize::MAX));
-        let Some(end) = system_turn_end.filter(|&end| end > shared) else {
-            return Ok(shared);
-        };
+            .min(self.exact);
+        if checkpoints.is_empty() {
+            return Ok(in_cache);
+        }
         let device = self.decoder.device().clone();
-        match self
-            .stored
-            .get(&prompt[..end], end, self.decoder.config(), &device)
-        {
-            Some(entries) => {
-                self.decoder.import(&entries, 0, 0)?;
-                self.cached = prompt[..end].to_vec();
-                self.exact = end;
-                Ok(end)
+        let mut reused = 0;
+        for (i, &end) in checkpoints.iter().enumerate() {
+            // Every prompt cuts its system turn, so the cache holds it as computed on its own;
+            // a later part it holds may have been computed in one chunk with what followed it.
+            if i == 0 && end <= in_cache {
+                reused = end;
+                continue;
             }
-            // A system turn is stored as computed from its first token (see `compute_from`), even
-            // when its opening words are in the cache from another prompt: computed from there,
-            // in other chunks, the stored turn would depend on which prompt came before it.
-            None => Ok(0),
+            // A part is kept as computed from the checkpoint before it (see `compute_from`),
+            // even when more of it is in the cache from another prompt: computed from there, in
+            // other chunks, it would depend on which prompt came before it.
+            let Some(entries) =
+                self.stored
+                    .get(&prompt[..end], end - reused, self.decoder.config(), &device)
+            else {
+                break;
+            };
+            self.decoder.import(&entries, reused, 0)?;
+            self.cached.truncate(reused);
+            self.cached.extend_from_slice(&prompt[reused..end]);
+            self.exact = end;
+            reused = end;
         }
-    }
-
-    /// Stores the system turn of the prompt just computed, unless it is stored already.
-    fn store_system_turn(&mut self, prompt: &[u32]) -> Result<(), ModelError> {
-        let Some(end) = self
-            .system_turn_end(prompt)
-            .filter(|&end| end <= self.exact)
-        else {
-            return Ok(());
-        };
-        if !self.stored.contains(&prompt[..end]) {
-            let entries = self.decoder.cache().export(0, end)?;
-            self.stored
-                .put(&prompt[..end], entries, self.decoder.config());
-        }
-        Ok(())
+        Ok(reused)
     }
 
     /// Where the second turn of a chat prompt starts, when the prompt goes on after it.
