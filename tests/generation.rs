@@ -336,6 +336,54 @@ fn a_steer_can_go_on_where_the_model_would_end() {
     assert_eq!(cut.stop, StopReason::TokenLimit);
 }
 
+/// Would go on after every reply, with nothing to say yet.
+struct AlwaysGoesOn;
+
+impl Steer for AlwaysGoesOn {
+    fn insert(&mut self, _reply: &str) -> Option<String> {
+        None
+    }
+
+    fn goes_on_after(&self, _reply: &str) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_steer_that_would_go_on_keeps_a_stop_sequence_from_ending_the_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    // A token that is also the first of its own text's encoding (the tiny tokenizer puts a space
+    // before a word), so that ruling out the stop sequence's rest rules out this token.
+    let emitted = u32::from(b' ');
+    let mut model = load(&common::tiny_model(
+        dir.path(),
+        Behaviour::AlwaysEmit(emitted),
+    ));
+    let piece = model.decode(&[emitted]).unwrap();
+    assert_eq!(model.encode(&piece).unwrap()[0], emitted);
+    let prompt = model.encode("<|im_start|>user\nhello<|im_end|>\n").unwrap();
+    let config = SamplingConfig {
+        stop_sequences: vec![piece.repeat(2)],
+        ..unpenalized(6)
+    };
+    let ready = prefilled(&mut model, &prompt);
+    let stopped =
+        continue_generation(&mut model, ready, &config, &mut |_| {}, &mut |_: &str| None).unwrap();
+    assert_eq!(stopped.stop, StopReason::StopSequence);
+
+    let ready = prefilled(&mut model, &prompt);
+    let went_on =
+        continue_generation(&mut model, ready, &config, &mut |_| {}, &mut AlwaysGoesOn).unwrap();
+    assert_eq!(went_on.stop, StopReason::TokenLimit);
+    assert_eq!(went_on.tokens.len(), 6);
+    assert_eq!(went_on.tokens[0], emitted);
+    assert!(
+        !went_on.text.contains(&config.stop_sequences[0]),
+        "{:?}",
+        went_on.text
+    );
+}
+
 /// A reply that copies more than `limit` of its own tokens is cut where the copy began, and what
 /// was cut is never streamed: the copy's line ends there, and a reply that copies a whole line
 /// ends.

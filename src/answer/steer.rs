@@ -67,6 +67,10 @@ impl Steer for AnswerSteer<'_> {
     fn instead_of_end(&mut self, reply: &str) -> Option<String> {
         self.citations.next_owed_bullet(reply)
     }
+
+    fn goes_on_after(&self, reply: &str) -> bool {
+        !self.citations.still_owed(reply).is_empty()
+    }
 }
 
 /// The turns an answer may cite: those given to the model and, when the question names one
@@ -164,21 +168,26 @@ impl CitationGuard {
         self.numbers.iter().all(|n| spent.contains(n))
     }
 
-    /// The opening of a bullet for the exchanges still owed one, when `reply` has cited a turn
-    /// and would end without citing them; the citation it opens is held to their turns.
-    fn next_owed_bullet(&mut self, reply: &str) -> Option<String> {
+    /// The citable turns of the exchanges owed a bullet that `reply` has not cited, once it has
+    /// cited a turn.
+    fn still_owed(&self, reply: &str) -> Vec<String> {
         let cited = extract_citations(reply);
         if cited.is_empty() {
-            return None;
+            return Vec::new();
         }
         let is_cited = |n: &String| cited.iter().any(|id| id.trim_start_matches('T') == n);
-        let still_owed: Vec<String> = self
-            .owed
+        self.owed
             .iter()
             .filter(|exchange| !exchange.iter().any(is_cited))
             .flatten()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// The opening of a bullet for the exchanges still owed one, when `reply` has cited a turn
+    /// and would end without citing them; the citation it opens is held to their turns.
+    fn next_owed_bullet(&mut self, reply: &str) -> Option<String> {
+        let still_owed = self.still_owed(reply);
         if still_owed.is_empty() {
             return None;
         }
@@ -437,6 +446,11 @@ mod tests {
         let mut guard = CitationGuard::new(&turns, Some("Sam"), 0.25);
         assert_eq!(guard.next_owed_bullet("No citation."), None);
         let reply = "- [T16] \"回答。\" ok";
+        assert_eq!(
+            guard.still_owed(reply),
+            ["13"],
+            "what a stop sequence may not end before"
+        );
         let opened = guard
             .next_owed_bullet(reply)
             .expect("T13's exchange is owed");

@@ -150,6 +150,13 @@ pub trait Steer {
     fn instead_of_end(&mut self, _reply: &str) -> Option<String> {
         None
     }
+
+    /// Whether `instead_of_end` would go on from `reply`. Where it would, the model may not
+    /// complete a stop sequence either: that ends a reply as surely as the end of a turn, but
+    /// could not be gone on from.
+    fn goes_on_after(&self, _reply: &str) -> bool {
+        false
+    }
 }
 
 /// A steer's limit on the next token.
@@ -223,7 +230,7 @@ pub fn continue_generation(
         &logits,
         &[],
         config,
-        &token_limit(model, steer, "")?,
+        &token_limit(model, steer, "", &config.stop_sequences)?,
     )?;
     let prefill_time = start.elapsed();
 
@@ -321,7 +328,7 @@ pub fn continue_generation(
             steered_tokens += steered_now;
             steer_time += step_start.elapsed();
         }
-        let mask = token_limit(model, steer, text.so_far())?;
+        let mask = token_limit(model, steer, text.so_far(), &config.stop_sequences)?;
         next = sample(&mut sampler, &logits, &sampled, config, &mask)?;
     };
     if stop != StopReason::StopSequence {
@@ -502,8 +509,14 @@ fn put_steered(
     Ok(text.push(&shown, on_text))
 }
 
-/// The tokens `steer` allows next, or rules out.
-fn token_limit(model: &Model, steer: &dyn Steer, reply: &str) -> Result<Mask, ModelError> {
+/// The tokens `steer` allows next, or rules out; where the steer would go on after the reply,
+/// also the next token of any stop sequence the reply has begun.
+fn token_limit(
+    model: &Model,
+    steer: &dyn Steer,
+    reply: &str,
+    stops: &[String],
+) -> Result<Mask, ModelError> {
     let first_tokens = |texts: &[&str]| -> Result<Vec<u32>, ModelError> {
         let mut tokens = Vec::with_capacity(texts.len());
         for text in texts {
@@ -511,7 +524,7 @@ fn token_limit(model: &Model, steer: &dyn Steer, reply: &str) -> Result<Mask, Mo
         }
         Ok(tokens)
     };
-    Ok(match steer.next(reply) {
+    let mask = match steer.next(reply) {
         None => Mask::None,
         Some(Next::OneOf(texts)) => {
             let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -523,7 +536,29 @@ fn token_limit(model: &Model, steer: &dyn Steer, reply: &str) -> Result<Mask, Mo
             Mask::Except(ruled_out)
         }
         Some(Next::End) => Mask::Only(model.stop_tokens().to_vec()),
-    })
+    };
+    let begun = stop_rests(reply, stops);
+    if begun.is_empty() || matches!(mask, Mask::Only(_)) || !steer.goes_on_after(reply) {
+        return Ok(mask);
+    }
+    let mut ruled_out = first_tokens(&begun)?;
+    if let Mask::Except(tokens) = mask {
+        ruled_out.extend(tokens);
+    }
+    Ok(Mask::Except(ruled_out))
+}
+
+/// What would complete each stop sequence that `reply` ends with the beginning of.
+fn stop_rests<'s>(reply: &str, stops: &'s [String]) -> Vec<&'s str> {
+    stops
+        .iter()
+        .flat_map(|stop| {
+            stop.char_indices()
+                .skip(1)
+                .filter(|&(end, _)| reply.ends_with(&stop[..end]))
+                .map(|(end, _)| &stop[end..])
+        })
+        .collect()
 }
 
 enum Mask {
@@ -696,6 +731,17 @@ impl<'a> StopScan<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_begun_stop_sequence_is_completed_by_its_rest() {
+        let stops = ["\nQuestion:".to_string()];
+        assert_eq!(
+            stop_rests("- [T8] \"…\" He says so.\n", &stops),
+            ["Question:"]
+        );
+        assert_eq!(stop_rests("- [T8] \"…\"\nQues", &stops), ["tion:"]);
+        assert!(stop_rests("- [T8] \"…\" He says so.", &stops).is_empty());
+    }
 
     /// Decodes token ids as raw bytes, the way a byte-level tokenizer decodes byte tokens.
     fn bytes(ids: &[u32]) -> Result<String, ()> {
