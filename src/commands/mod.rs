@@ -7,7 +7,7 @@ pub mod eval;
 pub mod models;
 pub mod search;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
@@ -80,28 +80,24 @@ pub fn with_english_turns(
         );
         return Ok(index);
     }
-    let cache_dir = default_cache_dir();
-    let turns = with_progress_bar(
+    let view = rewritten_view(
+        &index,
+        Language::En,
         "translating the transcript into English, once (cached for later runs; \
          --no-translate-turns skips it)…",
-        |progress| {
+        "embedding the translated passages",
+        |cache_dir, progress| {
             translate_turns(
                 model,
                 prompts,
                 index.turns(),
                 Language::En,
-                cache_dir.as_deref(),
+                cache_dir,
                 progress,
             )
         },
     )?;
-    let dense = embedded(
-        &index,
-        &turns,
-        cache_dir.as_deref(),
-        "embedding the translated passages",
-    )?;
-    Ok(index.with_translation(TurnView::new(&turns, Language::En, dense)))
+    Ok(index.with_translation(view))
 }
 
 /// `index` with the questions each turn answers, written by `model` (see
@@ -119,27 +115,37 @@ pub fn with_turn_questions(
         );
         return Ok(index);
     }
-    let cache_dir = default_cache_dir();
-    let turns = with_progress_bar(
+    let view = rewritten_view(
+        &index,
+        language,
         "writing the questions each turn answers, once (cached for later runs)…",
-        |progress| {
-            questions_for_turns(
-                model,
-                prompts,
-                index.turns(),
-                language,
-                cache_dir.as_deref(),
-                progress,
-            )
+        "embedding the turns' questions",
+        |cache_dir, progress| {
+            questions_for_turns(model, prompts, index.turns(), language, cache_dir, progress)
         },
     )?;
-    let dense = embedded(
-        &index,
-        &turns,
-        cache_dir.as_deref(),
-        "embedding the turns' questions",
-    )?;
-    Ok(index.with_questions(TurnView::new(&turns, language, dense)))
+    Ok(index.with_questions(view))
+}
+
+/// A view of `index`'s turns as `rewrite` writes them (in `language`, announced with
+/// `announcement` while it runs, or read from the cache folder it is given), embedded with the
+/// index's embedder (announced as `embedding`).
+fn rewritten_view<F>(
+    index: &Index,
+    language: Language,
+    announcement: &str,
+    embedding: &str,
+    rewrite: F,
+) -> anyhow::Result<TurnView>
+where
+    F: FnOnce(Option<&Path>, &mut dyn FnMut(usize, usize)) -> Result<Vec<Turn>, AnswerError>,
+{
+    let cache_dir = default_cache_dir();
+    let turns = with_progress_bar(announcement, |progress| {
+        rewrite(cache_dir.as_deref(), progress)
+    })?;
+    let dense = embedded(index, &turns, cache_dir.as_deref(), embedding)?;
+    Ok(TurnView::new(&turns, language, dense))
 }
 
 /// Runs `rewrite`, showing a progress bar with `announcement` once the slow path starts.
@@ -166,7 +172,7 @@ where
 fn embedded(
     index: &Index,
     turns: &[Turn],
-    cache_dir: Option<&std::path::Path>,
+    cache_dir: Option<&Path>,
     what: &str,
 ) -> anyhow::Result<Option<DenseIndex>> {
     let Some(dense) = index.dense() else {
