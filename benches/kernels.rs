@@ -3,12 +3,14 @@
 //! matrix shapes of SmolLM2-135M (Q4_1, its output matrix Q8_0), Qwen2.5-Coder-0.5B (Q5_0) and
 //! Qwen2.5-Coder-1.5B (Q4_K, Q6_K): one token (decoding) and a prompt chunk of 256 tokens. candle
 //! runs Q4_1, Q5_0 and Q8_0 as Q8_0 copies with zero columns up to a width of a multiple of 256,
-//! as the decoder pads them for candle's fast kernels, and the k-quants as they are.
+//! as the decoder pads them for candle's fast kernels, and the k-quants as they are. Also the
+//! decoder's fused element-wise steps against candle's separate passes.
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Result, Tensor, D};
 use criterion::{criterion_group, criterion_main, Criterion};
+use tqa::model::fused;
 use tqa::model::kernels::{self, QuantMatrix};
 use tqa::model::weights::QuantBytes;
 
@@ -135,5 +137,47 @@ fn decode_sweep(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, products, decode_sweep);
+/// The decoder's element-wise steps of one 256-token prompt chunk of the default model, fused
+/// (`tqa::model::fused`) against candle's separate passes: SiLU of the gate times up, read from
+/// the stacked gate/up product, and the attention weights of 256 queries after 256 cached
+/// positions (12 query heads on 2 key/value heads).
+fn element_wise(c: &mut Criterion) {
+    let device = Device::Cpu;
+    let mut group = c.benchmark_group("element-wise");
+    group.sample_size(20);
+    let (n, width) = (256, 8960);
+    let gate_up = Tensor::randn(0f32, 1.0, (n, 2 * width), &device).expect("gate/up");
+    let gate = gate_up.narrow(1, 0, width).expect("gate");
+    let up = gate_up.narrow(1, width, width).expect("up");
+    group.bench_function("qwen1.5b-silu-times-up/256/fused", |b| {
+        b.iter(|| fused::silu_times(&gate, &up).expect("fused"))
+    });
+    group.bench_function("qwen1.5b-silu-times-up/256/candle", |b| {
+        b.iter(|| (candle_nn::ops::silu(&gate).expect("silu") * &up).expect("product"))
+    });
+    let (kv_heads, group_size, pos) = (2, 6, 256);
+    let scores =
+        Tensor::randn(0f32, 1.0, (kv_heads, group_size * n, pos + n), &device).expect("scores");
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|i| (0..pos + n).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    let mask = Tensor::from_vec(mask, (n, pos + n), &device).expect("mask");
+    let scale = 1.0 / (128f64).sqrt();
+    group.bench_function("qwen1.5b-attention-weights/256-after-256/fused", |b| {
+        b.iter(|| fused::causal_softmax(&scores, n, pos, scale as f32).expect("fused"))
+    });
+    group.bench_function("qwen1.5b-attention-weights/256-after-256/candle", |b| {
+        b.iter(|| {
+            let masked = (&scores * scale)
+                .and_then(|s| s.reshape((kv_heads, group_size, n, pos + n)))
+                .and_then(|s| s.broadcast_add(&mask))
+                .and_then(|s| s.reshape((kv_heads, group_size * n, pos + n)))
+                .expect("masked scores");
+            candle_nn::ops::softmax_last_dim(&masked).expect("softmax")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, products, decode_sweep, element_wise);
 criterion_main!(benches);

@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 
 use memmap2::Mmap;
 
+use super::fused;
 use super::kernels::{self, parallel_chunks_mut, QuantMatrix};
 use super::weights::QuantBytes;
 
@@ -430,7 +431,12 @@ impl Mlp {
         let [gate, up] = parts.as_slice() else {
             candle_core::bail!("the feed-forward block needs a gate and an up matrix");
         };
-        self.down.forward(&(candle_nn::ops::silu(gate)? * up)?)
+        let hidden = if gate.device().is_cpu() {
+            fused::silu_times(gate, up)?
+        } else {
+            (candle_nn::ops::silu(gate)? * up)?
+        };
+        self.down.forward(&hidden)
     }
 }
 
@@ -690,7 +696,11 @@ impl Decoder {
         let n = tokens.len();
         let cos = self.cos.narrow(0, pos, n)?;
         let sin = self.sin.narrow(0, pos, n)?;
-        let mask = causal_mask(n, pos, &self.device)?;
+        // The CPU's softmax masks as it goes (`fused::causal_softmax`).
+        let mask = match self.device.is_cpu() {
+            true => None,
+            false => causal_mask(n, pos, &self.device)?,
+        };
         let mut h = self.embeddings.rows(tokens, &self.device)?;
         for (layer, cache) in self.layers.iter().zip(&self.cache.layers) {
             let x = candle_nn::ops::rms_norm(&h, &layer.attn_norm, self.config.rms_eps as f32)?;
@@ -827,15 +837,21 @@ fn attention(
 
     let group = n_head / n_kv;
     let q = q.reshape((n_kv, group * n, d))?;
-    let scores = (q.matmul(&keys.t()?)? * (1.0 / (d as f64).sqrt()))?;
-    let scores = match mask {
-        Some(mask) => scores
-            .reshape((n_kv, group, n, pos + n))?
-            .broadcast_add(mask)?
-            .reshape((n_kv, group * n, pos + n))?,
-        None => scores,
+    let scale = 1.0 / (d as f64).sqrt();
+    let scores = q.matmul(&keys.t()?)?;
+    let weights = if x.device().is_cpu() {
+        fused::causal_softmax(&scores, n, pos, scale as f32)?
+    } else {
+        let scores = (scores * scale)?;
+        let scores = match mask {
+            Some(mask) => scores
+                .reshape((n_kv, group, n, pos + n))?
+                .broadcast_add(mask)?
+                .reshape((n_kv, group * n, pos + n))?,
+            None => scores,
+        };
+        candle_nn::ops::softmax_last_dim(&scores)?
     };
-    let weights = candle_nn::ops::softmax_last_dim(&scores)?;
     let out = weights.matmul(&values)?;
     let out = out
         .reshape((n_head, n, d))?
@@ -873,11 +889,10 @@ fn single_query_attention(
             .map(|key| dot(query, key) * scale)
             .collect();
         let max = weights.iter().fold(f32::NEG_INFINITY, |m, &w| m.max(w));
-        let mut total = 0.0;
         for w in &mut weights {
-            *w = (*w - max).exp();
-            total += *w;
+            *w = fused::exp(*w - max);
         }
+        let total: f32 = weights.iter().sum();
         for (w, value) in weights.iter().zip(values[span].chunks_exact(d)) {
             let w = w / total;
             for (o, v) in out.iter_mut().zip(value) {

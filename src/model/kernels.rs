@@ -484,13 +484,26 @@ struct SendPtr(*mut f32);
 // SAFETY: the pointer is only written through at positions no other thread writes.
 unsafe impl Sync for SendPtr {}
 
-/// Rounds `values` to bytes with one scale `d`, as ggml's Q8_1 (32 values) and Q8_K (256) do.
+/// Rounds `values` to bytes with one scale `d`, as ggml's Q8_1 (32 values) and Q8_K (256) do,
+/// halves away from zero as `f32::round` does. Written in plain arithmetic that the compiler
+/// vectorizes (`f32::round` and a saturating `as i8` it does not, which made rounding a
+/// prompt's activations a tenth of the time of its products); adding and taking away 1.5 · 2^23
+/// leaves a whole number in the low bits.
 fn round_to_bytes(values: &[f32], q: &mut [i8]) -> f32 {
+    const ROUND: f32 = 12_582_912.0;
     let amax = values.iter().fold(0f32, |a, v| a.max(v.abs()));
     let d = amax / 127.0;
     let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
     for (q, v) in q.iter_mut().zip(values) {
-        *q = (v * inv).round() as i8;
+        let scaled = v * inv;
+        let whole = scaled.trunc();
+        let away = if (scaled - whole).abs() >= 0.5 {
+            1f32.copysign(scaled)
+        } else {
+            0.0
+        };
+        // |scaled| ≤ 127 (and a hair more), so the whole number fits the byte.
+        *q = ((whole + away + ROUND).to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32) as i8;
     }
     d
 }
@@ -1327,6 +1340,21 @@ mod tests {
     use half::f16;
 
     use super::*;
+
+    #[test]
+    fn activations_round_halves_away_from_zero_as_f32_round_does() {
+        // 127 / 127.0 scales by one, so the halves below are met exactly.
+        let mut values: Vec<f32> = (-254..=254).map(|k| k as f32 / 2.0).collect();
+        values.extend((0..2000).map(|i| ((i * 7919) % 2000) as f32 / 15.7 - 63.7));
+        for block in values.chunks(BLOCK) {
+            let mut q = [0i8; BLOCK];
+            let d = round_to_bytes(block, &mut q);
+            let inv = 1.0 / d;
+            for (v, q) in block.iter().zip(q) {
+                assert_eq!(q, (v * inv).round() as i8, "{v} at scale {d}");
+            }
+        }
+    }
 
     /// One weight group read in plain Rust: its 32 values q, and `value = d * q + m`.
     struct ScalarGroup {

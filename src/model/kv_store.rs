@@ -14,6 +14,8 @@ const COMPUTED_BY: &[&str] = &[
     include_str!("mod.rs"),
     include_str!("decoder.rs"),
     include_str!("kernels.rs"),
+    include_str!("kernels/tiles.rs"),
+    include_str!("fused.rs"),
     include_str!("weights.rs"),
     include_str!("optimize.rs"),
     include_str!("kv_store.rs"),

@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod decoder;
 pub mod fetch;
+pub mod fused;
 pub mod generate;
 pub mod kernels;
 pub mod kv_store;
