@@ -158,10 +158,9 @@ fn element_wise(c: &mut Criterion) {
     let (kv_heads, group_size, pos) = (2, 6, 256);
     let scores =
         Tensor::randn(0f32, 1.0, (kv_heads, group_size * n, pos + n), &device).expect("scores");
-    let mask: Vec<f32> = (0..n)
-        .flat_map(|i| (0..pos + n).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    let mask = Tensor::from_vec(mask, (n, pos + n), &device).expect("mask");
+    let mask = tqa::model::decoder::causal_mask(n, pos, &device)
+        .expect("mask")
+        .expect("a mask for several positions");
     let scale = 1.0 / (128f64).sqrt();
     group.bench_function("qwen1.5b-attention-weights/256-after-256/fused", |b| {
         b.iter(|| fused::causal_softmax(&scores, n, pos, scale as f32).expect("fused"))

@@ -937,7 +937,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Additive mask for `n` new positions after `pos` cached ones; a single token sees everything.
-fn causal_mask(n: usize, pos: usize, device: &Device) -> Result<Option<Tensor>> {
+/// The CPU masks inside `fused::causal_softmax` instead; this is what other devices add.
+pub fn causal_mask(n: usize, pos: usize, device: &Device) -> Result<Option<Tensor>> {
     if n == 1 {
         return Ok(None);
     }

@@ -160,12 +160,9 @@ mod tests {
         let device = Device::Cpu;
         let (heads, group, n, pos) = (2, 3, 4, 70);
         let scores = Tensor::randn(0f32, 4.0, (heads, group * n, pos + n), &device).unwrap();
-        let mask: Vec<f32> = (0..n)
-            .flat_map(|i| {
-                (0..pos + n).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (n, pos + n), &device).unwrap();
+        let mask = super::super::decoder::causal_mask(n, pos, &device)
+            .unwrap()
+            .expect("a mask for several positions");
         let scale = 0.125;
         let expected = (&scores * scale as f64)
             .unwrap()
