@@ -4,8 +4,8 @@
 //! and rare words, and a multilingual embedder ([`dense`]), which matches meaning across
 //! languages. Their standardized scores are summed, and each turn gains a share of its
 //! neighbours', since an interview stays on a topic for several exchanges. A question that names
-//! a speaker prefers that speaker's turns, and an interview pairs a host question with the guest's answer,
-//! so every hit brings its partner turn along as context.
+//! a speaker prefers that speaker's turns, and an interview pairs a host question with the
+//! guest's answer, so every hit brings its partner turn along as context.
 
 pub mod bm25;
 pub mod dense;
@@ -22,9 +22,9 @@ use crate::transcript::{Language, Transcript, Turn};
 /// Score factor for turns by the speaker a question names ("what did Altman say…").
 const SPEAKER_BOOST: f32 = 1.3;
 /// Share of the best score among its neighbours (the [`NEIGHBOUR_REACH`] turns on either side)
-/// that a matched turn gains. An interview stays on a topic for several exchanges, and a short answer
-/// ("为什么会有怀疑？我们遇到过一些无法解释的行为…") may carry few of the words its topic is
-/// asked in, which its neighbours do. On the dev set (README, session 34) 0.3 lifted such a turn
+/// that a matched turn gains. An interview stays on a topic for several exchanges, and a short
+/// answer ("为什么会有怀疑？我们遇到过一些无法解释的行为…") may carry few of the words its
+/// topic is asked in, which its neighbours do. On the dev set (README, session 34) 0.3 lifted such a turn
 /// from 13th to 2nd after reranking; 0.4 began to push clear first places down.
 const NEIGHBOUR_SHARE: f32 = 0.3;
 /// How many turns on each side count as a turn's neighbours: with questions and answers
