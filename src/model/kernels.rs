@@ -163,6 +163,16 @@ struct ActSuperBlock {
     q: [i8; SUPER_BLOCK],
 }
 
+impl ActSuperBlock {
+    /// Activations of zero, which add nothing to a product.
+    const ZERO: Self = Self {
+        d: 0.0,
+        sums: [0; 8],
+        half_sums: [0; 16],
+        q: [0; SUPER_BLOCK],
+    };
+}
+
 /// Activation rows a prompt's weight block of 32 values meets at once.
 const TILE_ROWS: usize = 8;
 

@@ -12,12 +12,17 @@
 //!
 //! The tiles hold more bytes than the blocks (Q4_K a tenth more, Q6_K a third); decoding keeps
 //! reading the blocks (see `kernels`), which are fewer bytes to bring from memory for every token.
+//!
+//! On CPUs with AMX, prompts of many rows meet the Q4_K tiles in AMX's tile registers instead
+//! (`amx`), with the same results to the bit.
 
 use std::arch::x86_64::*;
 
 use half::f16;
 
 use super::{q4k_scales_and_mins, ActSuperBlock, SendPtr, SUPER_BLOCK};
+
+mod amx;
 
 /// Weight rows in a tile.
 const TILE: usize = 16;
@@ -46,7 +51,15 @@ pub(super) trait Tiled {
         out: *mut f32,
         stride: usize,
     );
+
+    /// With AMX, where the type has it: all `m` activation rows against one column of tiles, in
+    /// tiles of [`amx::ACT_ROWS`] rows (`acts` holds the last one whole).
+    const AMX_COLUMN: Option<AmxColumn<Self::Tile>>;
 }
+
+/// A pass over a column of tiles with AMX (see [`Tiled::AMX_COLUMN`]): tiles, activations,
+/// activation rows, where row `i`'s 16 products go and the stride between rows.
+type AmxColumn<T> = unsafe fn(&[T], &[ActSuperBlock], usize, *mut f32, usize);
 
 pub(super) struct Q4K;
 pub(super) struct Q6K;
@@ -99,10 +112,25 @@ impl<K: Tiled> Tiles<K> {
     /// with every weight row into `out` (`m` × rows), the columns of tiles split between candle's
     /// CPU threads.
     pub(super) fn product(&self, acts: &[ActSuperBlock], m: usize, out: &mut [f32]) {
+        let amx_column = K::AMX_COLUMN.filter(|_| m >= amx::MIN_ROWS && amx::run_here());
+        self.product_with(amx_column, acts, m, out);
+    }
+
+    /// [`Self::product`] with AMX's pass, when given, or AVX-512's.
+    fn product_with(
+        &self,
+        amx_column: Option<AmxColumn<K::Tile>>,
+        acts: &[ActSuperBlock],
+        m: usize,
+        out: &mut [f32],
+    ) {
         let kb = self.blocks_per_row;
+        assert!(acts.len() >= m * kb && out.len() >= m * self.rows);
+        if let Some(amx_column) = amx_column {
+            return self.amx_product(amx_column, acts, m, out);
+        }
         let columns = self.rows / TILE;
         let chunks = m.div_ceil(ACT_ROWS);
-        assert!(acts.len() >= m * kb && out.len() >= m * self.rows);
         let out_ptr = SendPtr(out.as_mut_ptr());
         candle_core::utils::barrier_pool().execute_chunked(columns * chunks, |range| {
             let out_ptr = &out_ptr;
@@ -127,6 +155,37 @@ impl<K: Tiled> Tiles<K> {
                         _ => K::column::<ACT_ROWS>(tiles, acts, out, stride),
                     }
                 }
+            }
+        });
+    }
+
+    /// [`Self::product`] with AMX: each column of tiles meets every activation row in one pass,
+    /// which unpacks each of its blocks once for all of them.
+    fn amx_product(
+        &self,
+        amx_column: AmxColumn<K::Tile>,
+        acts: &[ActSuperBlock],
+        m: usize,
+        out: &mut [f32],
+    ) {
+        let kb = self.blocks_per_row;
+        // The passes read whole tiles of activation rows; the last is filled with zeros.
+        let padded;
+        let acts = if m.is_multiple_of(amx::ACT_ROWS) {
+            &acts[..m * kb]
+        } else {
+            let padding = m.next_multiple_of(amx::ACT_ROWS) - m;
+            padded = [&acts[..m * kb], &vec![ActSuperBlock::ZERO; padding * kb]].concat();
+            padded.as_slice()
+        };
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        candle_core::utils::barrier_pool().execute_chunked(self.rows / TILE, |range| {
+            let out_ptr = &out_ptr;
+            for column in range {
+                let tiles = &self.tiles[column * kb..(column + 1) * kb];
+                // SAFETY: `run_here` and `amx::run_here` held; each column writes its own 16
+                // weight rows of `out`, inside it.
+                unsafe { amx_column(tiles, acts, m, out_ptr.0.add(column * TILE), self.rows) }
             }
         });
     }
@@ -161,6 +220,7 @@ fn half_at(block: &[u8], at: usize) -> f32 {
 impl Tiled for Q4K {
     const BLOCK_BYTES: usize = 144;
     type Tile = Q4kTile;
+    const AMX_COLUMN: Option<AmxColumn<Q4kTile>> = Some(amx::q4k_column);
 
     fn of_blocks<'a>(block: impl Fn(usize) -> &'a [u8]) -> Q4kTile {
         let mut tile = Q4kTile {
@@ -224,39 +284,69 @@ impl Tiled for Q4K {
                             _mm512_dpbusd_epi32(high[i], w_high, broadcast(&act[i].q, at + 32));
                     }
                 }
-                let scale = |group: usize| {
-                    _mm512_cvtepu8_epi32(_mm_loadu_si128(tile.scales[group].as_ptr() as *const _))
-                };
-                let (scale_low, scale_high) = (scale(2 * pair), scale(2 * pair + 1));
+                let scales = q4k_group_scales(tile, pair);
                 for i in 0..A {
-                    let both = _mm512_add_epi32(
-                        _mm512_mullo_epi32(low[i], scale_low),
-                        _mm512_mullo_epi32(high[i], scale_high),
-                    );
-                    scaled[i] = _mm512_add_epi32(scaled[i], both);
+                    scaled[i] = add_scaled_pair(scaled[i], [low[i], high[i]], scales);
                 }
             }
-            let d = _mm512_load_ps(tile.d.as_ptr());
-            let dmin = _mm512_load_ps(tile.dmin.as_ptr());
             for i in 0..A {
-                let mut min_products = _mm512_setzero_si512();
-                for pair in 0..4 {
-                    let mins = _mm512_load_si512(tile.mins[pair].as_ptr() as *const _);
-                    let act_sums =
-                        std::ptr::read_unaligned(act[i].sums.as_ptr().add(2 * pair) as *const i32);
-                    min_products =
-                        _mm512_dpwssd_epi32(min_products, mins, _mm512_set1_epi32(act_sums));
-                }
-                let d_act = _mm512_set1_ps(act[i].d);
-                let weighted = _mm512_mul_ps(_mm512_cvtepi32_ps(scaled[i]), d);
-                let minimums = _mm512_mul_ps(_mm512_cvtepi32_ps(min_products), dmin);
-                sums[i] = _mm512_fmadd_ps(_mm512_sub_ps(weighted, minimums), d_act, sums[i]);
+                sums[i] = q4k_block_sum(tile, act[i], scaled[i], sums[i]);
             }
         }
         for (i, sum) in sums.iter().enumerate() {
             _mm512_storeu_ps(out.add(i * stride), *sum);
         }
     }
+}
+
+/// The 6-bit scales of groups `2 * pair` and `2 * pair + 1` of a tile's 16 rows.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn q4k_group_scales(tile: &Q4kTile, pair: usize) -> (__m512i, __m512i) {
+    let scale = |group: usize| {
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(tile.scales[group].as_ptr() as *const _))
+    };
+    (scale(2 * pair), scale(2 * pair + 1))
+}
+
+/// `scaled` plus a group pair's integer products, each times its group's scale.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_scaled_pair(
+    scaled: __m512i,
+    [low, high]: [__m512i; 2],
+    (scale_low, scale_high): (__m512i, __m512i),
+) -> __m512i {
+    let both = _mm512_add_epi32(
+        _mm512_mullo_epi32(low, scale_low),
+        _mm512_mullo_epi32(high, scale_high),
+    );
+    _mm512_add_epi32(scaled, both)
+}
+
+/// `sum` plus one super-block's part of an activation row's 16 products: its `scaled` group
+/// products in floats, less the minimums' products (`dmin * Σ_group min · Σ activations`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn q4k_block_sum(
+    tile: &Q4kTile,
+    act: &ActSuperBlock,
+    scaled: __m512i,
+    sum: __m512,
+) -> __m512 {
+    let mut min_products = _mm512_setzero_si512();
+    for pair in 0..4 {
+        let mins = _mm512_load_si512(tile.mins[pair].as_ptr() as *const _);
+        let act_sums = std::ptr::read_unaligned(act.sums.as_ptr().add(2 * pair) as *const i32);
+        min_products = _mm512_dpwssd_epi32(min_products, mins, _mm512_set1_epi32(act_sums));
+    }
+    let d_act = _mm512_set1_ps(act.d);
+    let weighted = _mm512_mul_ps(_mm512_cvtepi32_ps(scaled), _mm512_load_ps(tile.d.as_ptr()));
+    let minimums = _mm512_mul_ps(
+        _mm512_cvtepi32_ps(min_products),
+        _mm512_load_ps(tile.dmin.as_ptr()),
+    );
+    _mm512_fmadd_ps(_mm512_sub_ps(weighted, minimums), d_act, sum)
 }
 
 #[derive(Clone, Copy)]
@@ -288,6 +378,7 @@ fn q6k_values(low: &[u8; 128], high: &[u8; 64]) -> [u32; SUPER_BLOCK / 4] {
 impl Tiled for Q6K {
     const BLOCK_BYTES: usize = 210;
     type Tile = Q6kTile;
+    const AMX_COLUMN: Option<AmxColumn<Q6kTile>> = None;
 
     fn of_blocks<'a>(block: impl Fn(usize) -> &'a [u8]) -> Q6kTile {
         let mut tile = Q6kTile {
@@ -356,6 +447,42 @@ impl Tiled for Q6K {
         }
         for (i, sum) in sums.iter().enumerate() {
             _mm512_storeu_ps(out.add(i * stride), *sum);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    use super::super::quantize_rows_in_super_blocks;
+    use super::*;
+
+    /// AMX's pass computes AVX-512's bits, for every count of activation rows a pass takes and
+    /// for prompts of several passes.
+    #[test]
+    fn amx_computes_the_same_bits_as_avx512() {
+        if !(run_here() && amx::run_here()) {
+            eprintln!("skipped: this CPU has no AMX");
+            return;
+        }
+        let (rows, cols) = (32, 1024);
+        let w = Tensor::randn(0f32, 0.05, (rows, cols), &Device::Cpu).unwrap();
+        let blocks = QTensor::quantize(&w, GgmlDType::Q4K)
+            .unwrap()
+            .data()
+            .unwrap()
+            .to_vec();
+        let tiles = Tiles::<Q4K>::pack(&[&blocks], cols).unwrap();
+        for m in (1..=17).chain([31, 40]) {
+            let x = Tensor::randn(0f32, 1.0, m * cols, &Device::Cpu).unwrap();
+            let acts = quantize_rows_in_super_blocks(&x.to_vec1().unwrap());
+            let [mut with_amx, mut without] = [vec![0f32; m * rows], vec![0f32; m * rows]];
+            tiles.product_with(Q4K::AMX_COLUMN, &acts, m, &mut with_amx);
+            tiles.product_with(None, &acts, m, &mut without);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&with_amx), bits(&without), "{m} activation rows");
         }
     }
 }

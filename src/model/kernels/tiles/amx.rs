@@ -1,0 +1,248 @@
+//! Q4_K tiles' prompt products with AMX (Intel Xeon from Sapphire Rapids on), whose tile
+//! registers hold 16 rows of 64 bytes and whose `tdpbssd` multiplies 16 activation rows by 64
+//! values of 16 weight rows at once, the work of 16 `vpdpbusd`s of the AVX-512 kernel.
+//!
+//! A tile product sums over all its 64 values, but a Q4_K group's products must be scaled (by a
+//! 6-bit scale) before they are summed, and a value times its scale (up to 15 × 63) does not fit
+//! in a byte. So each column of tiles is unpacked, block by block, into the values times their
+//! scales, split into their low 5 bits and the rest (`32 * high + low`), and the two halves are
+//! multiplied apart, each over a whole super-block: `32 * high + low` is then exactly the sum of
+//! every group's products times its scale that the AVX-512 kernel computes, and what follows (the
+//! minimums, the conversion to floats) is that kernel's own code. The results are the same bits,
+//! so the answers are the same and a cached prefix stays valid whichever path computed it.
+//!
+//! Rust has no stable AMX intrinsics, so the tile instructions are written as assembly.
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+use super::{q4k_block_sum, q4k_group_scales, ActSuperBlock, Q4kTile, TILE};
+
+/// Activation rows one pass over a column of tiles computes: a tile's most rows.
+pub(super) const ACT_ROWS: usize = 16;
+
+/// Fewest activation rows worth AMX's passes: each unpacks a column's blocks once for all rows,
+/// which fewer rows do not repay. `tqa bench --prefill 16,32,64,128,256` on the 1.5B model,
+/// AVX-512 / AMX: 104.8 / 81.0, 126.9 / 131.8 (and 139.4 / 124.4), 157.6 / 170.9, 167.7 /
+/// 198.1, 164.8 / 190.6 tok/s.
+pub(super) const MIN_ROWS: usize = 64;
+
+/// Values in a Q4_K group, the depth of one tile product.
+const GROUP: usize = 32;
+
+/// Whether this CPU has AMX's integer tiles and Linux lets this process use them. Linux hands a
+/// process the tiles' 8 KB of register state only when asked (`arch_prctl`), once.
+pub(super) fn run_here() -> bool {
+    static PERMITTED: OnceLock<bool> = OnceLock::new();
+    *PERMITTED.get_or_init(|| has_int8_tiles() && linux_permits_tiles())
+}
+
+fn has_int8_tiles() -> bool {
+    const AMX_TILE: u32 = 1 << 24;
+    const AMX_INT8: u32 = 1 << 25;
+    let features = __cpuid_count(7, 0);
+    features.edx & (AMX_TILE | AMX_INT8) == AMX_TILE | AMX_INT8
+}
+
+#[cfg(target_os = "linux")]
+fn linux_permits_tiles() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a request for a process-wide permission; it touches no memory of ours.
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn linux_permits_tiles() -> bool {
+    false
+}
+
+/// Sets this thread's tile registers' shapes (palette 1), once: all 8 hold 16 rows of 64 bytes
+/// (64 activations of 16 rows; 16 steps of 4 values of 16 weight rows; 16 × 16 products). Setting
+/// them takes thousands of cycles, a quarter of the products' time when it was done for every
+/// pass; the shapes stay set for the thread's life (Linux saves and restores them with it).
+///
+/// # Safety
+/// [`run_here`] holds.
+unsafe fn configure_this_thread() {
+    thread_local! {
+        static CONFIGURED: Cell<bool> = const { Cell::new(false) };
+    }
+    if CONFIGURED.get() {
+        return;
+    }
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+    let mut config = TileConfig([0; 64]);
+    config.0[0] = 1;
+    for tmm in 0..8 {
+        config.0[16 + 2 * tmm..18 + 2 * tmm].copy_from_slice(&64u16.to_le_bytes());
+        config.0[48 + tmm] = ACT_ROWS as u8;
+    }
+    asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
+    CONFIGURED.set(true);
+}
+
+/// A tile's super-block of weights, each value times its group's scale (at most 15 × 63) and
+/// split as `32 * high + low` into two bytes, in tile rows: `[pair][step][weight row]`, where a
+/// pair's 64 values (two groups) make 16 steps of 4, a byte each.
+#[repr(C, align(64))]
+struct ScaledWeights {
+    low: [[[u8; 4 * TILE]; 2 * GROUP / 4]; 4],
+    high: [[[u8; 4 * TILE]; 2 * GROUP / 4]; 4],
+}
+
+impl ScaledWeights {
+    /// # Safety
+    /// The CPU has AVX-512 F and BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn of(&mut self, tile: &Q4kTile) {
+        let nibble = _mm512_set1_epi8(0x0f);
+        let five_bits = _mm512_set1_epi16(0x1f);
+        let even_bytes = _mm512_set1_epi16(0xff);
+        for pair in 0..4 {
+            let (scale_low, scale_high) = q4k_group_scales(tile, pair);
+            // Each 16-bit lane holds its weight row's scale, the byte products' other factor.
+            let in_halves = _mm512_set1_epi32(0x0001_0001);
+            let scales = [scale_low, scale_high].map(|s| _mm512_mullo_epi32(s, in_halves));
+            for step in 0..GROUP / 4 {
+                let w = _mm512_load_si512(tile.qs[pair][step].as_ptr() as *const _);
+                let values = [
+                    _mm512_and_si512(w, nibble),
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(w), nibble),
+                ];
+                for (half, (values, scale)) in values.into_iter().zip(scales).enumerate() {
+                    let even = _mm512_mullo_epi16(_mm512_and_si512(values, even_bytes), scale);
+                    let odd = _mm512_mullo_epi16(_mm512_srli_epi16::<8>(values), scale);
+                    let bytes = |even: __m512i, odd: __m512i| {
+                        _mm512_or_si512(even, _mm512_slli_epi16::<8>(odd))
+                    };
+                    let low = bytes(
+                        _mm512_and_si512(even, five_bits),
+                        _mm512_and_si512(odd, five_bits),
+                    );
+                    let high = bytes(_mm512_srli_epi16::<5>(even), _mm512_srli_epi16::<5>(odd));
+                    let row = half * GROUP / 4 + step;
+                    _mm512_store_si512(self.low[pair][row].as_mut_ptr() as *mut _, low);
+                    _mm512_store_si512(self.high[pair][row].as_mut_ptr() as *mut _, high);
+                }
+            }
+        }
+    }
+}
+
+/// A tile of activation rows' products with the low and the high bytes of a super-block's scaled
+/// weights: `[activation row][weight row]`.
+#[repr(C, align(64))]
+struct Products {
+    low: [[i32; TILE]; ACT_ROWS],
+    high: [[i32; TILE]; ACT_ROWS],
+}
+
+/// The `m` activation rows (`acts[i * tiles.len()..]`, padded to whole tiles of 16) against one
+/// column of Q4_K tiles, the 16 products of row `i` written to `out + i * stride`; what
+/// `Q4K::column` computes. A group's products are scaled before they are summed, inside the
+/// tiles: the scaled weights do not fit in a byte, so their low 5 bits and the rest are
+/// multiplied apart, each over a whole super-block, and `scaled = 32 * high + low` is the sum
+/// of every group's products times its scale, as AVX-512's kernel has it.
+///
+/// # Safety
+/// [`run_here`] holds, the CPU has AVX-512 F, BW and VNNI, `acts` holds `m` rows rounded up to
+/// a multiple of 16, and `out` has room for the products.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn q4k_column(
+    tiles: &[Q4kTile],
+    acts: &[ActSuperBlock],
+    m: usize,
+    out: *mut f32,
+    stride: usize,
+) {
+    let kb = tiles.len();
+    debug_assert!(acts.len() >= m.next_multiple_of(ACT_ROWS) * kb);
+    configure_this_thread();
+    let act_stride = kb * std::mem::size_of::<ActSuperBlock>();
+    let mut weights: ScaledWeights = std::mem::zeroed();
+    let mut products: Products = std::mem::zeroed();
+    // Kept here until the last block: rows of `out` lie a whole weight matrix's width apart.
+    let mut sums = vec![_mm512_setzero_ps(); m];
+    for (b, tile) in tiles.iter().enumerate() {
+        weights.of(tile);
+        for (chunk, sums) in sums.chunks_mut(ACT_ROWS).enumerate() {
+            let first = chunk * ACT_ROWS;
+            let act = |i: usize| &acts[(first + i) * kb + b];
+            tile_products(act(0).q.as_ptr(), act_stride, &weights, &mut products);
+            for (i, sum) in sums.iter_mut().enumerate() {
+                let scaled = _mm512_add_epi32(
+                    _mm512_slli_epi32::<5>(
+                        _mm512_load_si512(products.high[i].as_ptr() as *const _),
+                    ),
+                    _mm512_load_si512(products.low[i].as_ptr() as *const _),
+                );
+                *sum = q4k_block_sum(tile, act(i), scaled, *sum);
+            }
+        }
+    }
+    for (i, sum) in sums.iter().enumerate() {
+        _mm512_storeu_ps(out.add(i * stride), *sum);
+    }
+}
+
+/// The products of 16 activation rows' super-block (the first at `acts`, the next `act_stride`
+/// bytes on) with `weights`, into `products`.
+///
+/// # Safety
+/// The tiles are configured (`configure_this_thread`); the 16 rows are readable.
+#[inline]
+unsafe fn tile_products(
+    acts: *const i8,
+    act_stride: usize,
+    weights: &ScaledWeights,
+    products: &mut Products,
+) {
+    // Pair p's activations are bytes 64p.. of each row, its scaled weights bytes 1024p.. (16 rows
+    // of 64) of `low` and `high`. The pairs alternate between two sets of registers, so that one
+    // pair's loads can overlap the other's products.
+    const _: () = assert!(4 * TILE * 2 * GROUP / 4 == 1024 && 2 * GROUP == 64);
+    asm!(
+        "tilezero tmm6",
+        "tilezero tmm7",
+        "tileloadd tmm0, [{acts} + {act_stride}*1]",
+        "tileloadd tmm2, [{low} + {row}*1]",
+        "tileloadd tmm3, [{high} + {row}*1]",
+        "tdpbssd tmm6, tmm0, tmm2",
+        "tdpbssd tmm7, tmm0, tmm3",
+        "tileloadd tmm1, [{acts} + {act_stride}*1 + 64]",
+        "tileloadd tmm4, [{low} + {row}*1 + 1024]",
+        "tileloadd tmm5, [{high} + {row}*1 + 1024]",
+        "tdpbssd tmm6, tmm1, tmm4",
+        "tdpbssd tmm7, tmm1, tmm5",
+        "tileloadd tmm0, [{acts} + {act_stride}*1 + 128]",
+        "tileloadd tmm2, [{low} + {row}*1 + 2048]",
+        "tileloadd tmm3, [{high} + {row}*1 + 2048]",
+        "tdpbssd tmm6, tmm0, tmm2",
+        "tdpbssd tmm7, tmm0, tmm3",
+        "tileloadd tmm1, [{acts} + {act_stride}*1 + 192]",
+        "tileloadd tmm4, [{low} + {row}*1 + 3072]",
+        "tileloadd tmm5, [{high} + {row}*1 + 3072]",
+        "tdpbssd tmm6, tmm1, tmm4",
+        "tdpbssd tmm7, tmm1, tmm5",
+        "tilestored [{out_low} + {row}*1], tmm6",
+        "tilestored [{out_high} + {row}*1], tmm7",
+        acts = in(reg) acts,
+        act_stride = in(reg) act_stride,
+        low = in(reg) weights.low.as_ptr(),
+        high = in(reg) weights.high.as_ptr(),
+        row = in(reg) 4 * TILE,
+        out_low = in(reg) products.low.as_mut_ptr(),
+        out_high = in(reg) products.high.as_mut_ptr(),
+        options(nostack),
+    );
+}
