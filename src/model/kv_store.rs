@@ -15,6 +15,7 @@ const COMPUTED_BY: &[&str] = &[
     include_str!("decoder.rs"),
     include_str!("kernels.rs"),
     include_str!("kernels/tiles.rs"),
+    include_str!("kernels/tiles/amx.rs"),
     include_str!("fused.rs"),
     include_str!("weights.rs"),
     include_str!("optimize.rs"),
