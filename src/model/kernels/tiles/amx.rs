@@ -1,6 +1,6 @@
 //! Q4_K tiles' prompt products with AMX (Intel Xeon from Sapphire Rapids on), whose tile
 //! registers hold 16 rows of 64 bytes and whose `tdpbssd` multiplies 16 activation rows by 64
-//! values of 16 weight rows at once, the work of 16 `vpdpbusd`s of the AVX-512 kernel.
+//! values of 16 weight rows at once, the work of 256 `vpdpbusd`s of the AVX-512 kernel.
 //!
 //! A tile product sums over all its 64 values, but a Q4_K group's products must be scaled (by a
 //! 6-bit scale) before they are summed, and a value times its scale (up to 15 × 63) does not fit
