@@ -33,8 +33,6 @@ if has avx512f; then
   has avx512_bf16 && simd+=(-DGGML_AVX512_BF16=ON) && tag+=-bf16
 fi
 has avx_vnni && simd+=(-DGGML_AVX_VNNI=ON) && tag+=-avxvnni
-# ggml asks Linux for the tile registers at run time and does without them where it is refused.
-has amx_int8 && simd+=(-DGGML_AMX_TILE=ON -DGGML_AMX_INT8=ON) && tag+=-amx
 build="$dir/build-$tag"
 bench_bin="$build/bin/llama-bench"
 if [ ! -x "$bench_bin" ]; then
