@@ -1,7 +1,7 @@
 //! Files of floats that tqa computes once and keeps: passage embeddings, prompt-prefix KV
 //! entries. Each file is checked before use and written so that a crash never leaves half of one.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -18,30 +18,55 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         .or_else(|| env("HOME").map(|d| d.join(".cache/tqa")))
 }
 
-/// Layout: `magic`, the dimensions (u32 LE), the f32 LE values, then the sha256 of the values.
+/// Layout: `magic`, the dimensions (u32 LE), the f32 LE values, then the CRC-32 of the values.
 /// `None` when the file is missing; `Some(None)` when it exists but is damaged or of other
 /// dimensions, so that the caller can say so before rebuilding it.
+///
+/// The values are read straight into the returned vector and checked with a CRC: the default
+/// model's stored prefixes run to 20 MB for a long exchange, and reading them into a buffer,
+/// hashing that with SHA-256 and converting it into a second one took 30–140 ms each, several
+/// times per question (a checksum guards against truncation and damage, not against an attacker
+/// who can write to the cache folder anyway).
 pub fn read_floats(path: &Path, magic: &[u8; 4], dims: &[usize]) -> Option<Option<Vec<f32>>> {
-    let bytes = std::fs::read(path).ok()?;
-    let header_len = 4 + 4 * dims.len();
-    let values_len = dims.iter().product::<usize>() * 4;
-    let header: Vec<u8> = dims
-        .iter()
-        .flat_map(|&d| (d as u32).to_le_bytes())
-        .collect();
-    let intact = bytes.len() == header_len + values_len + 32
-        && &bytes[..4] == magic
-        && bytes[4..header_len] == header[..]
-        && Sha256::digest(&bytes[header_len..header_len + values_len]).as_slice()
-            == &bytes[header_len + values_len..];
-    if !intact {
-        return Some(None);
+    let mut file = std::fs::File::open(path).ok()?;
+    Some(read_checked(&mut file, magic, dims))
+}
+
+fn read_checked(file: &mut std::fs::File, magic: &[u8; 4], dims: &[usize]) -> Option<Vec<f32>> {
+    let expected_header = header(magic, dims);
+    let count = dims.iter().product::<usize>();
+    let file_len = file.metadata().ok()?.len();
+    if file_len != (expected_header.len() + count * 4 + CHECKSUM_LEN) as u64 {
+        return None;
     }
-    let floats = bytes[header_len..header_len + values_len]
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    Some(Some(floats))
+    let mut found_header = vec![0u8; expected_header.len()];
+    file.read_exact(&mut found_header).ok()?;
+    if found_header != expected_header {
+        return None;
+    }
+    let mut values = vec![0f32; count];
+    file.read_exact(bytemuck::cast_slice_mut(&mut values))
+        .ok()?;
+    let mut checksum = [0u8; CHECKSUM_LEN];
+    file.read_exact(&mut checksum).ok()?;
+    if crc32fast::hash(bytemuck::cast_slice(&values)) != u32::from_le_bytes(checksum) {
+        return None;
+    }
+    // The file holds little-endian values; a no-op where the CPU is little-endian.
+    for value in &mut values {
+        *value = f32::from_bits(u32::from_le(value.to_bits()));
+    }
+    Some(values)
+}
+
+const CHECKSUM_LEN: usize = 4;
+
+fn header(magic: &[u8; 4], dims: &[usize]) -> Vec<u8> {
+    let mut header = magic.to_vec();
+    for &d in dims {
+        header.extend((d as u32).to_le_bytes());
+    }
+    header
 }
 
 /// Written to a temporary file and renamed into place.
@@ -51,13 +76,11 @@ pub fn write_floats(
     dims: &[usize],
     values: &[f32],
 ) -> std::io::Result<()> {
-    let floats: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let mut bytes = magic.to_vec();
-    for &d in dims {
-        bytes.extend((d as u32).to_le_bytes());
-    }
-    bytes.extend(&floats);
-    bytes.extend(Sha256::digest(&floats));
+    let mut bytes = header(magic, dims);
+    let start = bytes.len();
+    bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    let checksum = crc32fast::hash(&bytes[start..]);
+    bytes.extend(checksum.to_le_bytes());
     write_bytes(path, &bytes)
 }
 
