@@ -418,6 +418,55 @@ fn turn_pieces_alone_equal_a_plain_prefill_and_are_reused_wherever_they_land() {
     assert_eq!(reused, system_turn.len() + a.len());
 }
 
+#[test]
+fn pieces_continued_in_one_batch_give_what_each_gives_alone() {
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        let (_dir, path) = tiny(31, arch);
+        let mut model = load(&path, false);
+        let head = model
+            .encode("<|im_start|>system\nrules<|im_end|>\n<|im_start|>user\nexcerpt:\n\n")
+            .unwrap();
+        let pieces: Vec<Vec<u32>> = [
+            "[T1] Host: what now?\n\n",
+            "[T2] Guest: something else entirely, at some length.\n\n",
+            "[T3] Guest: agents.\n\n",
+            "[T1] Host: what now?\n\n[T2] Guest: something else.\n\n",
+            "[T7] Guest: pricing, and then a longer answer about open source.\n\n",
+            "[T9] Host: why?\n\n",
+        ]
+        .iter()
+        .map(|p| model.encode(p).unwrap())
+        .collect();
+        // Long enough that the six tails take two passes.
+        let tail = model
+            .encode("Question: what did the guest say about the thing the host asked?<|im_end|>\n")
+            .unwrap();
+        assert!(tail.len() * pieces.len() > 256);
+
+        let together = model.prefill_branches(&head, &pieces, &tail).unwrap();
+        assert_eq!(together.len(), pieces.len());
+        for (piece, got) in pieces.iter().zip(&together) {
+            let (alone, _) = load(&path, false)
+                .prefill_pieces(&head, std::slice::from_ref(piece), &tail)
+                .unwrap();
+            assert_eq!(
+                alone.to_vec1::<f32>().unwrap(),
+                got.to_vec1::<f32>().unwrap(),
+                "{arch:?}: a piece judged in the batch differs from the piece alone"
+            );
+        }
+
+        // What the batch leaves in the cache changes nothing for the next prompt.
+        let plain: Vec<u32> = [&head[..], &pieces[1], &tail].concat();
+        let (after, _) = model.prefill(&plain).unwrap();
+        let (fresh, _) = load(&path, false).prefill(&plain).unwrap();
+        assert_eq!(
+            fresh.to_vec1::<f32>().unwrap(),
+            after.to_vec1::<f32>().unwrap()
+        );
+    }
+}
+
 /// The real quantized models, teacher-forced along the reference's greedy tokens. Activations
 /// are rounded to 8 bits before every quantized matmul, in blocks of 32 by the reference and of
 /// 256 by the fast kernels tqa's padded matrices reach, and a different (equally exact) order of

@@ -23,8 +23,8 @@ const NO: &[&str] = &["no", "No"];
 ///
 /// The exchange comes before the question in the prompt, so that its keys and values depend on
 /// the instructions only: they are computed once per exchange and model and reused for every
-/// later question (`Model::prefill_pieces`), and a question then costs only its own tokens per
-/// turn judged.
+/// later question, and a question then costs only its own tokens per turn judged, all turns'
+/// in one batch (`Model::prefill_branches`).
 pub fn rerank(
     model: &mut Model,
     prompts: &Prompts,
@@ -55,22 +55,32 @@ pub fn rerank(
         ..SamplingConfig::default()
     };
     // A question and its answer are often both candidates: their exchange is judged once.
-    let mut exchanges: Vec<(Vec<u32>, Option<f32>)> = Vec::new();
-    for hit in hits.iter_mut().take(judged) {
+    let mut exchanges: Vec<Vec<u32>> = Vec::new();
+    let mut exchange_of_hit = Vec::with_capacity(judged);
+    for hit in hits.iter().take(judged) {
         let exchange: String = index
             .exchange(&hit.turn)
             .into_iter()
             .map(|turn| format_turn(turn, index.host()))
             .collect();
         let exchange = model.encode(&exchange)?;
-        if let Some((_, relevance)) = exchanges.iter().find(|(e, _)| *e == exchange) {
-            hit.relevance = *relevance;
-            continue;
-        }
-        check_context(model, head.len() + exchange.len() + tail.len(), &one_token)?;
-        let (logits, _) = model.prefill_pieces(&head, std::slice::from_ref(&exchange), &tail)?;
-        hit.relevance = log_odds(model, &logits, YES, NO)?;
-        exchanges.push((exchange, hit.relevance));
+        let at = match exchanges.iter().position(|e| *e == exchange) {
+            Some(at) => at,
+            None => {
+                check_context(model, head.len() + exchange.len() + tail.len(), &one_token)?;
+                exchanges.push(exchange);
+                exchanges.len() - 1
+            }
+        };
+        exchange_of_hit.push(at);
+    }
+    let relevances = model
+        .prefill_branches(&head, &exchanges, &tail)?
+        .iter()
+        .map(|logits| log_odds(model, logits, YES, NO))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (hit, &at) in hits.iter_mut().zip(&exchange_of_hit) {
+        hit.relevance = relevances[at];
     }
     let scores: Vec<f32> = hits[..judged].iter().map(|h| h.score).collect();
     let Some(relevances) = hits[..judged]

@@ -694,31 +694,88 @@ impl Decoder {
     /// `forward` for at most `PREFILL_CHUNK` tokens.
     fn forward_chunk(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor> {
         let n = tokens.len();
-        let cos = self.cos.narrow(0, pos, n)?;
-        let sin = self.sin.narrow(0, pos, n)?;
-        // The CPU's softmax masks as it goes (`fused::causal_softmax`).
-        let mask = match self.device.is_cpu() {
-            true => None,
-            false => causal_mask(n, pos, &self.device)?,
-        };
+        let span = Span::new(&self.cos, &self.sin, 0..n, (0, 0), pos, &self.device)?;
+        let h = self.forward_rows(tokens, std::slice::from_ref(&span))?;
+        self.cache.len = pos + n;
+        self.logits_of_row(&h, n - 1)
+    }
+
+    /// Continues the cache's first `shared` positions with several independent branches at
+    /// once. Branch i is `entries` (keys and values exported from positions `shared..`, as a
+    /// piece computed after the shared prefix leaves them) followed by `tokens`, which see the
+    /// prefix, the branch's own entries and the branch's earlier tokens, nothing of the other
+    /// branches: each branch computes what `import` of its entries at `shared` followed by
+    /// `forward` of its tokens would, to the last bit. Their products with the weights run as
+    /// one batch: each matrix is read, and the threads woken, once for all of them (the dev
+    /// set's judgements took 5% less time; README). Returns the logits of each branch's last
+    /// token; afterwards the cache holds the shared prefix only.
+    pub fn forward_branches(
+        &mut self,
+        shared: usize,
+        branches: &[Branch<'_>],
+    ) -> Result<Vec<Tensor>> {
+        if shared > self.cache.len {
+            candle_core::bail!(
+                "position {shared} is past the {} cached positions",
+                self.cache.len
+            );
+        }
+        let mut spans = Vec::with_capacity(branches.len());
+        let (mut slot, mut row) = (shared, 0);
+        for branch in branches {
+            let (before, n) = (branch.entries_len()?, branch.tokens.len());
+            if n == 0 {
+                candle_core::bail!("a branch needs at least one token");
+            }
+            if shared + before + n > self.config.context_length {
+                candle_core::bail!(
+                    "{} positions exceed the context of {}",
+                    shared + before + n,
+                    self.config.context_length
+                );
+            }
+            spans.push(Span::new(
+                &self.cos,
+                &self.sin,
+                row..row + n,
+                (shared, slot),
+                slot + before,
+                &self.device,
+            )?);
+            slot += before + n;
+            row += n;
+        }
+        self.cache
+            .reserve(slot, shared, &self.config, &self.device)?;
+        for (branch, span) in branches.iter().zip(&spans) {
+            self.put_entries(branch.entries, span.from, 0)?;
+        }
+        let tokens: Vec<u32> = branches.iter().flat_map(|b| b.tokens).copied().collect();
+        let h = self.forward_rows(&tokens, &spans)?;
+        self.cache.len = shared;
+        spans
+            .iter()
+            .map(|span| self.logits_of_row(&h, span.rows.end - 1))
+            .collect()
+    }
+
+    /// Runs `tokens` through the layers, each span's rows as the continuation of its part of the
+    /// cache, and returns the final hidden states, `(n, hidden)`.
+    fn forward_rows(&self, tokens: &[u32], spans: &[Span]) -> Result<Tensor> {
         let mut h = self.embeddings.rows(tokens, &self.device)?;
         for (layer, cache) in self.layers.iter().zip(&self.cache.layers) {
             let x = candle_nn::ops::rms_norm(&h, &layer.attn_norm, self.config.rms_eps as f32)?;
-            let x = attention(
-                &layer.attn,
-                &x,
-                cache,
-                pos,
-                (&cos, &sin),
-                mask.as_ref(),
-                &self.config,
-            )?;
+            let x = attention(&layer.attn, &x, cache, spans, &self.config)?;
             h = (h + x)?;
             let x = candle_nn::ops::rms_norm(&h, &layer.ffn_norm, self.config.rms_eps as f32)?;
             h = (&h + layer.mlp.forward(&x)?)?;
         }
-        self.cache.len = pos + n;
-        let last = h.narrow(0, n - 1, 1)?;
+        Ok(h)
+    }
+
+    /// The next-token logits after row `row` of the final hidden states.
+    fn logits_of_row(&self, h: &Tensor, row: usize) -> Result<Tensor> {
+        let last = h.narrow(0, row, 1)?;
         let last = candle_nn::ops::rms_norm(&last, &self.output_norm, self.config.rms_eps as f32)?;
         self.output.forward(&last)?.squeeze(0)
     }
@@ -746,6 +803,14 @@ impl Decoder {
         };
         self.cache
             .reserve(pos + len, pos, &self.config, &self.device)?;
+        self.put_entries(entries, pos, shift)?;
+        self.cache.len = pos + len;
+        Ok(())
+    }
+
+    /// Writes `entries` at cache slot `slot` on, their keys rotated by `shift` positions; the
+    /// cache must have room for them.
+    fn put_entries(&self, entries: &[(Tensor, Tensor)], slot: usize, shift: usize) -> Result<()> {
         for ((k, v), layer) in entries.iter().zip(&self.cache.layers) {
             let k = k.to_device(&self.device)?.contiguous()?;
             let k = match shift {
@@ -758,13 +823,85 @@ impl Decoder {
                 )?
                 .squeeze(0)?,
             };
-            layer.k.slice_set(&k, 1, pos)?;
+            layer.k.slice_set(&k, 1, slot)?;
             layer
                 .v
-                .slice_set(&v.to_device(&self.device)?.contiguous()?, 1, pos)?;
+                .slice_set(&v.to_device(&self.device)?.contiguous()?, 1, slot)?;
         }
-        self.cache.len = pos + len;
         Ok(())
+    }
+}
+
+/// One branch of `Decoder::forward_branches`.
+pub struct Branch<'a> {
+    pub entries: &'a [(Tensor, Tensor)],
+    pub tokens: &'a [u32],
+}
+
+impl Branch<'_> {
+    fn entries_len(&self) -> Result<usize> {
+        match self.entries.first() {
+            Some((k, _)) => k.dim(1),
+            None => Ok(0),
+        }
+    }
+}
+
+/// The rows of a forward pass that continue one sequence in the cache: the first `shared`
+/// slots, then slots `from..slot`, then the rows themselves, written from `slot` on. A plain
+/// forward pass is one span with `shared` and `from` 0.
+struct Span {
+    rows: std::ops::Range<usize>,
+    shared: usize,
+    from: usize,
+    slot: usize,
+    /// Rotation angles of the rows' positions, `(n, head_dim / 2)`.
+    cos: Tensor,
+    sin: Tensor,
+    /// The causal mask, on devices that add one (see `causal_mask`).
+    mask: Option<Tensor>,
+}
+
+impl Span {
+    fn new(
+        cos: &Tensor,
+        sin: &Tensor,
+        rows: std::ops::Range<usize>,
+        (shared, from): (usize, usize),
+        slot: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let n = rows.len();
+        let position = shared + slot - from;
+        // The CPU's softmax masks as it goes (`fused::causal_softmax`).
+        let mask = match device.is_cpu() {
+            true => None,
+            false => causal_mask(n, position, device)?,
+        };
+        Ok(Self {
+            cos: cos.narrow(0, position, n)?,
+            sin: sin.narrow(0, position, n)?,
+            rows,
+            shared,
+            from,
+            slot,
+            mask,
+        })
+    }
+
+    /// The position of the span's first row: how many keys come before it.
+    fn position(&self) -> usize {
+        self.shared + self.slot - self.from
+    }
+
+    /// What the span's rows attend to, `(n_kv_head, position + n, head_dim)`: a view of the
+    /// cache for a plain pass, a copy of its two parts for a branch.
+    fn visible(&self, cached: &Tensor) -> Result<Tensor> {
+        let own = cached.narrow(1, self.from, self.slot + self.rows.len() - self.from)?;
+        match self.shared {
+            0 => Ok(own),
+            shared => Tensor::cat(&[&cached.narrow(1, 0, shared)?, &own], 1),
+        }
     }
 }
 
@@ -797,19 +934,16 @@ fn rope(config: &Config, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tenso
     }
 }
 
-/// Self-attention of `x` (`(n, hidden)`, at positions `pos..pos + n`) over the cache. Grouped
-/// query heads are folded onto their shared key/value head instead of copying K and V per head.
+/// Self-attention of `x` (`(n, hidden)`) over the cache, each span's rows over what that span
+/// sees. Grouped query heads are folded onto their shared key/value head instead of copying K
+/// and V per head.
 fn attention(
     attn: &Attention,
     x: &Tensor,
     cache: &LayerCache,
-    pos: usize,
-    (cos, sin): (&Tensor, &Tensor),
-    mask: Option<&Tensor>,
+    spans: &[Span],
     config: &Config,
 ) -> Result<Tensor> {
-    let n = x.dim(0)?;
-    let (n_head, n_kv, d) = (config.n_head, config.n_kv_head, config.head_dim);
     let parts = attn.qkv.forward(x)?;
     let [q, k, v] = parts.as_slice() else {
         candle_core::bail!("attention needs q, k and v matrices");
@@ -820,30 +954,59 @@ fn attention(
         k = k.broadcast_add(bk)?;
         v = v.broadcast_add(bv)?;
     }
+    let out = match spans {
+        [span] => span_attention(&q, &k, &v, cache, span, config)?,
+        _ => {
+            let outs = spans
+                .iter()
+                .map(|span| {
+                    let (start, n) = (span.rows.start, span.rows.len());
+                    let rows = |t: &Tensor| t.narrow(0, start, n);
+                    span_attention(&rows(&q)?, &rows(&k)?, &rows(&v)?, cache, span, config)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&outs, 0)?
+        }
+    };
+    attn.o.forward(&out)
+}
+
+/// Attention of one span's rows (`q`, `k`, `v`: their projections, `(n, heads · head_dim)`):
+/// rotates them to their positions, writes their keys and values to the cache and returns the
+/// heads' outputs, `(n, n_head · head_dim)`.
+fn span_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cache: &LayerCache,
+    span: &Span,
+    config: &Config,
+) -> Result<Tensor> {
+    let n = q.dim(0)?;
+    let (n_head, n_kv, d) = (config.n_head, config.n_kv_head, config.head_dim);
     let heads =
-        |t: Tensor, count: usize| t.reshape((1, n, count, d))?.transpose(1, 2)?.contiguous();
-    let q = rope(config, &heads(q, n_head)?, cos, sin)?;
-    let k = rope(config, &heads(k, n_kv)?, cos, sin)?;
+        |t: &Tensor, count: usize| t.reshape((1, n, count, d))?.transpose(1, 2)?.contiguous();
+    let q = rope(config, &heads(q, n_head)?, &span.cos, &span.sin)?;
+    let k = rope(config, &heads(k, n_kv)?, &span.cos, &span.sin)?;
     let v = heads(v, n_kv)?;
-    cache.k.slice_set(&k.squeeze(0)?, 1, pos)?;
-    cache.v.slice_set(&v.squeeze(0)?, 1, pos)?;
-    if n == 1 && x.device().is_cpu() {
-        return attn
-            .o
-            .forward(&single_query_attention(&q, cache, pos + 1, config)?);
+    cache.k.slice_set(&k.squeeze(0)?, 1, span.slot)?;
+    cache.v.slice_set(&v.squeeze(0)?, 1, span.slot)?;
+    let pos = span.position();
+    if n == 1 && span.shared == 0 && q.device().is_cpu() {
+        return single_query_attention(&q, cache, pos + 1, config);
     }
-    let keys = cache.k.narrow(1, 0, pos + n)?;
-    let values = cache.v.narrow(1, 0, pos + n)?;
+    let keys = span.visible(&cache.k)?;
+    let values = span.visible(&cache.v)?;
 
     let group = n_head / n_kv;
     let q = q.reshape((n_kv, group * n, d))?;
     let scale = 1.0 / (d as f64).sqrt();
     let scores = q.matmul(&keys.t()?)?;
-    let weights = if x.device().is_cpu() {
+    let weights = if q.device().is_cpu() {
         fused::causal_softmax(&scores, n, pos, scale as f32)?
     } else {
         let scores = (scores * scale)?;
-        let scores = match mask {
+        let scores = match &span.mask {
             Some(mask) => scores
                 .reshape((n_kv, group, n, pos + n))?
                 .broadcast_add(mask)?
@@ -853,11 +1016,9 @@ fn attention(
         candle_nn::ops::softmax_last_dim(&scores)?
     };
     let out = weights.matmul(&values)?;
-    let out = out
-        .reshape((n_head, n, d))?
+    out.reshape((n_head, n, d))?
         .transpose(0, 1)?
-        .reshape((n, n_head * d))?;
-    attn.o.forward(&out)
+        .reshape((n, n_head * d))
 }
 
 /// Attention of one position (`q`: `(1, n_head, 1, head_dim)`) over the first `len` cached ones,

@@ -30,6 +30,7 @@ use tokenizers::Tokenizer;
 use crate::transcript::Language;
 
 pub use chat::{ChatTemplate, Message, Role};
+use decoder::Branch;
 pub use decoder::Decoder;
 pub use generate::{generate, Generation, SamplingConfig, StopReason};
 use kv_store::KvStore;
@@ -353,24 +354,12 @@ impl Model {
         tail: &[u32],
     ) -> Result<(Tensor, usize), ModelError> {
         let mut reused = self.put_pieces_head(head)?;
-        let config = self.decoder.config().clone();
-        let device = self.decoder.device().clone();
         let mut entries = Vec::with_capacity(pieces.len());
         for piece in pieces {
-            let key: Vec<u32> = head.iter().chain(piece).copied().collect();
-            let stored = self.stored.get(&key, piece.len(), &config, &device);
-            if stored.is_some() {
+            let (piece_entries, stored) = self.piece_entries(head, piece)?;
+            if stored {
                 reused += piece.len();
             }
-            let piece_entries = match stored {
-                Some(e) => e,
-                None => {
-                    self.forward(piece, head.len())?;
-                    let e = self.decoder.cache().export(head.len(), piece.len())?;
-                    self.stored.put(&key, e.clone(), &config);
-                    e
-                }
-            };
             entries.push(piece_entries);
         }
         let mut pos = head.len();
@@ -383,6 +372,67 @@ impl Model {
         self.exact = self.exact.min(head.len());
         let logits = self.forward(tail, pos)?;
         Ok((logits, reused))
+    }
+
+    /// For each of `pieces`, the logits after `head + piece + tail` as `prefill_pieces` computes
+    /// a prompt of that one piece, the same to the last bit; the tails of several pieces go
+    /// through the model together (`Decoder::forward_branches`), in passes of at most
+    /// [`BRANCH_ROWS`] tokens and [`BRANCH_SLOTS`] cache positions.
+    pub fn prefill_branches(
+        &mut self,
+        head: &[u32],
+        pieces: &[Vec<u32>],
+        tail: &[u32],
+    ) -> Result<Vec<Tensor>, ModelError> {
+        self.put_pieces_head(head)?;
+        let entries = pieces
+            .iter()
+            .map(|piece| Ok(self.piece_entries(head, piece)?.0))
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let mut logits = Vec::with_capacity(pieces.len());
+        let mut pass: Vec<Branch> = Vec::new();
+        let (mut rows, mut slots) = (0, head.len());
+        for piece_entries in &entries {
+            let piece_len = piece_entries.first().map_or(Ok(0), |(k, _)| k.dim(1))?;
+            let full =
+                rows + tail.len() > BRANCH_ROWS || slots + piece_len + tail.len() > BRANCH_SLOTS;
+            if full && !pass.is_empty() {
+                logits.extend(self.decoder.forward_branches(head.len(), &pass)?);
+                pass.clear();
+                (rows, slots) = (0, head.len());
+            }
+            pass.push(Branch {
+                entries: piece_entries,
+                tokens: tail,
+            });
+            rows += tail.len();
+            slots += piece_len + tail.len();
+        }
+        if !pass.is_empty() {
+            logits.extend(self.decoder.forward_branches(head.len(), &pass)?);
+        }
+        self.cached.truncate(head.len());
+        self.exact = self.exact.min(head.len());
+        Ok(logits)
+    }
+
+    /// The keys and values of `piece` after `head`, stored or computed (and stored), and whether
+    /// they were stored. Computing them leaves `head + piece` in the cache.
+    fn piece_entries(
+        &mut self,
+        head: &[u32],
+        piece: &[u32],
+    ) -> Result<(Vec<(Tensor, Tensor)>, bool), ModelError> {
+        let key: Vec<u32> = head.iter().chain(piece).copied().collect();
+        let config = self.decoder.config().clone();
+        let device = self.decoder.device().clone();
+        if let Some(entries) = self.stored.get(&key, piece.len(), &config, &device) {
+            return Ok((entries, true));
+        }
+        self.forward(piece, head.len())?;
+        let entries = self.decoder.cache().export(head.len(), piece.len())?;
+        self.stored.put(&key, entries.clone(), &config);
+        Ok((entries, false))
     }
 
     /// Puts `head` in the cache as `prefill_pieces` computes it, from what the cache holds or the
@@ -562,6 +612,15 @@ fn open_checked(path: &Path) -> Result<(File, gguf_file::Content, Arc<Mmap>), Mo
     check_complete(&content, map.len() as u64, path)?;
     Ok((file, content, Arc::new(map)))
 }
+
+/// Most tokens of the branches `Model::prefill_branches` runs in one pass: the quantized products
+/// are as fast at 256 rows as at more (see `decoder::PREFILL_CHUNK`).
+const BRANCH_ROWS: usize = 256;
+
+/// Most cache positions one pass of branches takes, the shared head included: each branch's
+/// piece is copied into the cache beside the others, and 2,048 positions of the default model
+/// hold 117 MB.
+const BRANCH_SLOTS: usize = 2048;
 
 /// The bytes every GGUF file begins with.
 const GGUF_MAGIC: &[u8] = b"GGUF";
