@@ -889,6 +889,11 @@ impl Span {
         })
     }
 
+    /// Whether the span sees the cache from its first slot on, as a plain forward pass does.
+    fn is_plain(&self) -> bool {
+        self.shared == 0 && self.from == 0
+    }
+
     /// The position of the span's first row: how many keys come before it.
     fn position(&self) -> usize {
         self.shared + self.slot - self.from
@@ -992,7 +997,7 @@ fn span_attention(
     cache.k.slice_set(&k.squeeze(0)?, 1, span.slot)?;
     cache.v.slice_set(&v.squeeze(0)?, 1, span.slot)?;
     let pos = span.position();
-    if n == 1 && span.shared == 0 && q.device().is_cpu() {
+    if n == 1 && span.is_plain() && q.device().is_cpu() {
         return single_query_attention(&q, cache, pos + 1, config);
     }
     let keys = span.visible(&cache.k)?;

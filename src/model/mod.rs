@@ -392,10 +392,9 @@ impl Model {
         let mut logits = Vec::with_capacity(pieces.len());
         let mut pass: Vec<Branch> = Vec::new();
         let (mut rows, mut slots) = (0, head.len());
-        for piece_entries in &entries {
-            let piece_len = piece_entries.first().map_or(Ok(0), |(k, _)| k.dim(1))?;
+        for (piece, piece_entries) in pieces.iter().zip(&entries) {
             let full =
-                rows + tail.len() > BRANCH_ROWS || slots + piece_len + tail.len() > BRANCH_SLOTS;
+                rows + tail.len() > BRANCH_ROWS || slots + piece.len() + tail.len() > BRANCH_SLOTS;
             if full && !pass.is_empty() {
                 logits.extend(self.decoder.forward_branches(head.len(), &pass)?);
                 pass.clear();
@@ -406,7 +405,7 @@ impl Model {
                 tokens: tail,
             });
             rows += tail.len();
-            slots += piece_len + tail.len();
+            slots += piece.len() + tail.len();
         }
         if !pass.is_empty() {
             logits.extend(self.decoder.forward_branches(head.len(), &pass)?);
