@@ -665,6 +665,12 @@ impl Decoder {
     /// one. Whatever the cache held from `pos` on is replaced, so `pos` may be anything up to the
     /// cache's length: 0 starts over, a smaller `pos` reuses the prefix before it.
     pub fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor> {
+        self.forward_last(tokens, pos, 1)?.squeeze(0)
+    }
+
+    /// [`Self::forward`], returning the logits after each of the last `rows` tokens, one row
+    /// each: what a token loop needs to check several guessed tokens in one pass.
+    pub fn forward_last(&mut self, tokens: &[u32], pos: usize, rows: usize) -> Result<Tensor> {
         let n = tokens.len();
         if n == 0 {
             candle_core::bail!("forward needs at least one token");
@@ -682,22 +688,30 @@ impl Decoder {
                 self.config.context_length
             );
         }
+        let last_chunk = (n - 1) / PREFILL_CHUNK * PREFILL_CHUNK;
+        if rows == 0 || rows > n - last_chunk {
+            candle_core::bail!(
+                "logits of {rows} rows asked of a last chunk of {}",
+                n - last_chunk
+            );
+        }
         self.cache
             .reserve(pos + n, pos, &self.config, &self.device)?;
-        let mut logits = None;
-        for (i, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
-            logits = Some(self.forward_chunk(chunk, pos + i * PREFILL_CHUNK)?);
+        for start in (0..last_chunk).step_by(PREFILL_CHUNK) {
+            self.forward_chunk(&tokens[start..start + PREFILL_CHUNK], pos + start)?;
         }
-        logits.ok_or_else(|| candle_core::Error::Msg("forward needs at least one token".into()))
+        let h = self.forward_chunk(&tokens[last_chunk..], pos + last_chunk)?;
+        let last = h.narrow(0, h.dim(0)? - rows, rows)?;
+        self.logits_of_rows(&last)
     }
 
-    /// `forward` for at most `PREFILL_CHUNK` tokens.
+    /// `forward` for at most `PREFILL_CHUNK` tokens: their final hidden states.
     fn forward_chunk(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor> {
         let n = tokens.len();
         let span = Span::new(&self.cos, &self.sin, 0..n, (0, 0), pos, &self.device)?;
         let h = self.forward_rows(tokens, std::slice::from_ref(&span))?;
         self.cache.len = pos + n;
-        self.logits_of_row(&h, n - 1)
+        Ok(h)
     }
 
     /// Continues the cache's first `shared` positions with several independent branches at
@@ -775,9 +789,13 @@ impl Decoder {
 
     /// The next-token logits after row `row` of the final hidden states.
     fn logits_of_row(&self, h: &Tensor, row: usize) -> Result<Tensor> {
-        let last = h.narrow(0, row, 1)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.output_norm, self.config.rms_eps as f32)?;
-        self.output.forward(&last)?.squeeze(0)
+        self.logits_of_rows(&h.narrow(0, row, 1)?)?.squeeze(0)
+    }
+
+    /// The next-token logits after each row of final hidden states `h`, one row each.
+    fn logits_of_rows(&self, h: &Tensor) -> Result<Tensor> {
+        let h = candle_nn::ops::rms_norm(h, &self.output_norm, self.config.rms_eps as f32)?;
+        self.output.forward(&h)
     }
 
     /// Puts exported cache entries at positions `pos..pos + len`, dropping whatever followed.

@@ -257,7 +257,18 @@ impl Model {
     /// logits for the next token. The KV cache keeps what came before `pos`: `pos == 0` starts a
     /// fresh sequence.
     pub fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor, ModelError> {
-        let logits = self.decoder.forward(tokens, pos)?;
+        Ok(self.forward_last(tokens, pos, 1)?.squeeze(0)?)
+    }
+
+    /// [`Self::forward`], returning the logits after each of the last `rows` tokens (at most
+    /// those of the last 256), one row each.
+    pub fn forward_last(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        rows: usize,
+    ) -> Result<Tensor, ModelError> {
+        let logits = self.decoder.forward_last(tokens, pos, rows)?;
         self.cached.truncate(pos);
         self.cached.extend_from_slice(tokens);
         if pos < self.pieces_head {
@@ -267,6 +278,11 @@ impl Model {
             self.exact = pos + tokens.len();
         }
         Ok(logits)
+    }
+
+    /// The tokens whose keys and values the cache holds, in order.
+    pub fn context(&self) -> &[u32] {
+        &self.cached
     }
 
     /// Runs a whole prompt and returns the logits for the next token, computing only what is
