@@ -483,6 +483,7 @@ mod tests {
                 reused_prompt_tokens: 0,
                 generated_tokens: 5,
                 quoted_tokens: 0,
+                guessed_tokens: 0,
                 prefill_tokens_per_s: 1.0,
                 decode_tokens_per_s: 1.0,
                 total_ms: 200.0,

@@ -102,6 +102,51 @@ fn stops_at_the_token_limit() {
     assert_eq!(streamed, "aaaaaaaaa");
 }
 
+/// The same reply with and without guessing ahead, and how many tokens the guesses gave.
+fn with_and_without_guesses(model: &mut Model, prompt: &str, config: &SamplingConfig) -> usize {
+    let plain = SamplingConfig {
+        guess_ahead: 0,
+        ..config.clone()
+    };
+    let guessing = SamplingConfig {
+        guess_ahead: 6,
+        ..config.clone()
+    };
+    let (without, _) = run(model, prompt, &plain);
+    let (with, streamed) = run(model, prompt, &guessing);
+    assert_eq!(without.guessed_tokens, 0);
+    assert_eq!(with.tokens, without.tokens);
+    assert_eq!(streamed, without.text);
+    with.guessed_tokens
+}
+
+#[test]
+fn guessed_tokens_the_model_would_choose_save_their_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load(&common::tiny_model(
+        dir.path(),
+        Behaviour::AlwaysEmit(u32::from(b'a')),
+    ));
+    let config = unpenalized(30);
+    // Once the reply has repeated itself, every guess ("a" again) holds: only the first tokens
+    // and the one sampled in each guessing pass need passes of their own.
+    let guessed = with_and_without_guesses(&mut model, "hi", &config);
+    assert!(guessed >= 20, "{guessed} of 30 tokens guessed");
+}
+
+#[test]
+fn wrong_guesses_change_no_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load(&common::tiny_model(dir.path(), Behaviour::Random(7)));
+    // A prompt full of repeats, so that there is something to guess from at every step, and
+    // the penalty, so that the model does not simply go on repeating.
+    let config = SamplingConfig {
+        max_new_tokens: 40,
+        ..SamplingConfig::default()
+    };
+    with_and_without_guesses(&mut model, &"the cat sat on the mat; ".repeat(8), &config);
+}
+
 #[test]
 fn repeat_penalty_changes_the_choice_when_it_outweighs_the_margin() {
     let dir = tempfile::tempdir().unwrap();

@@ -480,6 +480,8 @@ pub struct Timings {
     pub generated_tokens: usize,
     /// Generated tokens that were quotations filled from the turns, not sampled.
     pub quoted_tokens: usize,
+    /// Sampled tokens that a guess ahead had already run through the model.
+    pub guessed_tokens: usize,
     pub prefill_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
     pub total_ms: f64,
@@ -640,6 +642,7 @@ pub fn ask(
             reused_prompt_tokens: judged.reused,
             generated_tokens: judged.generation.as_ref().map_or(0, |g| g.tokens.len()),
             quoted_tokens: judged.generation.as_ref().map_or(0, |g| g.steered_tokens),
+            guessed_tokens: judged.generation.as_ref().map_or(0, |g| g.guessed_tokens),
             prefill_tokens_per_s: per_second(prompt.len(), prefill_time),
             decode_tokens_per_s: judged
                 .generation

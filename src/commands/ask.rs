@@ -95,10 +95,11 @@ pub fn print_sources(answer: &Answer) {
     }
     let t = &answer.timings;
     eprintln!(
-        "\n{} prompt tokens, {} generated ({} quoted from the turns) · first token after {:.2} s · prefill {:.1} tok/s · decode {:.1} tok/s",
+        "\n{} prompt tokens, {} generated ({} quoted from the turns, {} guessed ahead) · first token after {:.2} s · prefill {:.1} tok/s · decode {:.1} tok/s",
         t.prompt_tokens,
         t.generated_tokens,
         t.quoted_tokens,
+        t.guessed_tokens,
         t.time_to_first_token_ms / 1000.0,
         t.prefill_tokens_per_s,
         t.decode_tokens_per_s

@@ -353,6 +353,11 @@ pub struct SamplingArgs {
     /// 1.0 disables the penalty.
     #[arg(long, default_value_t = 1.1)]
     pub repeat_penalty: f32,
+    /// Greedy decoding: most tokens to guess ahead (from the prompt and the reply) and check in
+    /// the pass of each sampled token; 0 turns guessing off. A pass of several tokens rounds its
+    /// last bits differently from a pass of one, so at a near tie the wording may differ.
+    #[arg(long, default_value_t = tqa::model::generate::DEFAULT_GUESS_AHEAD)]
+    pub guess_ahead: usize,
 }
 
 impl SamplingArgs {
@@ -363,6 +368,7 @@ impl SamplingArgs {
             seed: self.seed,
             repeat_penalty: self.repeat_penalty,
             max_new_tokens: self.max_tokens,
+            guess_ahead: self.guess_ahead,
             ..AskOptions::default().sampling
         }
     }

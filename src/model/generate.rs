@@ -28,7 +28,17 @@ pub struct SamplingConfig {
     /// sentences, word for word. A reply that copies a whole line ends (or goes on where a
     /// steer says so). `None` lets it repeat.
     pub max_self_repeat: Option<usize>,
+    /// Most tokens guessed ahead per step in greedy decoding (0: none). The guess is what followed
+    /// the reply's latest words where they occur earlier in the prompt or the reply (see
+    /// [`guess_after`]); the model checks the guessed tokens in the pass that runs the sampled
+    /// one, and every guessed token that is what it would have chosen saves a pass. A grounded
+    /// answer restates its turns, so many guesses hold, and a pass of a few tokens costs
+    /// little more than a pass of one: a step reads every weight from memory once either way.
+    pub guess_ahead: usize,
 }
+
+/// [`SamplingConfig::guess_ahead`] unless told otherwise.
+pub const DEFAULT_GUESS_AHEAD: usize = 16;
 
 impl Default for SamplingConfig {
     fn default() -> Self {
@@ -41,6 +51,7 @@ impl Default for SamplingConfig {
             max_new_tokens: 512,
             stop_sequences: Vec::new(),
             max_self_repeat: None,
+            guess_ahead: DEFAULT_GUESS_AHEAD,
         }
     }
 }
@@ -86,6 +97,9 @@ pub struct Generation {
     /// Sampled tokens that went through the model and were then cut as a copy (see
     /// `SamplingConfig::max_self_repeat`); they are not in `tokens`.
     pub cut_tokens: usize,
+    /// Sampled tokens that a guess had already run through the model (see
+    /// `SamplingConfig::guess_ahead`): each saved a pass.
+    pub guessed_tokens: usize,
 }
 
 impl Generation {
@@ -242,6 +256,18 @@ pub fn continue_generation(
     let mut cut_tokens = 0;
     // The tokens that go through the model next: the sampled one, and any steered text after it.
     let mut step: Vec<u32> = Vec::new();
+    let guess_ahead = if config.temperature <= 0.0 {
+        config.guess_ahead
+    } else {
+        0
+    };
+    // The prompt, then the reply so far: what a guess is looked up in. Refilled for each lookup,
+    // so that cuts and steered text need no bookkeeping of their own.
+    let mut lookup = Vec::with_capacity(context + config.max_new_tokens);
+    lookup.extend_from_slice(model.context().get(..context).unwrap_or_default());
+    let prompt_len = lookup.len();
+    let mut guesses = Guesses::new(guess_ahead);
+    let mut guessed_tokens = 0;
     let decode_start = Instant::now();
     let stop = loop {
         step.clear();
@@ -320,8 +346,32 @@ pub fn continue_generation(
             break StopReason::TokenLimit;
         }
         let step_start = Instant::now();
-        // After a cut this goes back to where the copy began, replacing it in the cache.
-        let logits = model.forward(&step, context + generated.len() - step.len())?;
+        // The sampled token alone, as the model chose it: the one step a guess may run ahead of.
+        let sampled_alone = (step.len() == 1 && !ended && !copied).then(|| step[0]);
+        let logits = match guesses.logits_after(sampled_alone) {
+            Some(logits) => {
+                guessed_tokens += 1;
+                logits
+            }
+            None => {
+                let guess = match sampled_alone {
+                    Some(_) => {
+                        lookup.truncate(prompt_len);
+                        lookup.extend_from_slice(&generated);
+                        let room = config.max_new_tokens.saturating_sub(generated.len());
+                        guess_after(&lookup, guesses.length().min(room))
+                    }
+                    None => Vec::new(),
+                };
+                // After a cut this goes back to where the copy began, replacing it in the cache;
+                // so does a step after a wrong guess, over the guess.
+                let pos = context + generated.len() - step.len();
+                let tokens = [step.as_slice(), &guess].concat();
+                let rows = model.forward_last(&tokens, pos, 1 + guess.len())?;
+                guesses.start(guess, &rows)?;
+                rows.get(0)?
+            }
+        };
         // Where the model ended, or after a cut, every token of the step is the steer's.
         let steered_now = step.len() - usize::from(!(ended || copied));
         if steered_now > 0 {
@@ -346,7 +396,117 @@ pub fn continue_generation(
         steered_tokens,
         steer_time,
         cut_tokens,
+        guessed_tokens,
     })
+}
+
+/// Tokens guessed after the last sampled one and run through the model with it, and the logits
+/// after each: for as long as the reply goes on to sample them, its next logits are already
+/// known and the cache already holds its tokens.
+struct Guesses {
+    tokens: Vec<u32>,
+    logits: Vec<Tensor>,
+    used: usize,
+    /// How many tokens to guess next: as many as the last guess proved worth. A pass costs more
+    /// the more tokens it runs, and how far guesses hold depends on the reply: a Chinese answer
+    /// restating its Chinese turns goes on as they go for many tokens, an English answer about
+    /// Chinese turns rarely for more than one.
+    length: usize,
+    most: usize,
+}
+
+/// Tokens in the first guess of a reply.
+const FIRST_GUESS: usize = 4;
+
+impl Guesses {
+    /// Guesses of at most `most` tokens.
+    fn new(most: usize) -> Self {
+        Self {
+            tokens: Vec::new(),
+            logits: Vec::new(),
+            used: 0,
+            length: FIRST_GUESS.min(most),
+            most,
+        }
+    }
+
+    /// How many tokens the next guess may hold.
+    fn length(&self) -> usize {
+        self.length
+    }
+
+    /// `tokens` went through the model after the sampled token; `rows` holds the logits after
+    /// that token and then after each of them.
+    fn start(&mut self, tokens: Vec<u32>, rows: &Tensor) -> Result<(), ModelError> {
+        self.logits = (1..=tokens.len())
+            .map(|row| rows.get(row))
+            .collect::<candle_core::Result<_>>()?;
+        self.tokens = tokens;
+        self.used = 0;
+        Ok(())
+    }
+
+    /// The logits after `sampled`, when it is the next guessed token; otherwise the guess is
+    /// over (and the next pass overwrites its tokens in the cache), and the next one is twice as
+    /// long if this one held to its end, else one token longer than what held.
+    fn logits_after(&mut self, sampled: Option<u32>) -> Option<Tensor> {
+        match sampled {
+            Some(token) if self.tokens.get(self.used) == Some(&token) => {
+                self.used += 1;
+                Some(self.logits[self.used - 1].clone())
+            }
+            _ => {
+                if !self.tokens.is_empty() {
+                    self.length = if self.used == self.tokens.len() {
+                        (2 * self.length).min(self.most)
+                    } else {
+                        self.used + 1
+                    };
+                }
+                self.tokens.clear();
+                self.logits.clear();
+                None
+            }
+        }
+    }
+}
+
+/// Most and fewest of the latest tokens that a guess matches earlier in the text: a longer match
+/// is likelier to go on as it went on before, and a single token (a comma, "the") predicts little.
+const GUESS_MATCH: std::ops::RangeInclusive<usize> = 2..=3;
+
+/// At most `max` tokens that followed an earlier occurrence of `text`'s last tokens (the longest
+/// of [`GUESS_MATCH`] that occurs), or none: the latest occurrence with `max` tokens after it,
+/// else the earliest, which has the most. Where the reply repeats itself ("aaaa"), the latest
+/// occurrence lies too close to the end to guess more than a token or two from.
+fn guess_after(text: &[u32], max: usize) -> Vec<u32> {
+    if max == 0 {
+        return Vec::new();
+    }
+    for n in GUESS_MATCH.rev() {
+        let Some(latest) = text.len().checked_sub(n).map(|at| &text[at..]) else {
+            continue;
+        };
+        // Windows that start before the latest tokens do: any occurrence but theirs.
+        let earlier = &text[..text.len() - 1];
+        let mut occurrences = earlier
+            .windows(n)
+            .enumerate()
+            .rev()
+            .filter(|(_, w)| *w == latest)
+            .map(|(start, _)| start + n);
+        let Some(mut from) = occurrences.next() else {
+            continue;
+        };
+        while from + max > text.len() {
+            match occurrences.next() {
+                Some(earlier_one) => from = earlier_one,
+                None => break,
+            }
+        }
+        return text[from..(from + max).min(text.len())].to_vec();
+    }
+    Vec::new()
 }
 
 /// Cuts the reply back to `start`, where a copy began; returns how many of the tokens cut went
@@ -741,6 +901,25 @@ mod tests {
         );
         assert_eq!(stop_rests("- [T8] \"…\"\nQues", &stops), ["tion:"]);
         assert!(stop_rests("- [T8] \"…\" He says so.", &stops).is_empty());
+    }
+
+    #[test]
+    fn a_guess_is_what_followed_the_longest_match_of_the_latest_tokens() {
+        // [1, 2, 3] came before 4, then before 9; [2, 3] last came before 7.
+        let text = [1, 2, 3, 4, 5, 1, 2, 3, 9, 2, 3, 7, 8, 1, 2, 3];
+        assert_eq!(guess_after(&text, 3), [9, 2, 3]);
+        // The latest occurrence has too few tokens after it for 9, the earliest has them.
+        assert_eq!(guess_after(&text, 8), [9, 2, 3, 7, 8, 1, 2, 3]);
+        assert_eq!(guess_after(&text, 9), [4, 5, 1, 2, 3, 9, 2, 3, 7]);
+        // What follows may run up to the latest tokens themselves.
+        assert_eq!(guess_after(&[5, 5, 5, 5], 4), [5]);
+    }
+
+    #[test]
+    fn nothing_is_guessed_without_two_matching_tokens_or_room() {
+        assert!(guess_after(&[1, 2, 3, 4, 3], 4).is_empty());
+        assert!(guess_after(&[1, 2, 1, 2], 0).is_empty());
+        assert!(guess_after(&[], 4).is_empty());
     }
 
     /// Decodes token ids as raw bytes, the way a byte-level tokenizer decodes byte tokens.
