@@ -661,15 +661,10 @@ impl Decoder {
         &self.cache
     }
 
-    /// Runs `tokens` at positions `pos..pos + tokens.len()` and returns the logits of the last
-    /// one. Whatever the cache held from `pos` on is replaced, so `pos` may be anything up to the
-    /// cache's length: 0 starts over, a smaller `pos` reuses the prefix before it.
-    pub fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor> {
-        self.forward_last(tokens, pos, 1)?.squeeze(0)
-    }
-
-    /// [`Self::forward`], returning the logits after each of the last `rows` tokens, one row
-    /// each: what a token loop needs to check several guessed tokens in one pass.
+    /// Runs `tokens` at positions `pos..pos + tokens.len()` and returns the logits after each of
+    /// the last `rows` of them, one row each (a token loop checks several guessed tokens in one
+    /// pass). Whatever the cache held from `pos` on is replaced, so `pos` may be anything up to
+    /// the cache's length: 0 starts over, a smaller `pos` reuses the prefix before it.
     pub fn forward_last(&mut self, tokens: &[u32], pos: usize, rows: usize) -> Result<Tensor> {
         let n = tokens.len();
         if n == 0 {
@@ -705,7 +700,7 @@ impl Decoder {
         self.logits_of_rows(&last)
     }
 
-    /// `forward` for at most `PREFILL_CHUNK` tokens: their final hidden states.
+    /// `forward_last` for at most `PREFILL_CHUNK` tokens: their final hidden states.
     fn forward_chunk(&mut self, tokens: &[u32], pos: usize) -> Result<Tensor> {
         let n = tokens.len();
         let span = Span::new(&self.cos, &self.sin, 0..n, (0, 0), pos, &self.device)?;
@@ -719,7 +714,7 @@ impl Decoder {
     /// piece computed after the shared prefix leaves them) followed by `tokens`, which see the
     /// prefix, the branch's own entries and the branch's earlier tokens, nothing of the other
     /// branches: each branch computes what `import` of its entries at `shared` followed by
-    /// `forward` of its tokens would, to the last bit. Their products with the weights run as
+    /// `forward_last` of its tokens would, to the last bit. Their products with the weights run as
     /// one batch: each matrix is read, and the threads woken, once for all of them (the dev
     /// set's judgements took 5% less time; README). Returns the logits of each branch's last
     /// token; afterwards the cache holds the shared prefix only.
