@@ -147,6 +147,45 @@ fn wrong_guesses_change_no_token() {
     with_and_without_guesses(&mut model, &"the cat sat on the mat; ".repeat(8), &config);
 }
 
+/// A steer that only says what the reply is likely to restate.
+struct Restates(String);
+
+impl Steer for Restates {
+    fn insert(&mut self, _reply: &str) -> Option<String> {
+        None
+    }
+
+    fn restates(&self) -> Vec<String> {
+        vec![self.0.clone()]
+    }
+}
+
+#[test]
+fn guesses_also_come_from_the_text_a_reply_restates() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load(&common::tiny_model(dir.path(), Behaviour::Ascii(7)));
+    let config = SamplingConfig {
+        max_new_tokens: 40,
+        ..SamplingConfig::default()
+    };
+    let prompt = model.encode("tell me").unwrap();
+    let reply = |model: &mut Model, steer: &mut Restates| {
+        let ready = prefilled(model, &prompt);
+        continue_generation(model, ready, &config, &mut |_| {}, steer).unwrap()
+    };
+    let plain = reply(&mut model, &mut Restates(String::new()));
+    // Told that the reply restates what it in fact goes on to write, most tokens are guessed,
+    // and the reply is the same.
+    let told = reply(&mut model, &mut Restates(plain.text.clone()));
+    assert_eq!(told.tokens, plain.tokens);
+    assert!(
+        told.guessed_tokens >= plain.guessed_tokens + 20,
+        "{} guessed when told, {} when not",
+        told.guessed_tokens,
+        plain.guessed_tokens
+    );
+}
+
 #[test]
 fn repeat_penalty_changes_the_choice_when_it_outweighs_the_margin() {
     let dir = tempfile::tempdir().unwrap();

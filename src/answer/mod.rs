@@ -602,6 +602,13 @@ pub fn ask(
         index.named_speaker(&queries),
         model.info.min_owed_relevance,
         options.fill_quotes,
+    )
+    .with_restated(
+        retrieved
+            .iter()
+            .filter_map(|r| index.translation(&r.turn.id, language))
+            .map(str::to_string)
+            .collect(),
     );
     let judged = if options.judge && judged_to_answer_nowhere(&ranking.hits) {
         Judged::refused_unread()

@@ -16,6 +16,9 @@ pub(super) struct AnswerSteer<'a> {
     /// prompt asks for what the speaker meant. Without this, a small model often ends a Chinese
     /// quotation's bullet, or the whole answer, with the quotation alone.
     last_filled: Option<String>,
+    /// The given turns in the question's language, where they are in another (see
+    /// `Steer::restates`).
+    restated: Vec<String>,
 }
 
 impl<'a> AnswerSteer<'a> {
@@ -31,11 +34,23 @@ impl<'a> AnswerSteer<'a> {
             quotes: fill_quotes.then(|| QuoteFiller::new(given)),
             citations: CitationGuard::new(given, speaker, min_relevance),
             last_filled: None,
+            restated: Vec::new(),
         }
+    }
+
+    /// An English answer about Chinese turns restates them in English: the turns' translations
+    /// are where its guesses hold.
+    pub(super) fn with_restated(mut self, translations: Vec<String>) -> Self {
+        self.restated = translations;
+        self
     }
 }
 
 impl Steer for AnswerSteer<'_> {
+    fn restates(&self) -> Vec<String> {
+        self.restated.clone()
+    }
+
     fn insert(&mut self, reply: &str) -> Option<String> {
         let filled = self.quotes.as_ref()?.fill(reply);
         self.last_filled.clone_from(&filled);

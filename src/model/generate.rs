@@ -29,11 +29,12 @@ pub struct SamplingConfig {
     /// steer says so). `None` lets it repeat.
     pub max_self_repeat: Option<usize>,
     /// Most tokens guessed ahead per step in greedy decoding (0: none). The guess is what followed
-    /// the reply's latest words where they occur earlier in the prompt or the reply (see
-    /// [`guess_after`]); the model checks the guessed tokens in the pass that runs the sampled
-    /// one, and every guessed token that is what it would have chosen saves a pass. A grounded
-    /// answer restates its turns, so many guesses hold, and a pass of a few tokens costs
-    /// little more than a pass of one: a step reads every weight from memory once either way.
+    /// the reply's latest words where they occur earlier in the prompt, the reply or a text the
+    /// steer says it restates (see [`guess_after`], `Steer::restates`); the model checks the
+    /// guessed tokens in the pass that runs the sampled one, and every guessed token that is what
+    /// it would have chosen saves a pass. A grounded answer restates its turns, so many guesses
+    /// hold, and a pass of a few tokens costs little more than a pass of one: a step reads every
+    /// weight from memory once either way.
     pub guess_ahead: usize,
 }
 
@@ -165,6 +166,13 @@ pub trait Steer {
         None
     }
 
+    /// Texts besides the prompt that the reply is likely to restate (the turns it answers from,
+    /// in the reply's language): guesses are looked up in them too (see
+    /// `SamplingConfig::guess_ahead`).
+    fn restates(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Whether `instead_of_end` would go on from `reply`. Where it would, the model may not
     /// complete a stop sequence either: that ends a reply as surely as the end of a turn, but
     /// could not be gone on from.
@@ -261,11 +269,18 @@ pub fn continue_generation(
     } else {
         0
     };
-    // The prompt, then the reply so far: what a guess is looked up in. Refilled for each lookup,
-    // so that cuts and steered text need no bookkeeping of their own.
+    // What the reply restates, the prompt, then the reply so far: what a guess is looked up in,
+    // the latest first. Refilled for each lookup, so that cuts and steered text need no
+    // bookkeeping of their own.
     let mut lookup = Vec::with_capacity(context + config.max_new_tokens);
+    if guess_ahead > 0 {
+        for text in steer.restates() {
+            // On lines of their own, so that no token joins one text with the next.
+            lookup.extend(model.encode(&format!("\n{text}\n"))?);
+        }
+    }
     lookup.extend_from_slice(model.context().get(..context).unwrap_or_default());
-    let prompt_len = lookup.len();
+    let reply_at = lookup.len();
     let mut guesses = Guesses::new(guess_ahead);
     let mut guessed_tokens = 0;
     let decode_start = Instant::now();
@@ -356,7 +371,7 @@ pub fn continue_generation(
             None => {
                 let guess = match sampled_alone {
                     Some(_) => {
-                        lookup.truncate(prompt_len);
+                        lookup.truncate(reply_at);
                         lookup.extend_from_slice(&generated);
                         let room = config.max_new_tokens.saturating_sub(generated.len());
                         guess_after(&lookup, guesses.length().min(room))

@@ -89,6 +89,7 @@ pub struct Index {
 /// like the originals: translated, so that a question also meets each turn in the question's own
 /// language, or as the questions each turn answers.
 pub struct TurnView {
+    texts: Vec<String>,
     lexical: Bm25,
     dense: Option<DenseIndex>,
     language: Language,
@@ -99,6 +100,7 @@ impl TurnView {
     /// [`DenseIndex`] built over them.
     pub fn new(turns: &[Turn], language: Language, dense: Option<DenseIndex>) -> Self {
         Self {
+            texts: turns.iter().map(|t| t.text.clone()).collect(),
             lexical: Bm25::build(turns.iter().map(|t| t.text.as_str())),
             dense,
             language,
@@ -136,6 +138,16 @@ impl Index {
     }
 
     /// `questions` are the transcript's turns with, as their texts, the questions they answer.
+    /// The text of turn `id` translated into `language`, when the index holds such a translation
+    /// (never for the transcript's own language).
+    pub fn translation(&self, id: &str, language: Language) -> Option<&str> {
+        let view = self
+            .translation
+            .as_ref()
+            .filter(|t| t.language == language)?;
+        view.texts.get(self.position(id)?).map(String::as_str)
+    }
+
     pub fn with_questions(mut self, questions: TurnView) -> Self {
         self.questions = Some(questions);
         self
@@ -629,6 +641,12 @@ mod tests {
         assert_eq!(index.rank(&["long tasks"]).unwrap()[0].turn.id, "T4");
         // A Chinese wording still meets the Chinese originals.
         assert_eq!(index.rank(&["价格"]).unwrap()[0].turn.id, "T2");
+        assert_eq!(
+            index.translation("T4", Language::En),
+            Some("Agents can run long tasks.")
+        );
+        assert_eq!(index.translation("T4", Language::Zh), None);
+        assert_eq!(index.translation("T9", Language::En), None);
     }
 
     #[test]

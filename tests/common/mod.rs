@@ -28,6 +28,9 @@ pub enum Arch {
 pub enum Behaviour {
     /// Seeded pseudo-random weights: arbitrary but reproducible output.
     Random(u64),
+    /// `Random`, but only ASCII tokens can win: what the model writes is text that encodes back
+    /// into the bytes it wrote.
+    Ascii(u64),
     /// Every layer contributes nothing and the output matrix has one non-zero row, so the
     /// model predicts this token at every position.
     AlwaysEmit(u32),
@@ -101,13 +104,15 @@ pub fn write_tiny_model_of(path: &Path, behaviour: Behaviour, arch: Arch) {
     let tokens = vocab();
     let n_vocab = tokens.len();
     let mut seed = match behaviour {
-        Behaviour::Random(s) => s,
+        Behaviour::Random(s) | Behaviour::Ascii(s) => s,
         Behaviour::AlwaysEmit(_) => 0,
     };
     let mut matrix = |rows: usize, cols: usize| {
         seed += 1;
         match behaviour {
-            Behaviour::Random(_) => tensor(pseudo_random(seed, rows * cols, 0.3), (rows, cols)),
+            Behaviour::Random(_) | Behaviour::Ascii(_) => {
+                tensor(pseudo_random(seed, rows * cols, 0.3), (rows, cols))
+            }
             Behaviour::AlwaysEmit(_) => tensor(vec![0.0; rows * cols], (rows, cols)),
         }
     };
@@ -136,6 +141,12 @@ pub fn write_tiny_model_of(path: &Path, behaviour: Behaviour, arch: Arch) {
     }
     let (embedding, output) = match behaviour {
         Behaviour::Random(_) => (matrix(n_vocab, HIDDEN), matrix(n_vocab, HIDDEN)),
+        Behaviour::Ascii(seed) => {
+            // Rows of zeros score 0, below the best of 128 random scores.
+            let mut out = pseudo_random(seed, n_vocab * HIDDEN, 0.3);
+            out[128 * HIDDEN..].fill(0.0);
+            (matrix(n_vocab, HIDDEN), tensor(out, (n_vocab, HIDDEN)))
+        }
         Behaviour::AlwaysEmit(token) => {
             // Every embedding is the all-ones vector, which RMS norm leaves unchanged; only the
             // chosen token's output row sees it.
