@@ -155,8 +155,8 @@ impl Steer for Restates {
         None
     }
 
-    fn restates(&self) -> Vec<String> {
-        vec![self.0.clone()]
+    fn restates(&self) -> &[String] {
+        std::slice::from_ref(&self.0)
     }
 }
 

@@ -47,8 +47,8 @@ impl<'a> AnswerSteer<'a> {
 }
 
 impl Steer for AnswerSteer<'_> {
-    fn restates(&self) -> Vec<String> {
-        self.restated.clone()
+    fn restates(&self) -> &[String] {
+        &self.restated
     }
 
     fn insert(&mut self, reply: &str) -> Option<String> {

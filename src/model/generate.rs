@@ -169,8 +169,8 @@ pub trait Steer {
     /// Texts besides the prompt that the reply is likely to restate (the turns it answers from,
     /// in the reply's language): guesses are looked up in them too (see
     /// `SamplingConfig::guess_ahead`).
-    fn restates(&self) -> Vec<String> {
-        Vec::new()
+    fn restates(&self) -> &[String] {
+        &[]
     }
 
     /// Whether `instead_of_end` would go on from `reply`. Where it would, the model may not

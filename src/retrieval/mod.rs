@@ -137,7 +137,6 @@ impl Index {
         self
     }
 
-    /// `questions` are the transcript's turns with, as their texts, the questions they answer.
     /// The text of turn `id` translated into `language`, when the index holds such a translation
     /// (never for the transcript's own language).
     pub fn translation(&self, id: &str, language: Language) -> Option<&str> {
@@ -148,6 +147,7 @@ impl Index {
         view.texts.get(self.position(id)?).map(String::as_str)
     }
 
+    /// `questions` are the transcript's turns with, as their texts, the questions they answer.
     pub fn with_questions(mut self, questions: TurnView) -> Self {
         self.questions = Some(questions);
         self
