@@ -1,13 +1,14 @@
-//! Q4_K tiles' prompt products with AMX (Intel Xeon from Sapphire Rapids on), whose tile
-//! registers hold 16 rows of 64 bytes and whose `tdpbssd` multiplies 16 activation rows by 64
-//! values of 16 weight rows at once, the work of 256 `vpdpbusd`s of the AVX-512 kernel.
+//! Q4_K and Q6_K tiles' prompt products with AMX (Intel Xeon from Sapphire Rapids on), whose
+//! tile registers hold 16 rows of 64 bytes and whose `tdpbssd` multiplies 16 activation rows by
+//! 64 values of 16 weight rows at once, the work of 256 `vpdpbusd`s of the AVX-512 kernel.
 //!
-//! A tile product sums over all its 64 values, but a Q4_K group's products must be scaled (by a
-//! 6-bit scale) before they are summed, and a value times its scale (up to 15 × 63) does not fit
-//! in a byte. So each column of tiles is unpacked, block by block, into the values times their
-//! scales, split into their low 5 bits and the rest (`32 * high + low`), and the two halves are
-//! multiplied apart, each over a whole super-block: `32 * high + low` is then exactly the sum of
-//! every group's products times its scale that the AVX-512 kernel computes, and what follows (the
+//! A tile product sums over all its 64 values, but a group's products must be scaled (Q4_K: a
+//! 6-bit scale per 32 values; Q6_K: a signed 8-bit one per 16) before they are summed, and a
+//! value times its scale (up to 15 × 63, or 32 × 128) does not fit in a byte. So each column of
+//! tiles is unpacked, block by block, into the values times their scales, split into their low
+//! bits and the rest (`2^bits * high + low`), and the two halves are multiplied apart, each over
+//! a whole super-block: `2^bits * high + low` is then exactly the integer sum of every group's
+//! products times its scale that the AVX-512 kernel computes, and what follows (Q4_K's
 //! minimums, the conversion to floats) is that kernel's own code. The results are the same bits,
 //! so the answers are the same and a cached prefix stays valid whichever path computed it.
 //!
@@ -18,7 +19,10 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-use super::{q4k_block_sum, q4k_group_scales, ActSuperBlock, Q4kTile, TILE};
+use super::{
+    q4k_block_sum, q4k_group_scales, q6k_block_sum, ActSuperBlock, Q4kTile, Q6kTile, Tiled, Q4K,
+    Q6K, TILE,
+};
 
 /// Activation rows one pass over a column of tiles computes: a tile's most rows.
 pub(super) const ACT_ROWS: usize = 16;
@@ -91,20 +95,57 @@ unsafe fn configure_this_thread() {
     CONFIGURED.set(true);
 }
 
-/// A tile's super-block of weights, each value times its group's scale (at most 15 × 63) and
-/// split as `32 * high + low` into two bytes, in tile rows: `[pair][step][weight row]`, where a
-/// pair's 64 values (two groups) make 16 steps of 4, a byte each.
+/// A block type whose tiles AMX multiplies: each value times its scale, which does not fit in a
+/// byte, is split into its low bits and the rest (`2^LOW_BITS * high + low`), and the two halves
+/// are multiplied apart, each over a whole super-block. The integer sums are exactly those of the
+/// AVX-512 kernel, so the block's products are turned into floats by that kernel's own code.
+pub(super) trait AmxTiled: Tiled {
+    /// The tile's scaled values, split, into `weights`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BW.
+    unsafe fn scale(tile: &Self::Tile, weights: &mut ScaledWeights);
+
+    /// `sum` plus a super-block's part of an activation row's 16 products, given its products
+    /// with the low and the high halves of the scaled values.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and VNNI.
+    unsafe fn block_sum(
+        tile: &Self::Tile,
+        act: &ActSuperBlock,
+        low: __m512i,
+        high: __m512i,
+        sum: __m512,
+    ) -> __m512;
+}
+
+/// A tile's super-block of weights, each value times its scale and split into two bytes (see
+/// [`AmxTiled`]), in tile rows: `[quarter][step][weight row]`, where a quarter's 64 values make
+/// 16 steps of 4, a byte each.
 #[repr(C, align(64))]
-struct ScaledWeights {
+pub(super) struct ScaledWeights {
     low: [[[u8; 4 * TILE]; 2 * GROUP / 4]; 4],
     high: [[[u8; 4 * TILE]; 2 * GROUP / 4]; 4],
 }
 
-impl ScaledWeights {
-    /// # Safety
-    /// The CPU has AVX-512 F and BW.
+/// The bytes of the 16-bit lanes `even` (low bytes) and `odd` (high bytes), interleaved.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn interleave_bytes(even: __m512i, odd: __m512i) -> __m512i {
+    let even_bytes = _mm512_set1_epi16(0xff);
+    _mm512_or_si512(
+        _mm512_and_si512(even, even_bytes),
+        _mm512_slli_epi16::<8>(odd),
+    )
+}
+
+/// Each value times its group's 6-bit scale (at most 15 × 63) as `32 * high + low`. A quarter is
+/// a pair of groups: its 16 steps are the low nibbles of 8 steps (group 2p) and then their high
+/// nibbles (group 2p + 1).
+impl AmxTiled for Q4K {
     #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn of(&mut self, tile: &Q4kTile) {
+    unsafe fn scale(tile: &Q4kTile, weights: &mut ScaledWeights) {
         let nibble = _mm512_set1_epi8(0x0f);
         let five_bits = _mm512_set1_epi16(0x1f);
         let even_bytes = _mm512_set1_epi16(0xff);
@@ -122,20 +163,78 @@ impl ScaledWeights {
                 for (half, (values, scale)) in values.into_iter().zip(scales).enumerate() {
                     let even = _mm512_mullo_epi16(_mm512_and_si512(values, even_bytes), scale);
                     let odd = _mm512_mullo_epi16(_mm512_srli_epi16::<8>(values), scale);
-                    let bytes = |even: __m512i, odd: __m512i| {
-                        _mm512_or_si512(even, _mm512_slli_epi16::<8>(odd))
-                    };
-                    let low = bytes(
+                    let row = half * GROUP / 4 + step;
+                    let low = interleave_bytes(
                         _mm512_and_si512(even, five_bits),
                         _mm512_and_si512(odd, five_bits),
                     );
-                    let high = bytes(_mm512_srli_epi16::<5>(even), _mm512_srli_epi16::<5>(odd));
-                    let row = half * GROUP / 4 + step;
-                    _mm512_store_si512(self.low[pair][row].as_mut_ptr() as *mut _, low);
-                    _mm512_store_si512(self.high[pair][row].as_mut_ptr() as *mut _, high);
+                    let high =
+                        interleave_bytes(_mm512_srli_epi16::<5>(even), _mm512_srli_epi16::<5>(odd));
+                    _mm512_store_si512(weights.low[pair][row].as_mut_ptr() as *mut _, low);
+                    _mm512_store_si512(weights.high[pair][row].as_mut_ptr() as *mut _, high);
                 }
             }
         }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn block_sum(
+        tile: &Q4kTile,
+        act: &ActSuperBlock,
+        low: __m512i,
+        high: __m512i,
+        sum: __m512,
+    ) -> __m512 {
+        let scaled = _mm512_add_epi32(_mm512_slli_epi32::<5>(high), low);
+        q4k_block_sum(tile, act, scaled, sum)
+    }
+}
+
+/// Each value less 32, times its 16 values' signed 8-bit scale (-4096 to 3968), as
+/// `64 * high + low` with `low` 0–63 and `high` -64–62, both signed bytes.
+impl AmxTiled for Q6K {
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn scale(tile: &Q6kTile, weights: &mut ScaledWeights) {
+        let even_bytes = _mm512_set1_epi16(0xff);
+        let six_bits = _mm512_set1_epi16(0x3f);
+        let offset = _mm512_set1_epi16(32);
+        for (sixteenth, scales) in tile.scales.iter().enumerate() {
+            let scale = _mm512_cvtepi8_epi32(_mm_loadu_si128(scales.as_ptr() as *const _));
+            // Each 16-bit lane holds its weight row's scale, sign and all.
+            let scale = _mm512_or_si512(
+                _mm512_and_si512(scale, _mm512_set1_epi32(0xffff)),
+                _mm512_slli_epi32::<16>(scale),
+            );
+            for step in 4 * sixteenth..4 * sixteenth + 4 {
+                let w = _mm512_load_si512(tile.qs[step].as_ptr() as *const _);
+                let centred = |values: __m512i| _mm512_sub_epi16(values, offset);
+                let even = _mm512_mullo_epi16(centred(_mm512_and_si512(w, even_bytes)), scale);
+                let odd = _mm512_mullo_epi16(centred(_mm512_srli_epi16::<8>(w)), scale);
+                let (quarter, row) = (step / 16, step % 16);
+                let low = interleave_bytes(
+                    _mm512_and_si512(even, six_bits),
+                    _mm512_and_si512(odd, six_bits),
+                );
+                let high =
+                    interleave_bytes(_mm512_srai_epi16::<6>(even), _mm512_srai_epi16::<6>(odd));
+                _mm512_store_si512(weights.low[quarter][row].as_mut_ptr() as *mut _, low);
+                _mm512_store_si512(weights.high[quarter][row].as_mut_ptr() as *mut _, high);
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn block_sum(
+        tile: &Q6kTile,
+        act: &ActSuperBlock,
+        low: __m512i,
+        high: __m512i,
+        sum: __m512,
+    ) -> __m512 {
+        let scaled = _mm512_add_epi32(_mm512_slli_epi32::<6>(high), low);
+        q6k_block_sum(tile, act, scaled, sum)
     }
 }
 
@@ -148,18 +247,15 @@ struct Products {
 }
 
 /// The `m` activation rows (`acts[i * tiles.len()..]`, padded to whole tiles of 16) against one
-/// column of Q4_K tiles, the 16 products of row `i` written to `out + i * stride`; what
-/// `Q4K::column` computes. A group's products are scaled before they are summed, inside the
-/// tiles: the scaled weights do not fit in a byte, so their low 5 bits and the rest are
-/// multiplied apart, each over a whole super-block, and `scaled = 32 * high + low` is the sum
-/// of every group's products times its scale, as AVX-512's kernel has it.
+/// column of tiles, the 16 products of row `i` written to `out + i * stride`; what
+/// `Tiled::column` computes, to the bit.
 ///
 /// # Safety
 /// [`run_here`] holds, the CPU has AVX-512 F, BW and VNNI, `acts` holds `m` rows rounded up to
 /// a multiple of 16, and `out` has room for the products.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn q4k_column(
-    tiles: &[Q4kTile],
+pub(super) unsafe fn column<K: AmxTiled>(
+    tiles: &[K::Tile],
     acts: &[ActSuperBlock],
     m: usize,
     out: *mut f32,
@@ -174,19 +270,15 @@ pub(super) unsafe fn q4k_column(
     // Kept here until the last block: rows of `out` lie a whole weight matrix's width apart.
     let mut sums = vec![_mm512_setzero_ps(); m];
     for (b, tile) in tiles.iter().enumerate() {
-        weights.of(tile);
+        K::scale(tile, &mut weights);
         for (chunk, sums) in sums.chunks_mut(ACT_ROWS).enumerate() {
             let first = chunk * ACT_ROWS;
             let act = |i: usize| &acts[(first + i) * kb + b];
             tile_products_undisturbed(act(0).q.as_ptr(), act_stride, &weights, &mut products);
             for (i, sum) in sums.iter_mut().enumerate() {
-                let scaled = _mm512_add_epi32(
-                    _mm512_slli_epi32::<5>(
-                        _mm512_load_si512(products.high[i].as_ptr() as *const _),
-                    ),
-                    _mm512_load_si512(products.low[i].as_ptr() as *const _),
-                );
-                *sum = q4k_block_sum(tile, act(i), scaled, *sum);
+                let low = _mm512_load_si512(products.low[i].as_ptr() as *const _);
+                let high = _mm512_load_si512(products.high[i].as_ptr() as *const _);
+                *sum = K::block_sum(tile, act(i), low, high, *sum);
             }
         }
     }
