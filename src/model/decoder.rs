@@ -1068,11 +1068,11 @@ fn single_query_attention(
             .map(|key| dot(query, key) * scale)
             .collect();
         let max = weights.iter().fold(f32::NEG_INFINITY, |m, &w| m.max(w));
-        let mut total = 0.0;
         for w in &mut weights {
-            *w = (*w - max).exp();
-            total += *w;
+            *w -= max;
         }
+        fused::exp_in_place(&mut weights);
+        let total = weights.iter().fold(0.0, |total, w| total + w);
         for (w, value) in weights.iter().zip(values[span].chunks_exact(d)) {
             let w = w / total;
             for (o, v) in out.iter_mut().zip(value) {
