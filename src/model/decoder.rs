@@ -1042,7 +1042,9 @@ fn span_attention(
 /// Attention of one position (`q`: `(1, n_head, 1, head_dim)`) over the first `len` cached ones,
 /// as plain loops over the cache, the heads split between candle's CPU threads: for a single
 /// query row candle's matrix products spent more time packing their operands than multiplying
-/// (a tenth of SmolLM2's decoding time). Returns `(1, n_head * head_dim)`.
+/// (a tenth of SmolLM2's decoding time). Where the key/value heads split evenly between the
+/// threads, a thread takes every query head of its key/value heads and reads each key and value
+/// once for all of them, not once per query head. Returns `(1, n_head * head_dim)`.
 fn single_query_attention(
     q: &Tensor,
     cache: &LayerCache,
@@ -1051,6 +1053,11 @@ fn single_query_attention(
 ) -> Result<Tensor> {
     let (n_head, n_kv, d) = (config.n_head, config.n_kv_head, config.head_dim);
     let group = n_head / n_kv;
+    let heads_together = if n_kv % candle_core::utils::get_num_threads() == 0 {
+        group
+    } else {
+        1
+    };
     let capacity = cache.k.dim(1)?;
     let q = q.flatten_all()?.to_vec1::<f32>()?;
     let (keys, key_layout) = cache.k.storage_and_layout();
@@ -1059,24 +1066,35 @@ fn single_query_attention(
     let values = cpu_f32(&values, value_layout)?;
     let scale = 1.0 / (d as f32).sqrt();
     let mut out = vec![0f32; n_head * d];
-    parallel_chunks_mut(&mut out, d, |head, out| {
-        let kv = head / group;
+    parallel_chunks_mut(&mut out, heads_together * d, |unit, out| {
+        let first_head = unit * heads_together;
+        let kv = first_head / group;
         let span = kv * capacity * d..(kv * capacity + len) * d;
-        let query = &q[head * d..(head + 1) * d];
-        let mut weights: Vec<f32> = keys[span.clone()]
-            .chunks_exact(d)
-            .map(|key| dot(query, key) * scale)
-            .collect();
-        let max = weights.iter().fold(f32::NEG_INFINITY, |m, &w| m.max(w));
-        for w in &mut weights {
-            *w -= max;
+        let queries = &q[first_head * d..(first_head + heads_together) * d];
+        // `weights[h * len + j]`: head h's weight of position j.
+        let mut weights = vec![0f32; heads_together * len];
+        for (j, key) in keys[span.clone()].chunks_exact(d).enumerate() {
+            for (h, query) in queries.chunks_exact(d).enumerate() {
+                weights[h * len + j] = dot(query, key) * scale;
+            }
         }
-        fused::exp_in_place(&mut weights);
-        let total = weights.iter().fold(0.0, |total, w| total + w);
-        for (w, value) in weights.iter().zip(values[span].chunks_exact(d)) {
-            let w = w / total;
-            for (o, v) in out.iter_mut().zip(value) {
-                *o += w * v;
+        let totals: Vec<f32> = weights
+            .chunks_exact_mut(len)
+            .map(|weights| {
+                let max = weights.iter().fold(f32::NEG_INFINITY, |m, &w| m.max(w));
+                for w in weights.iter_mut() {
+                    *w -= max;
+                }
+                fused::exp_in_place(weights);
+                weights.iter().fold(0.0, |total, w| total + w)
+            })
+            .collect();
+        for (j, value) in values[span].chunks_exact(d).enumerate() {
+            for (h, out) in out.chunks_exact_mut(d).enumerate() {
+                let w = weights[h * len + j] / totals[h];
+                for (o, v) in out.iter_mut().zip(value) {
+                    *o += w * v;
+                }
             }
         }
     });
