@@ -17,6 +17,7 @@
 //! (`amx`), with the same results to the bit.
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 use half::f16;
 
@@ -120,7 +121,7 @@ impl<K: Tiled> Tiles<K> {
     /// Writes the products of the `m` activation rows `acts` (each `blocks_per_row` super-blocks)
     /// with every weight row into `out` (`m` × rows), the columns of tiles split between candle's
     /// CPU threads.
-    pub(super) fn product(&self, acts: &[ActSuperBlock], m: usize, out: &mut [f32]) {
+    pub(super) fn product(&self, acts: &[ActSuperBlock], m: usize, out: &mut [MaybeUninit<f32>]) {
         let amx_column = K::AMX_COLUMN.filter(|_| m >= amx::MIN_ROWS && amx::run_here());
         self.product_with(amx_column, acts, m, out);
     }
@@ -134,7 +135,7 @@ impl<K: Tiled> Tiles<K> {
         amx_column: Option<AmxColumn<K::Tile>>,
         acts: &[ActSuperBlock],
         m: usize,
-        out: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
     ) {
         let kb = self.blocks_per_row;
         assert!(acts.len() >= m * kb && out.len() >= m * self.rows);
@@ -152,11 +153,11 @@ impl<K: Tiled> Tiles<K> {
     }
 
     /// [`Self::product`] with AVX-512's pass.
-    fn avx512_product(&self, acts: &[ActSuperBlock], m: usize, out: &mut [f32]) {
+    fn avx512_product(&self, acts: &[ActSuperBlock], m: usize, out: &mut [MaybeUninit<f32>]) {
         let kb = self.blocks_per_row;
         let columns = self.rows / TILE;
         let chunks = m.div_ceil(ACT_ROWS);
-        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out_ptr = SendPtr(out.as_mut_ptr().cast());
         candle_core::utils::barrier_pool().execute_chunked(columns * chunks, |range| {
             let out_ptr = &out_ptr;
             for unit in range {
@@ -191,7 +192,7 @@ impl<K: Tiled> Tiles<K> {
         amx_column: AmxColumn<K::Tile>,
         acts: &[ActSuperBlock],
         m: usize,
-        out: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
     ) {
         let kb = self.blocks_per_row;
         // The passes read whole tiles of activation rows; the last is filled with zeros.
@@ -203,7 +204,7 @@ impl<K: Tiled> Tiles<K> {
             padded = [&acts[..m * kb], &vec![ActSuperBlock::ZERO; padding * kb]].concat();
             padded.as_slice()
         };
-        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out_ptr = SendPtr(out.as_mut_ptr().cast());
         candle_core::utils::barrier_pool().execute_chunked(self.rows / TILE, |range| {
             let out_ptr = &out_ptr;
             for column in range {
@@ -510,15 +511,21 @@ mod tests {
         for m in (1..=17).chain([31, 40, 900]) {
             let x = Tensor::randn(0f32, 1.0, m * cols, &Device::Cpu).unwrap();
             let acts = quantize_rows_in_super_blocks(&x.to_vec1().unwrap());
-            let [mut with_amx, mut without] = [vec![0f32; m * rows], vec![0f32; m * rows]];
+            // Filled beforehand, so that a product left unwritten shows as a difference.
+            let unwritten = MaybeUninit::new(f32::NAN);
+            let [mut with_amx, mut without] =
+                [vec![unwritten; m * rows], vec![unwritten; m * rows]];
             tiles.product_with(K::AMX_COLUMN, &acts, m, &mut with_amx);
             tiles.product_with(None, &acts, m, &mut without);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(
-                bits(&with_amx),
-                bits(&without),
-                "{dtype:?}, {m} activation rows"
-            );
+            let bits = |v: &[MaybeUninit<f32>]| {
+                // SAFETY: every element was initialized (to NaN) before the products.
+                v.iter()
+                    .map(|x| unsafe { x.assume_init() }.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            let with_amx = bits(&with_amx);
+            assert!(with_amx.iter().all(|&b| !f32::from_bits(b).is_nan()));
+            assert_eq!(with_amx, bits(&without), "{dtype:?}, {m} activation rows");
         }
     }
 
