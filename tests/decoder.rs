@@ -411,11 +411,20 @@ fn turn_pieces_alone_equal_a_plain_prefill_and_are_reused_wherever_they_land() {
         .encode("<|im_start|>system\nrules<|im_end|>\n")
         .unwrap();
     assert_eq!(reused, system_turn.len());
-    // Nor does the next piece-wise prompt take the head from what the plain prompt left.
-    let (_, reused) = model
+    // Nor does the next piece-wise prompt take the head from what the plain prompt left: it
+    // reads back the head as the first piece-wise prompt kept it, whole, so that a later process
+    // computes none of it, and gets the bits a fresh model computes.
+    let (got, reused) = model
         .prefill_pieces(&head, std::slice::from_ref(&a), &tail)
         .unwrap();
-    assert_eq!(reused, system_turn.len() + a.len());
+    assert_eq!(reused, head.len() + a.len());
+    let (expected, _) = fresh()
+        .prefill_pieces(&head, std::slice::from_ref(&a), &tail)
+        .unwrap();
+    assert_eq!(
+        expected.to_vec1::<f32>().unwrap(),
+        got.to_vec1::<f32>().unwrap()
+    );
 }
 
 #[test]

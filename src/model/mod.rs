@@ -338,6 +338,18 @@ impl Model {
         start: usize,
         checkpoints: &[usize],
     ) -> Result<Tensor, ModelError> {
+        let start = self.compute_parts(prompt, start, checkpoints)?;
+        self.forward(&prompt[start..], start)
+    }
+
+    /// Computes and keeps each part of `prompt` that ends at a checkpoint past `start` (see
+    /// `compute_from`). Returns where the last one ends.
+    fn compute_parts(
+        &mut self,
+        prompt: &[u32],
+        start: usize,
+        checkpoints: &[usize],
+    ) -> Result<usize, ModelError> {
         let first = start;
         let mut start = start;
         for &end in checkpoints.iter().filter(|&&end| end > first) {
@@ -345,7 +357,7 @@ impl Model {
             self.keep_part(prompt, start, end)?;
             start = end;
         }
-        self.forward(&prompt[start..], start)
+        Ok(start)
     }
 
     /// Keeps the positions `start..end` of the prompt just computed, under the tokens they depend
@@ -456,10 +468,19 @@ impl Model {
         if self.pieces_head == head.len() && self.cached.starts_with(head) {
             return Ok(head.len());
         }
-        let checkpoints = self.checkpoints(head, 0);
+        // The whole head is kept as well as its system turn: what follows the system turn (the
+        // reranking's "Excerpt:") was otherwise computed again by every process, a pass over
+        // every weight for a few tokens (~0.1 s of each `tqa ask` with the default model).
+        let mut checkpoints = self.checkpoints(head, 0);
+        if !checkpoints.is_empty() {
+            checkpoints.push(head.len());
+        }
         let reused = self.reuse_prefix(head, &checkpoints)?;
         if reused < head.len() {
-            self.compute_from(head, reused, &checkpoints)?;
+            let end = self.compute_parts(head, reused, &checkpoints)?;
+            if end < head.len() {
+                self.forward(&head[end..], end)?;
+            }
         }
         self.pieces_head = head.len();
         Ok(reused)
