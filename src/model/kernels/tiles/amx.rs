@@ -30,8 +30,10 @@ pub(super) const ACT_ROWS: usize = 16;
 /// Fewest activation rows worth AMX's passes: each unpacks a column's blocks once for all rows,
 /// which fewer rows do not repay. `tqa bench --prefill 16,32,64,128,256` on the 1.5B model,
 /// AVX-512 / AMX: 104.8 / 81.0, 126.9 / 131.8 (and 139.4 / 124.4), 157.6 / 170.9, 167.7 /
-/// 198.1, 164.8 / 190.6 tok/s.
-pub(super) const MIN_ROWS: usize = 64;
+/// 198.1, 164.8 / 190.6 tok/s. Since AVX-512's passes fetch their tiles ahead, two rounds of
+/// `--prefill 64,96,128,256`: 217.2, 216.3 / 207.3, 192.9; 227.1, 226.1 / 226.4, 223.7; 201.4,
+/// 219.9 / 232.7, 233.0; 218.2, 216.1 / 254.7, 237.8.
+pub(super) const MIN_ROWS: usize = 96;
 
 /// Values in a Q4_K group, the depth of one tile product.
 const GROUP: usize = 32;
