@@ -234,7 +234,10 @@ pub(super) struct Q4kTile {
 
 /// How far ahead of the tile being multiplied the tiles after it are fetched into the outer
 /// caches, in bytes. A prompt of a few rows (the guesses checked while decoding) reads every
-/// tile once from memory, as decoding reads the blocks, whose kernels fetch as far ahead.
+/// tile once from memory, as decoding reads the blocks, whose kernels fetch as far ahead: `tqa
+/// bench` prefill 2, 4, 8, 17 rows +23%, +38%, +33%, +26%. AMX's passes fetch ahead too: prefill
+/// 96, 256, 512 rows, five interleaved rounds, medians 216.2, 226.9, 226.7 → 236.4, 242.7, 240.9
+/// tok/s.
 const PREFETCH_AHEAD: usize = 4096;
 
 /// Asks for the cache lines [`PREFETCH_AHEAD`] bytes after `tile`, as many as it spans.

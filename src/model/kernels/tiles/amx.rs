@@ -272,6 +272,7 @@ pub(super) unsafe fn column<K: AmxTiled>(
     // Kept here until the last block: rows of `out` lie a whole weight matrix's width apart.
     let mut sums = vec![_mm512_setzero_ps(); m];
     for (b, tile) in tiles.iter().enumerate() {
+        super::prefetch_ahead(tile);
         K::scale(tile, &mut weights);
         for (chunk, sums) in sums.chunks_mut(ACT_ROWS).enumerate() {
             let first = chunk * ACT_ROWS;
