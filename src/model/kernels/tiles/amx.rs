@@ -102,22 +102,24 @@ unsafe fn configure_this_thread() {
 /// are multiplied apart, each over a whole super-block. The integer sums are exactly those of the
 /// AVX-512 kernel, so the block's products are turned into floats by that kernel's own code.
 pub(super) trait AmxTiled: Tiled {
+    /// Bits of a scaled value's low half.
+    const LOW_BITS: u32;
+
     /// The tile's scaled values, split, into `weights`.
     ///
     /// # Safety
     /// The CPU has AVX-512 F and BW.
     unsafe fn scale(tile: &Self::Tile, weights: &mut ScaledWeights);
 
-    /// `sum` plus a super-block's part of an activation row's 16 products, given its products
-    /// with the low and the high halves of the scaled values.
+    /// `sum` plus a super-block's part of an activation row's 16 products, given its `scaled`
+    /// products (the AVX-512 kernel's own code).
     ///
     /// # Safety
     /// The CPU has AVX-512 F, BW and VNNI.
     unsafe fn block_sum(
         tile: &Self::Tile,
         act: &ActSuperBlock,
-        low: __m512i,
-        high: __m512i,
+        scaled: __m512i,
         sum: __m512,
     ) -> __m512;
 }
@@ -131,25 +133,49 @@ pub(super) struct ScaledWeights {
     high: [[[u8; 4 * TILE]; 2 * GROUP / 4]; 4],
 }
 
-/// The bytes of the 16-bit lanes `even` (low bytes) and `odd` (high bytes), interleaved.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn interleave_bytes(even: __m512i, odd: __m512i) -> __m512i {
-    let even_bytes = _mm512_set1_epi16(0xff);
-    _mm512_or_si512(
-        _mm512_and_si512(even, even_bytes),
-        _mm512_slli_epi16::<8>(odd),
-    )
+impl ScaledWeights {
+    /// Stores one tile row of scaled values, given as 16-bit lanes (`even` the row's even bytes,
+    /// `odd` its odd ones), split into their low `BITS` bits and the rest (an arithmetic shift,
+    /// so Q6_K's negative values keep their sign).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn put<const BITS: u32>(
+        &mut self,
+        quarter: usize,
+        row: usize,
+        even: __m512i,
+        odd: __m512i,
+    ) {
+        let low_bits = _mm512_set1_epi16((1 << BITS) - 1);
+        let even_bytes = _mm512_set1_epi16(0xff);
+        let bytes = |even: __m512i, odd: __m512i| {
+            _mm512_or_si512(
+                _mm512_and_si512(even, even_bytes),
+                _mm512_slli_epi16::<8>(odd),
+            )
+        };
+        let low = bytes(
+            _mm512_and_si512(even, low_bits),
+            _mm512_and_si512(odd, low_bits),
+        );
+        let high = bytes(
+            _mm512_srai_epi16::<BITS>(even),
+            _mm512_srai_epi16::<BITS>(odd),
+        );
+        _mm512_store_si512(self.low[quarter][row].as_mut_ptr() as *mut _, low);
+        _mm512_store_si512(self.high[quarter][row].as_mut_ptr() as *mut _, high);
+    }
 }
 
 /// Each value times its group's 6-bit scale (at most 15 × 63) as `32 * high + low`. A quarter is
 /// a pair of groups: its 16 steps are the low nibbles of 8 steps (group 2p) and then their high
 /// nibbles (group 2p + 1).
 impl AmxTiled for Q4K {
+    const LOW_BITS: u32 = 5;
+
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn scale(tile: &Q4kTile, weights: &mut ScaledWeights) {
         let nibble = _mm512_set1_epi8(0x0f);
-        let five_bits = _mm512_set1_epi16(0x1f);
         let even_bytes = _mm512_set1_epi16(0xff);
         for pair in 0..4 {
             let (scale_low, scale_high) = q4k_group_scales(tile, pair);
@@ -166,14 +192,7 @@ impl AmxTiled for Q4K {
                     let even = _mm512_mullo_epi16(_mm512_and_si512(values, even_bytes), scale);
                     let odd = _mm512_mullo_epi16(_mm512_srli_epi16::<8>(values), scale);
                     let row = half * GROUP / 4 + step;
-                    let low = interleave_bytes(
-                        _mm512_and_si512(even, five_bits),
-                        _mm512_and_si512(odd, five_bits),
-                    );
-                    let high =
-                        interleave_bytes(_mm512_srli_epi16::<5>(even), _mm512_srli_epi16::<5>(odd));
-                    _mm512_store_si512(weights.low[pair][row].as_mut_ptr() as *mut _, low);
-                    _mm512_store_si512(weights.high[pair][row].as_mut_ptr() as *mut _, high);
+                    weights.put::<{ <Q4K as AmxTiled>::LOW_BITS }>(pair, row, even, odd);
                 }
             }
         }
@@ -184,11 +203,9 @@ impl AmxTiled for Q4K {
     unsafe fn block_sum(
         tile: &Q4kTile,
         act: &ActSuperBlock,
-        low: __m512i,
-        high: __m512i,
+        scaled: __m512i,
         sum: __m512,
     ) -> __m512 {
-        let scaled = _mm512_add_epi32(_mm512_slli_epi32::<5>(high), low);
         q4k_block_sum(tile, act, scaled, sum)
     }
 }
@@ -196,10 +213,11 @@ impl AmxTiled for Q4K {
 /// Each value less 32, times its 16 values' signed 8-bit scale (-4096 to 3968), as
 /// `64 * high + low` with `low` 0–63 and `high` -64–62, both signed bytes.
 impl AmxTiled for Q6K {
+    const LOW_BITS: u32 = 6;
+
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn scale(tile: &Q6kTile, weights: &mut ScaledWeights) {
         let even_bytes = _mm512_set1_epi16(0xff);
-        let six_bits = _mm512_set1_epi16(0x3f);
         let offset = _mm512_set1_epi16(32);
         for (sixteenth, scales) in tile.scales.iter().enumerate() {
             let scale = _mm512_cvtepi8_epi32(_mm_loadu_si128(scales.as_ptr() as *const _));
@@ -214,14 +232,7 @@ impl AmxTiled for Q6K {
                 let even = _mm512_mullo_epi16(centred(_mm512_and_si512(w, even_bytes)), scale);
                 let odd = _mm512_mullo_epi16(centred(_mm512_srli_epi16::<8>(w)), scale);
                 let (quarter, row) = (step / 16, step % 16);
-                let low = interleave_bytes(
-                    _mm512_and_si512(even, six_bits),
-                    _mm512_and_si512(odd, six_bits),
-                );
-                let high =
-                    interleave_bytes(_mm512_srai_epi16::<6>(even), _mm512_srai_epi16::<6>(odd));
-                _mm512_store_si512(weights.low[quarter][row].as_mut_ptr() as *mut _, low);
-                _mm512_store_si512(weights.high[quarter][row].as_mut_ptr() as *mut _, high);
+                weights.put::<{ <Q6K as AmxTiled>::LOW_BITS }>(quarter, row, even, odd);
             }
         }
     }
@@ -231,11 +242,9 @@ impl AmxTiled for Q6K {
     unsafe fn block_sum(
         tile: &Q6kTile,
         act: &ActSuperBlock,
-        low: __m512i,
-        high: __m512i,
+        scaled: __m512i,
         sum: __m512,
     ) -> __m512 {
-        let scaled = _mm512_add_epi32(_mm512_slli_epi32::<6>(high), low);
         q6k_block_sum(tile, act, scaled, sum)
     }
 }
@@ -271,6 +280,8 @@ pub(super) unsafe fn column<K: AmxTiled>(
     let mut products: Products = std::mem::zeroed();
     // Kept here until the last block: rows of `out` lie a whole weight matrix's width apart.
     let mut sums = vec![_mm512_setzero_ps(); m];
+    // `2^LOW_BITS * high + low` is the scaled values' products.
+    let low_bits = _mm_cvtsi32_si128(K::LOW_BITS as i32);
     for (b, tile) in tiles.iter().enumerate() {
         super::prefetch_ahead(tile);
         K::scale(tile, &mut weights);
@@ -281,7 +292,8 @@ pub(super) unsafe fn column<K: AmxTiled>(
             for (i, sum) in sums.iter_mut().enumerate() {
                 let low = _mm512_load_si512(products.low[i].as_ptr() as *const _);
                 let high = _mm512_load_si512(products.high[i].as_ptr() as *const _);
-                *sum = K::block_sum(tile, act(i), low, high, *sum);
+                let scaled = _mm512_add_epi32(_mm512_sll_epi32(high, low_bits), low);
+                *sum = K::block_sum(tile, act(i), scaled, *sum);
             }
         }
     }
