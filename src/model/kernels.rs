@@ -847,7 +847,7 @@ mod avx2 {
     /// core's first level: 28.8 ms → 24.3–26.0 for the same 28 matrices on a Xeon with AMX,
     /// where (with another kernel) `_MM_HINT_T1` gave 25.0 against 23.7 and the non-temporal
     /// hint 37.2.
-    const PREFETCH_AHEAD: usize = 4096;
+    pub(super) const PREFETCH_AHEAD: usize = 4096;
 
     /// A block type's bytes turned into its 32 values in one register.
     trait Block {

@@ -21,6 +21,7 @@ use std::mem::MaybeUninit;
 
 use half::f16;
 
+use super::avx2::PREFETCH_AHEAD;
 use super::{q4k_scales_and_mins, ActSuperBlock, SendPtr, SUPER_BLOCK};
 
 mod amx;
@@ -232,15 +233,12 @@ pub(super) struct Q4kTile {
     dmin: [f32; TILE],
 }
 
-/// How far ahead of the tile being multiplied the tiles after it are fetched into the outer
-/// caches, in bytes. A prompt of a few rows (the guesses checked while decoding) reads every
-/// tile once from memory, as decoding reads the blocks, whose kernels fetch as far ahead: `tqa
-/// bench` prefill 2, 4, 8, 17 rows +23%, +38%, +33%, +26%. AMX's passes fetch ahead too: prefill
-/// 96, 256, 512 rows, five interleaved rounds, medians 216.2, 226.9, 226.7 → 236.4, 242.7, 240.9
-/// tok/s.
-const PREFETCH_AHEAD: usize = 4096;
-
-/// Asks for the cache lines [`PREFETCH_AHEAD`] bytes after `tile`, as many as it spans.
+/// Asks for the cache lines [`PREFETCH_AHEAD`] bytes after `tile` (into the outer caches), as
+/// many as it spans: as far ahead as decoding fetches the blocks, since a prompt of a few rows
+/// (the guesses checked while decoding) reads every tile once from memory, as decoding reads the
+/// blocks. `tqa bench` prefill 2, 4, 8, 17 rows +23%, +38%, +33%, +26%. AMX's passes fetch ahead
+/// too: prefill 96, 256, 512 rows, five interleaved rounds, medians 216.2, 226.9, 226.7 → 236.4,
+/// 242.7, 240.9 tok/s.
 #[inline]
 #[target_feature(enable = "sse")]
 unsafe fn prefetch_ahead<T>(tile: &T) {
