@@ -141,7 +141,9 @@ impl<K: Tiled> Tiles<K> {
         let kb = self.blocks_per_row;
         assert!(acts.len() >= m * kb && out.len() >= m * self.rows);
         let row_bytes = kb * std::mem::size_of::<ActSuperBlock>();
-        let group_rows = (CACHED_ACTS_BYTES / row_bytes / GROUP_ROWS).max(1) * GROUP_ROWS;
+        // Groups of equal size: a last group of a few rows would pay a whole pass over the tiles.
+        let groups = (m * row_bytes).div_ceil(CACHED_ACTS_BYTES).max(1);
+        let group_rows = m.div_ceil(groups).next_multiple_of(GROUP_ROWS);
         for first in (0..m).step_by(group_rows) {
             let rows = group_rows.min(m - first);
             let acts = &acts[first * kb..(first + rows) * kb];

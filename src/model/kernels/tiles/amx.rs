@@ -28,12 +28,10 @@ use super::{
 pub(super) const ACT_ROWS: usize = 16;
 
 /// Fewest activation rows worth AMX's passes: each unpacks a column's blocks once for all rows,
-/// which fewer rows do not repay. `tqa bench --prefill 16,32,64,128,256` on the 1.5B model,
-/// AVX-512 / AMX: 104.8 / 81.0, 126.9 / 131.8 (and 139.4 / 124.4), 157.6 / 170.9, 167.7 /
-/// 198.1, 164.8 / 190.6 tok/s. Since AVX-512's passes fetch their tiles ahead, two rounds of
-/// `--prefill 64,96,128,256`: 217.2, 216.3 / 207.3, 192.9; 227.1, 226.1 / 226.4, 223.7; 201.4,
-/// 219.9 / 232.7, 233.0; 218.2, 216.1 / 254.7, 237.8.
-pub(super) const MIN_ROWS: usize = 96;
+/// which fewer rows do not repay. Three interleaved rounds of `tqa bench --prefill
+/// 16,32,48,64,80` on the 1.5B model, AVX-512 / AMX, medians: 140.5 / 99.7, 176.7 / 168.8,
+/// 189.3 / 206.2, 193.4 / 249.4, 203.8 / 251.6 tok/s.
+pub(super) const MIN_ROWS: usize = 48;
 
 /// Values in a Q4_K group, the depth of one tile product.
 const GROUP: usize = 32;
@@ -282,53 +280,46 @@ pub(super) unsafe fn column<K: AmxTiled>(
     let mut sums = vec![_mm512_setzero_ps(); m];
     // `2^LOW_BITS * high + low` is the scaled values' products.
     let low_bits = _mm_cvtsi32_si128(K::LOW_BITS as i32);
-    for (b, tile) in tiles.iter().enumerate() {
-        super::prefetch_ahead(tile);
-        K::scale(tile, &mut weights);
-        for (chunk, sums) in sums.chunks_mut(ACT_ROWS).enumerate() {
-            let first = chunk * ACT_ROWS;
-            let act = |i: usize| &acts[(first + i) * kb + b];
-            tile_products_undisturbed(act(0).q.as_ptr(), act_stride, &weights, &mut products);
-            for (i, sum) in sums.iter_mut().enumerate() {
-                let low = _mm512_load_si512(products.low[i].as_ptr() as *const _);
-                let high = _mm512_load_si512(products.high[i].as_ptr() as *const _);
-                let scaled = _mm512_add_epi32(_mm512_sll_epi32(high, low_bits), low);
-                *sum = K::block_sum(tile, act(i), scaled, *sum);
+    let allowed = INTERRUPTED_AFTER + COUNTS_PER_TILE * m.div_ceil(ACT_ROWS) as u64;
+    'column: loop {
+        sums.fill(_mm512_setzero_ps());
+        for (b, tile) in tiles.iter().enumerate() {
+            let start = _rdtsc();
+            super::prefetch_ahead(tile);
+            K::scale(tile, &mut weights);
+            for (chunk, sums) in sums.chunks_mut(ACT_ROWS).enumerate() {
+                let first = chunk * ACT_ROWS;
+                let act = |i: usize| &acts[(first + i) * kb + b];
+                tile_products(act(0).q.as_ptr(), act_stride, &weights, &mut products);
+                for (i, sum) in sums.iter_mut().enumerate() {
+                    let low = _mm512_load_si512(products.low[i].as_ptr() as *const _);
+                    let high = _mm512_load_si512(products.high[i].as_ptr() as *const _);
+                    let scaled = _mm512_add_epi32(_mm512_sll_epi32(high, low_bits), low);
+                    *sum = K::block_sum(tile, act(i), scaled, *sum);
+                }
+            }
+            if _rdtsc().wrapping_sub(start) >= allowed {
+                continue 'column;
             }
         }
+        break;
     }
     for (i, sum) in sums.iter().enumerate() {
         _mm512_storeu_ps(out.add(i * stride), *sum);
     }
 }
 
-/// Time stamp counts after which [`tile_products`] is taken to have been interrupted.
+/// Time stamp counts after which a block's products with every tile of activation rows are
+/// taken to have been interrupted, beside [`COUNTS_PER_TILE`] for each tile (an undisturbed
+/// one takes a few hundred): some virtual machines (Firecracker guests, as these machines are)
+/// have been seen to lose the tile registers' contents when the thread is descheduled between
+/// instructions, which would change a product without a sign, so the column is computed again.
+/// Not seen here: 380,000 runs of 2,000 products each, 4 threads on 2 cores, all right. Timed
+/// block by block, not product by product: reading the time stamp counter around every tile
+/// product kept the tile products from overlapping the vector work around them, and made them
+/// a fifth slower. `tqa bench --prefill 256,512` computed 7,733 columns again.
 const INTERRUPTED_AFTER: u64 = 16_384;
-
-/// [`tile_products`], computed again when it took long enough to have been interrupted: some
-/// virtual machines (Firecracker guests, as these machines are) have been seen to lose the tile
-/// registers' contents when the thread is descheduled between instructions, which would change
-/// a product without a sign. Not seen here: 380,000 runs of 2,000 products each, 4 threads on 2
-/// cores, all right. An undisturbed product takes about 300 counts; the 256-row prompts of a
-/// test, 2.5 million products, were computed again 219 times.
-///
-/// # Safety
-/// As for [`tile_products`].
-#[inline]
-unsafe fn tile_products_undisturbed(
-    acts: *const i8,
-    act_stride: usize,
-    weights: &ScaledWeights,
-    products: &mut Products,
-) {
-    loop {
-        let start = _rdtsc();
-        tile_products(acts, act_stride, weights, products);
-        if _rdtsc().wrapping_sub(start) < INTERRUPTED_AFTER {
-            return;
-        }
-    }
-}
+const COUNTS_PER_TILE: u64 = 2_048;
 
 /// The products of 16 activation rows' super-block (the first at `acts`, the next `act_stride`
 /// bytes on) with `weights`, into `products`.
