@@ -70,7 +70,7 @@ pub(super) trait Tiled {
 
 /// A pass over a column of tiles with AMX (see [`Tiled::AMX_COLUMN`]): tiles, activations,
 /// activation rows, where row `i`'s 16 products go and the stride between rows.
-type AmxColumn<T> = unsafe fn(&[T], &[ActSuperBlock], usize, *mut f32, usize);
+type AmxColumn<T> = unsafe fn(&[T], &[ActSuperBlock], &mut [__m512], *mut f32, usize);
 
 pub(super) struct Q4K;
 pub(super) struct Q6K;
@@ -210,11 +210,24 @@ impl<K: Tiled> Tiles<K> {
         let out_ptr = SendPtr(out.as_mut_ptr().cast());
         candle_core::utils::barrier_pool().execute_chunked(self.rows / TILE, |range| {
             let out_ptr = &out_ptr;
+            // Each row's sums until a column's last block: rows of `out` lie a whole weight
+            // matrix's width apart. One for all columns: a fresh one for each was 1–3% of a
+            // prompt in `malloc` and `free`.
+            // SAFETY: the CPU has AVX-512 F (`run_here` held).
+            let mut sums = vec![unsafe { _mm512_setzero_ps() }; m];
             for column in range {
                 let tiles = &self.tiles[column * kb..(column + 1) * kb];
                 // SAFETY: `run_here` and `amx::run_here` held; each column writes its own 16
                 // weight rows of `out`, inside it.
-                unsafe { amx_column(tiles, acts, m, out_ptr.0.add(column * TILE), self.rows) }
+                unsafe {
+                    amx_column(
+                        tiles,
+                        acts,
+                        &mut sums,
+                        out_ptr.0.add(column * TILE),
+                        self.rows,
+                    )
+                }
             }
         });
     }

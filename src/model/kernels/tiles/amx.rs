@@ -255,29 +255,29 @@ struct Products {
     high: [[i32; TILE]; ACT_ROWS],
 }
 
-/// The `m` activation rows (`acts[i * tiles.len()..]`, padded to whole tiles of 16) against one
+/// The activation rows (`acts[i * tiles.len()..]`, padded to whole tiles of 16), one for each
+/// of `sums` (room for their sums, kept by the caller from column to column), against one
 /// column of tiles, the 16 products of row `i` written to `out + i * stride`; what
 /// `Tiled::column` computes, to the bit.
 ///
 /// # Safety
-/// [`run_here`] holds, the CPU has AVX-512 F, BW and VNNI, `acts` holds `m` rows rounded up to
-/// a multiple of 16, and `out` has room for the products.
+/// [`run_here`] holds, the CPU has AVX-512 F, BW and VNNI, `acts` holds `sums.len()` rows
+/// rounded up to a multiple of 16, and `out` has room for the products.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub(super) unsafe fn column<K: AmxTiled>(
     tiles: &[K::Tile],
     acts: &[ActSuperBlock],
-    m: usize,
+    sums: &mut [__m512],
     out: *mut f32,
     stride: usize,
 ) {
     let kb = tiles.len();
+    let m = sums.len();
     debug_assert!(acts.len() >= m.next_multiple_of(ACT_ROWS) * kb);
     configure_this_thread();
     let act_stride = kb * std::mem::size_of::<ActSuperBlock>();
     let mut weights: ScaledWeights = std::mem::zeroed();
     let mut products: Products = std::mem::zeroed();
-    // Kept here until the last block: rows of `out` lie a whole weight matrix's width apart.
-    let mut sums = vec![_mm512_setzero_ps(); m];
     // `2^LOW_BITS * high + low` is the scaled values' products.
     let low_bits = _mm_cvtsi32_si128(K::LOW_BITS as i32);
     let allowed = INTERRUPTED_AFTER + COUNTS_PER_TILE * m.div_ceil(ACT_ROWS) as u64;
