@@ -174,15 +174,7 @@ impl<K: Tiled> Tiles<K> {
                 // `out` (their own activation rows and 16 weight rows), all inside it.
                 unsafe {
                     let out = out_ptr.0.add(first * self.rows + column * TILE);
-                    let stride = self.rows;
-                    match count {
-                        1 => K::column::<1>(tiles, acts, out, stride),
-                        2 => K::column::<2>(tiles, acts, out, stride),
-                        3 => K::column::<3>(tiles, acts, out, stride),
-                        4 => K::column::<4>(tiles, acts, out, stride),
-                        5 => K::column::<5>(tiles, acts, out, stride),
-                        _ => K::column::<ACT_ROWS>(tiles, acts, out, stride),
-                    }
+                    avx512_rows::<K>(tiles, acts, count, out, self.rows)
                 }
             }
         });
@@ -230,6 +222,47 @@ impl<K: Tiled> Tiles<K> {
                 }
             }
         });
+    }
+}
+
+/// `count` activation rows (1 to [`ACT_ROWS`]) against one column of tiles with AVX-512:
+/// [`Tiled::column`] for that many.
+///
+/// # Safety
+/// As for [`Tiled::column`].
+unsafe fn avx512_rows<K: Tiled>(
+    tiles: &[K::Tile],
+    acts: &[ActSuperBlock],
+    count: usize,
+    out: *mut f32,
+    stride: usize,
+) {
+    match count {
+        1 => K::column::<1>(tiles, acts, out, stride),
+        2 => K::column::<2>(tiles, acts, out, stride),
+        3 => K::column::<3>(tiles, acts, out, stride),
+        4 => K::column::<4>(tiles, acts, out, stride),
+        5 => K::column::<5>(tiles, acts, out, stride),
+        _ => K::column::<ACT_ROWS>(tiles, acts, out, stride),
+    }
+}
+
+/// All `m` activation rows against one column of tiles with AVX-512, [`ACT_ROWS`] at a time.
+///
+/// # Safety
+/// As for [`Tiled::column`], for `m` rows.
+unsafe fn avx512_column<K: Tiled>(
+    tiles: &[K::Tile],
+    acts: &[ActSuperBlock],
+    m: usize,
+    out: *mut f32,
+    stride: usize,
+) {
+    let kb = tiles.len();
+    for first in (0..m).step_by(ACT_ROWS) {
+        let count = (m - first).min(ACT_ROWS);
+        let acts = &acts[first * kb..(first + count) * kb];
+        avx512_rows::<K>(tiles, acts, count, out.add(first * stride), stride);
     }
 }
 
@@ -526,9 +559,22 @@ mod tests {
     use super::super::quantize_rows_in_super_blocks;
     use super::*;
 
+    /// AMX's pass as it goes when every block's products seem to have been interrupted: the
+    /// column is computed again and again, then with AVX-512.
+    unsafe fn interrupted_column<K: amx::AmxTiled>(
+        tiles: &[K::Tile],
+        acts: &[ActSuperBlock],
+        sums: &mut [__m512],
+        out: *mut f32,
+        stride: usize,
+    ) {
+        amx::column_within::<K>(tiles, acts, sums, out, stride, 0);
+    }
+
     /// AMX's pass computes AVX-512's bits, for every count of activation rows a pass takes, for
-    /// prompts of several passes and for prompts whose activations are taken in several groups.
-    fn amx_computes_the_same_bits_as_avx512<K: Tiled>(dtype: GgmlDType) {
+    /// prompts of several passes and for prompts whose activations are taken in several groups;
+    /// so does it when it finds itself interrupted.
+    fn amx_computes_the_same_bits_as_avx512<K: amx::AmxTiled>(dtype: GgmlDType) {
         if !(run_here() && amx::run_here()) {
             eprintln!("skipped: this CPU has no AMX");
             return;
@@ -546,19 +592,23 @@ mod tests {
             let acts = quantize_rows_in_super_blocks(&x.to_vec1().unwrap());
             // Filled beforehand, so that a product left unwritten shows as a difference.
             let unwritten = MaybeUninit::new(f32::NAN);
-            let [mut with_amx, mut without] =
-                [vec![unwritten; m * rows], vec![unwritten; m * rows]];
-            tiles.product_with(K::AMX_COLUMN, &acts, m, &mut with_amx);
-            tiles.product_with(None, &acts, m, &mut without);
             let bits = |v: &[MaybeUninit<f32>]| {
                 // SAFETY: every element was initialized (to NaN) before the products.
                 v.iter()
                     .map(|x| unsafe { x.assume_init() }.to_bits())
                     .collect::<Vec<_>>()
             };
-            let with_amx = bits(&with_amx);
-            assert!(with_amx.iter().all(|&b| !f32::from_bits(b).is_nan()));
-            assert_eq!(with_amx, bits(&without), "{dtype:?}, {m} activation rows");
+            let products = |column: Option<AmxColumn<K::Tile>>| {
+                let mut out = vec![unwritten; m * rows];
+                tiles.product_with(column, &acts, m, &mut out);
+                bits(&out)
+            };
+            let without = products(None);
+            for column in [K::AMX_COLUMN, Some(interrupted_column::<K>)] {
+                let with_amx = products(column);
+                assert!(with_amx.iter().all(|&b| !f32::from_bits(b).is_nan()));
+                assert_eq!(with_amx, without, "{dtype:?}, {m} activation rows");
+            }
         }
     }
 

@@ -263,7 +263,6 @@ struct Products {
 /// # Safety
 /// [`run_here`] holds, the CPU has AVX-512 F, BW and VNNI, `acts` holds `sums.len()` rows
 /// rounded up to a multiple of 16, and `out` has room for the products.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub(super) unsafe fn column<K: AmxTiled>(
     tiles: &[K::Tile],
     acts: &[ActSuperBlock],
@@ -271,6 +270,64 @@ pub(super) unsafe fn column<K: AmxTiled>(
     out: *mut f32,
     stride: usize,
 ) {
+    let allowed = INTERRUPTED_AFTER + COUNTS_PER_TILE * sums.len().div_ceil(ACT_ROWS) as u64;
+    column_within::<K>(tiles, acts, sums, out, stride, allowed);
+}
+
+/// Time stamp counts after which a block's products with every tile of activation rows are
+/// taken to have been interrupted, beside [`COUNTS_PER_TILE`] for each tile (an undisturbed
+/// one takes a few hundred): some virtual machines (Firecracker guests, as these machines are)
+/// have been seen to lose the tile registers' contents when the thread is descheduled between
+/// instructions, which would change a product without a sign, so the column is computed again
+/// (see [`column_within`]). Not seen here: 380,000 runs of 2,000 products each, 4 threads on 2
+/// cores, all right. Timed block by block, not product by product: reading the time stamp
+/// counter around every tile product kept the tile products from overlapping the vector work
+/// around them, and made them a fifth slower. `tqa bench --prefill 256,512` computed 7,733
+/// columns again.
+const INTERRUPTED_AFTER: u64 = 16_384;
+const COUNTS_PER_TILE: u64 = 2_048;
+
+/// Passes with AMX a column takes before it is computed with AVX-512 instead: a second pass
+/// nearly always goes undisturbed, and AVX-512's pass is slower (a fallback at the first
+/// interruption made prompts 2–3% slower), but a machine interrupted more often than a pass
+/// takes must not keep trying.
+const AMX_ATTEMPTS: usize = 3;
+
+/// [`column`], where a block's products that took `allowed` time stamp counts or more are taken
+/// to have been interrupted: the column is then computed again, with AMX [`AMX_ATTEMPTS`] times
+/// in all, then with AVX-512, whose registers a thread switch cannot lose.
+///
+/// # Safety
+/// As for [`column`].
+pub(super) unsafe fn column_within<K: AmxTiled>(
+    tiles: &[K::Tile],
+    acts: &[ActSuperBlock],
+    sums: &mut [__m512],
+    out: *mut f32,
+    stride: usize,
+    allowed: u64,
+) {
+    for _ in 0..AMX_ATTEMPTS {
+        if amx_pass::<K>(tiles, acts, sums, out, stride, allowed) {
+            return;
+        }
+    }
+    super::avx512_column::<K>(tiles, acts, sums.len(), out, stride);
+}
+
+/// One pass of [`column_within`] with AMX: whether it went undisturbed (and wrote the products).
+///
+/// # Safety
+/// As for [`column`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn amx_pass<K: AmxTiled>(
+    tiles: &[K::Tile],
+    acts: &[ActSuperBlock],
+    sums: &mut [__m512],
+    out: *mut f32,
+    stride: usize,
+    allowed: u64,
+) -> bool {
     let kb = tiles.len();
     let m = sums.len();
     debug_assert!(acts.len() >= m.next_multiple_of(ACT_ROWS) * kb);
@@ -280,46 +337,31 @@ pub(super) unsafe fn column<K: AmxTiled>(
     let mut products: Products = std::mem::zeroed();
     // `2^LOW_BITS * high + low` is the scaled values' products.
     let low_bits = _mm_cvtsi32_si128(K::LOW_BITS as i32);
-    let allowed = INTERRUPTED_AFTER + COUNTS_PER_TILE * m.div_ceil(ACT_ROWS) as u64;
-    'column: loop {
-        sums.fill(_mm512_setzero_ps());
-        for (b, tile) in tiles.iter().enumerate() {
-            let start = _rdtsc();
-            super::prefetch_ahead(tile);
-            K::scale(tile, &mut weights);
-            for (chunk, sums) in sums.chunks_mut(ACT_ROWS).enumerate() {
-                let first = chunk * ACT_ROWS;
-                let act = |i: usize| &acts[(first + i) * kb + b];
-                tile_products(act(0).q.as_ptr(), act_stride, &weights, &mut products);
-                for (i, sum) in sums.iter_mut().enumerate() {
-                    let low = _mm512_load_si512(products.low[i].as_ptr() as *const _);
-                    let high = _mm512_load_si512(products.high[i].as_ptr() as *const _);
-                    let scaled = _mm512_add_epi32(_mm512_sll_epi32(high, low_bits), low);
-                    *sum = K::block_sum(tile, act(i), scaled, *sum);
-                }
-            }
-            if _rdtsc().wrapping_sub(start) >= allowed {
-                continue 'column;
+    sums.fill(_mm512_setzero_ps());
+    for (b, tile) in tiles.iter().enumerate() {
+        let start = _rdtsc();
+        super::prefetch_ahead(tile);
+        K::scale(tile, &mut weights);
+        for (chunk, sums) in sums.chunks_mut(ACT_ROWS).enumerate() {
+            let first = chunk * ACT_ROWS;
+            let act = |i: usize| &acts[(first + i) * kb + b];
+            tile_products(act(0).q.as_ptr(), act_stride, &weights, &mut products);
+            for (i, sum) in sums.iter_mut().enumerate() {
+                let low = _mm512_load_si512(products.low[i].as_ptr() as *const _);
+                let high = _mm512_load_si512(products.high[i].as_ptr() as *const _);
+                let scaled = _mm512_add_epi32(_mm512_sll_epi32(high, low_bits), low);
+                *sum = K::block_sum(tile, act(i), scaled, *sum);
             }
         }
-        break;
+        if _rdtsc().wrapping_sub(start) >= allowed {
+            return false;
+        }
     }
     for (i, sum) in sums.iter().enumerate() {
         _mm512_storeu_ps(out.add(i * stride), *sum);
     }
+    true
 }
-
-/// Time stamp counts after which a block's products with every tile of activation rows are
-/// taken to have been interrupted, beside [`COUNTS_PER_TILE`] for each tile (an undisturbed
-/// one takes a few hundred): some virtual machines (Firecracker guests, as these machines are)
-/// have been seen to lose the tile registers' contents when the thread is descheduled between
-/// instructions, which would change a product without a sign, so the column is computed again.
-/// Not seen here: 380,000 runs of 2,000 products each, 4 threads on 2 cores, all right. Timed
-/// block by block, not product by product: reading the time stamp counter around every tile
-/// product kept the tile products from overlapping the vector work around them, and made them
-/// a fifth slower. `tqa bench --prefill 256,512` computed 7,733 columns again.
-const INTERRUPTED_AFTER: u64 = 16_384;
-const COUNTS_PER_TILE: u64 = 2_048;
 
 /// The products of 16 activation rows' super-block (the first at `acts`, the next `act_stride`
 /// bytes on) with `weights`, into `products`.
