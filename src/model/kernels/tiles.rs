@@ -69,7 +69,8 @@ pub(super) trait Tiled {
 }
 
 /// A pass over a column of tiles with AMX (see [`Tiled::AMX_COLUMN`]): tiles, activations,
-/// activation rows, where row `i`'s 16 products go and the stride between rows.
+/// room for each activation row's sums (as many as there are rows), where row `i`'s 16 products
+/// go and the stride between rows.
 type AmxColumn<T> = unsafe fn(&[T], &[ActSuperBlock], &mut [__m512], *mut f32, usize);
 
 pub(super) struct Q4K;
