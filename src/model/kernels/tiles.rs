@@ -381,8 +381,9 @@ impl Tiled for Q4K {
                     scaled[i] = add_scaled_pair(scaled[i], [low[i], high[i]], scales);
                 }
             }
+            let factors = Q4kSumFactors::of(tile);
             for i in 0..A {
-                sums[i] = q4k_block_sum(tile, act[i], scaled[i], sums[i]);
+                sums[i] = q4k_block_sum(&factors, act[i], scaled[i], sums[i]);
             }
         }
         for (i, sum) in sums.iter().enumerate() {
@@ -416,28 +417,47 @@ unsafe fn add_scaled_pair(
     _mm512_add_epi32(scaled, both)
 }
 
+/// What every activation row's block sum reads of a Q4_K tile, read once for all the rows: where
+/// each row's sum read it again, those loads held AMX's passes up.
+#[derive(Clone, Copy)]
+pub(super) struct Q4kSumFactors {
+    mins: [__m512i; 4],
+    d: __m512,
+    dmin: __m512,
+}
+
+impl Q4kSumFactors {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn of(tile: &Q4kTile) -> Self {
+        Self {
+            mins: std::array::from_fn(|pair| {
+                _mm512_load_si512(tile.mins[pair].as_ptr() as *const _)
+            }),
+            d: _mm512_load_ps(tile.d.as_ptr()),
+            dmin: _mm512_load_ps(tile.dmin.as_ptr()),
+        }
+    }
+}
+
 /// `sum` plus one super-block's part of an activation row's 16 products: its `scaled` group
 /// products in floats, less the minimums' products (`dmin * Σ_group min · Σ activations`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn q4k_block_sum(
-    tile: &Q4kTile,
+    factors: &Q4kSumFactors,
     act: &ActSuperBlock,
     scaled: __m512i,
     sum: __m512,
 ) -> __m512 {
     let mut min_products = _mm512_setzero_si512();
-    for pair in 0..4 {
-        let mins = _mm512_load_si512(tile.mins[pair].as_ptr() as *const _);
+    for (pair, &mins) in factors.mins.iter().enumerate() {
         let act_sums = std::ptr::read_unaligned(act.sums.as_ptr().add(2 * pair) as *const i32);
         min_products = _mm512_dpwssd_epi32(min_products, mins, _mm512_set1_epi32(act_sums));
     }
     let d_act = _mm512_set1_ps(act.d);
-    let weighted = _mm512_mul_ps(_mm512_cvtepi32_ps(scaled), _mm512_load_ps(tile.d.as_ptr()));
-    let minimums = _mm512_mul_ps(
-        _mm512_cvtepi32_ps(min_products),
-        _mm512_load_ps(tile.dmin.as_ptr()),
-    );
+    let weighted = _mm512_mul_ps(_mm512_cvtepi32_ps(scaled), factors.d);
+    let minimums = _mm512_mul_ps(_mm512_cvtepi32_ps(min_products), factors.dmin);
     _mm512_fmadd_ps(_mm512_sub_ps(weighted, minimums), d_act, sum)
 }
 
@@ -528,8 +548,9 @@ impl Tiled for Q6K {
                     scaled[i] = _mm512_add_epi32(scaled[i], _mm512_mullo_epi32(products[i], scale));
                 }
             }
+            let d = _mm512_load_ps(tile.d.as_ptr());
             for i in 0..A {
-                sums[i] = q6k_block_sum(tile, act[i], scaled[i], sums[i]);
+                sums[i] = q6k_block_sum(d, act[i], scaled[i], sums[i]);
             }
         }
         for (i, sum) in sums.iter().enumerate() {
@@ -539,16 +560,11 @@ impl Tiled for Q6K {
 }
 
 /// `sum` plus one super-block's part of an activation row's 16 products: its `scaled` products
-/// in floats.
+/// in floats, given the tile's scales `d` (read once for all the rows).
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn q6k_block_sum(
-    tile: &Q6kTile,
-    act: &ActSuperBlock,
-    scaled: __m512i,
-    sum: __m512,
-) -> __m512 {
-    let d = _mm512_mul_ps(_mm512_load_ps(tile.d.as_ptr()), _mm512_set1_ps(act.d));
+unsafe fn q6k_block_sum(d: __m512, act: &ActSuperBlock, scaled: __m512i, sum: __m512) -> __m512 {
+    let d = _mm512_mul_ps(d, _mm512_set1_ps(act.d));
     _mm512_fmadd_ps(_mm512_cvtepi32_ps(scaled), d, sum)
 }
 

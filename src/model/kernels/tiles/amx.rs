@@ -20,8 +20,8 @@ use std::cell::Cell;
 use std::sync::OnceLock;
 
 use super::{
-    q4k_block_sum, q4k_group_scales, q6k_block_sum, ActSuperBlock, Q4kTile, Q6kTile, Tiled, Q4K,
-    Q6K, TILE,
+    q4k_block_sum, q4k_group_scales, q6k_block_sum, ActSuperBlock, Q4kSumFactors, Q4kTile, Q6kTile,
+    Tiled, Q4K, Q6K, TILE,
 };
 
 /// Activation rows one pass over a column of tiles computes: a tile's most rows.
@@ -109,13 +109,23 @@ pub(super) trait AmxTiled: Tiled {
     /// The CPU has AVX-512 F and BW.
     unsafe fn scale(tile: &Self::Tile, weights: &mut ScaledWeights);
 
+    /// What [`Self::block_sum`] reads of a tile: read once for all activation rows, since
+    /// reading it again for each row held the passes up.
+    type SumFactors;
+
+    /// The tile's [`Self::SumFactors`].
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F.
+    unsafe fn sum_factors(tile: &Self::Tile) -> Self::SumFactors;
+
     /// `sum` plus a super-block's part of an activation row's 16 products, given its `scaled`
     /// products (the AVX-512 kernel's own code).
     ///
     /// # Safety
     /// The CPU has AVX-512 F, BW and VNNI.
     unsafe fn block_sum(
-        tile: &Self::Tile,
+        factors: &Self::SumFactors,
         act: &ActSuperBlock,
         scaled: __m512i,
         sum: __m512,
@@ -196,15 +206,23 @@ impl AmxTiled for Q4K {
         }
     }
 
+    type SumFactors = Q4kSumFactors;
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sum_factors(tile: &Q4kTile) -> Q4kSumFactors {
+        Q4kSumFactors::of(tile)
+    }
+
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn block_sum(
-        tile: &Q4kTile,
+        factors: &Q4kSumFactors,
         act: &ActSuperBlock,
         scaled: __m512i,
         sum: __m512,
     ) -> __m512 {
-        q4k_block_sum(tile, act, scaled, sum)
+        q4k_block_sum(factors, act, scaled, sum)
     }
 }
 
@@ -235,15 +253,18 @@ impl AmxTiled for Q6K {
         }
     }
 
+    type SumFactors = __m512;
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sum_factors(tile: &Q6kTile) -> __m512 {
+        _mm512_load_ps(tile.d.as_ptr())
+    }
+
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn block_sum(
-        tile: &Q6kTile,
-        act: &ActSuperBlock,
-        scaled: __m512i,
-        sum: __m512,
-    ) -> __m512 {
-        q6k_block_sum(tile, act, scaled, sum)
+    unsafe fn block_sum(d: &__m512, act: &ActSuperBlock, scaled: __m512i, sum: __m512) -> __m512 {
+        q6k_block_sum(*d, act, scaled, sum)
     }
 }
 
@@ -342,6 +363,7 @@ unsafe fn amx_pass<K: AmxTiled>(
         let start = _rdtsc();
         super::prefetch_ahead(tile);
         K::scale(tile, &mut weights);
+        let factors = K::sum_factors(tile);
         for (chunk, sums) in sums.chunks_mut(ACT_ROWS).enumerate() {
             let first = chunk * ACT_ROWS;
             let act = |i: usize| &acts[(first + i) * kb + b];
@@ -350,7 +372,7 @@ unsafe fn amx_pass<K: AmxTiled>(
                 let low = _mm512_load_si512(products.low[i].as_ptr() as *const _);
                 let high = _mm512_load_si512(products.high[i].as_ptr() as *const _);
                 let scaled = _mm512_add_epi32(_mm512_sll_epi32(high, low_bits), low);
-                *sum = K::block_sum(tile, act(i), scaled, *sum);
+                *sum = K::block_sum(&factors, act(i), scaled, *sum);
             }
         }
         if _rdtsc().wrapping_sub(start) >= allowed {
