@@ -98,6 +98,22 @@ fn malformed_transcript() {
 }
 
 #[test]
+fn a_malformed_transcript_is_reported_before_the_model_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.md");
+    std::fs::write(&path, [0xFFu8, 0xFE, 0x00, 0x41]).unwrap();
+    let out = tqa(&[
+        "ask",
+        "What about agents?",
+        "--transcript",
+        path.to_str().unwrap(),
+        "--model",
+        "/nonexistent/model.gguf",
+    ]);
+    assert_fails_with(&out, "not UTF-8");
+}
+
+#[test]
 fn question_longer_than_the_context() {
     let dir = tempfile::tempdir().unwrap();
     let model = common::tiny_model(dir.path(), Behaviour::Random(2));

@@ -45,8 +45,12 @@ impl TranscriptArgs {
 
     /// The retrieval index: BM25, plus the multilingual embedder unless `--lexical`.
     pub fn index(&self) -> anyhow::Result<Index> {
-        let transcript = self.load()?;
-        let index = Index::build(&transcript);
+        self.index_of(&self.load()?)
+    }
+
+    /// [`TranscriptArgs::index`] of a transcript already loaded.
+    pub fn index_of(&self, transcript: &Transcript) -> anyhow::Result<Index> {
+        let index = Index::build(transcript);
         if self.lexical {
             return Ok(index);
         }
@@ -205,8 +209,11 @@ impl PipelineArgs {
     /// the model's English translation of the turns joins the index (see [`with_english_turns`]),
     /// and the questions the turns answer (see [`with_turn_questions`]).
     pub async fn load(&self) -> anyhow::Result<(Index, Model)> {
-        let transcript = self.transcript.clone();
-        let index = tokio::task::spawn_blocking(move || transcript.index());
+        // Read first, so that a transcript tqa cannot read is reported at once, not after the
+        // model has loaded.
+        let transcript = self.transcript.load()?;
+        let args = self.transcript.clone();
+        let index = tokio::task::spawn_blocking(move || args.index_of(&transcript));
         let mut model = self.model.load().await?;
         let mut index = index.await.context("the index-building thread failed")??;
         let prompts = self.answer.prompts()?;
