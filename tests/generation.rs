@@ -522,3 +522,55 @@ fn a_reply_copying_itself_is_cut_where_the_copy_began() {
     assert_eq!(streamed, went_on.text.trim_end());
     assert_eq!(went_on.stop, StopReason::Repetition);
 }
+
+#[test]
+fn replies_side_by_side_are_the_replies_generated_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load(&common::tiny_model(dir.path(), Behaviour::Random(7)));
+    let prompts: Vec<Vec<u32>> = ["hello", "the cat sat", "a", "on the mat; on the mat", "why"]
+        .iter()
+        .map(|q| {
+            let text = format!("<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n");
+            model.encode(&text).unwrap()
+        })
+        .collect();
+    // Of different lengths, so that lanes finish and take the next prompt at different steps.
+    let limits = [24, 6, 17, 3, 24];
+    let config = SamplingConfig {
+        guess_ahead: 0,
+        ..SamplingConfig::default()
+    };
+    let alone: Vec<String> = prompts
+        .iter()
+        .zip(limits)
+        .map(|(prompt, max_new_tokens)| {
+            let config = SamplingConfig {
+                max_new_tokens,
+                ..config.clone()
+            };
+            generate(&mut model, prompt, &config, &mut |_| {})
+                .unwrap()
+                .text
+        })
+        .collect();
+    assert!(alone.iter().any(|reply| reply.chars().count() > 6));
+    let mut done = 0;
+    let side_by_side = tqa::model::generate::generate_side_by_side(
+        &mut model,
+        &prompts,
+        &limits,
+        &config,
+        2,
+        &mut || done += 1,
+    )
+    .unwrap();
+    assert_eq!(side_by_side, alone);
+    assert_eq!(done, prompts.len());
+    // The cache is left for plain prompts again.
+    let again = SamplingConfig {
+        max_new_tokens: limits[0],
+        ..config
+    };
+    let reply = generate(&mut model, &prompts[0], &again, &mut |_| {}).unwrap();
+    assert_eq!(reply.text, alone[0]);
+}

@@ -55,8 +55,14 @@ fn hard_wrapped_names_are_rejoined() {
 #[test]
 fn every_gold_quote_of_the_shipped_sets_lies_in_one_turn() {
     let t = Transcript::load(&common::shipped_transcript()).unwrap();
-    let sets = [common::dev_set(), common::dev_set().with_file_name("holdout.jsonl")];
-    for item in sets.iter().flat_map(|set| tqa::eval::load_set(set).unwrap()) {
+    let sets = [
+        common::dev_set(),
+        common::dev_set().with_file_name("holdout.jsonl"),
+    ];
+    for item in sets
+        .iter()
+        .flat_map(|set| tqa::eval::load_set(set).unwrap())
+    {
         for quote in &item.gold_quotes {
             let holders = t
                 .turns

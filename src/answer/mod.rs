@@ -286,13 +286,22 @@ fn instructed_reply(
     input: &str,
     config: &SamplingConfig,
 ) -> Result<String, AnswerError> {
+    let prompt = instructed_prompt(model, instruction, input)?;
+    let generation = generate(model, &prompt, config, &mut |_| {})?;
+    Ok(generation.text.trim().to_string())
+}
+
+/// The prompt of [`instructed_reply`], tokenized.
+fn instructed_prompt(
+    model: &Model,
+    instruction: &str,
+    input: &str,
+) -> Result<Vec<u32>, AnswerError> {
     let messages = [
         Message::new(Role::System, instruction.trim()),
         Message::new(Role::User, input.trim()),
     ];
-    let prompt = model.encode(&model.template().render(&messages))?;
-    let generation = generate(model, &prompt, config, &mut |_| {})?;
-    Ok(generation.text.trim().to_string())
+    Ok(model.encode(&model.template().render(&messages))?)
 }
 
 /// A follow-up question ("and what about pricing?") rewritten, with the earlier questions of the

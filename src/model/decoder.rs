@@ -500,7 +500,7 @@ impl Layer {
 /// (and hold 240 MB per layer for) scores, mask and softmax. Measured on this machine, 128–256
 /// doubled prefill at 2,048 tokens for SmolLM2 and gained a third at 1,024 for the 1.5B model;
 /// the quantized matmuls are as fast at 256 rows as at more.
-const PREFILL_CHUNK: usize = 256;
+pub(crate) const PREFILL_CHUNK: usize = 256;
 
 /// The row counts every matrix candle computes is run on once at load. candle repacks quantized
 /// weights for its fast kernels on their first use, differently for one token and for more;
@@ -657,6 +657,11 @@ impl Decoder {
         &self.device
     }
 
+    /// Drops the cache and its memory; the next pass starts a fresh one.
+    pub fn release_cache(&mut self) {
+        self.cache = KvCache::new();
+    }
+
     pub fn cache(&self) -> &KvCache {
         &self.cache
     }
@@ -732,7 +737,7 @@ impl Decoder {
         let mut spans = Vec::with_capacity(branches.len());
         let (mut slot, mut row) = (shared, 0);
         for branch in branches {
-            let (before, n) = (branch.entries_len()?, branch.tokens.len());
+            let (before, n) = (entries_len(branch.entries)?, branch.tokens.len());
             if n == 0 {
                 candle_core::bail!("a branch needs at least one token");
             }
@@ -760,8 +765,56 @@ impl Decoder {
             self.put_entries(branch.entries, span.from, 0)?;
         }
         let tokens: Vec<u32> = branches.iter().flat_map(|b| b.tokens).copied().collect();
-        let h = self.forward_rows(&tokens, &spans)?;
-        self.cache.len = shared;
+        self.forward_spans(&tokens, &spans, shared)
+    }
+
+    /// Continues several sequences at once, each in a region of the cache of its own: a region's
+    /// rows see only the slots from its `from` on, as if the sequence began there, so each
+    /// computes what a plain pass of its tokens would (the products with the weights over several
+    /// rows may round their last bits differently from a pass of one). The matrices are read, and
+    /// the threads woken, once for all of them. Returns the logits after each region's last
+    /// token; the cache keeps every region.
+    pub fn forward_regions(&mut self, regions: &[Region<'_>]) -> Result<Vec<Tensor>> {
+        let mut spans = Vec::with_capacity(regions.len());
+        let (mut row, mut end) = (0, self.cache.len);
+        for region in regions {
+            let (before, n) = (entries_len(region.entries)?, region.tokens.len());
+            if n == 0 {
+                candle_core::bail!("a region needs at least one token");
+            }
+            if region.len + before + n > self.config.context_length {
+                candle_core::bail!(
+                    "{} positions exceed the context of {}",
+                    region.len + before + n,
+                    self.config.context_length
+                );
+            }
+            let slot = region.from + region.len + before;
+            spans.push(Span::new(
+                &self.cos,
+                &self.sin,
+                row..row + n,
+                (0, region.from),
+                slot,
+                &self.device,
+            )?);
+            row += n;
+            end = end.max(slot + n);
+        }
+        self.cache
+            .reserve(end, self.cache.len, &self.config, &self.device)?;
+        for region in regions {
+            self.put_entries(region.entries, region.from + region.len, 0)?;
+        }
+        let tokens: Vec<u32> = regions.iter().flat_map(|r| r.tokens).copied().collect();
+        self.forward_spans(&tokens, &spans, end)
+    }
+
+    /// Runs `tokens` (the spans' rows, in order), leaves the cache's first `len` positions
+    /// counted as held, and returns the logits after each span's last row.
+    fn forward_spans(&mut self, tokens: &[u32], spans: &[Span], len: usize) -> Result<Vec<Tensor>> {
+        let h = self.forward_rows(tokens, spans)?;
+        self.cache.len = len;
         spans
             .iter()
             .map(|span| self.logits_of_row(&h, span.rows.end - 1))
@@ -810,10 +863,7 @@ impl Decoder {
                 self.cache.len
             );
         }
-        let len = match entries.first() {
-            Some((k, _)) => k.dim(1)?,
-            None => 0,
-        };
+        let len = entries_len(entries)?;
         self.cache
             .reserve(pos + len, pos, &self.config, &self.device)?;
         self.put_entries(entries, pos, shift)?;
@@ -851,13 +901,22 @@ pub struct Branch<'a> {
     pub tokens: &'a [u32],
 }
 
-impl Branch<'_> {
-    fn entries_len(&self) -> Result<usize> {
-        match self.entries.first() {
-            Some((k, _)) => k.dim(1),
-            None => Ok(0),
-        }
+/// How many positions exported cache entries hold.
+fn entries_len(entries: &[(Tensor, Tensor)]) -> Result<usize> {
+    match entries.first() {
+        Some((k, _)) => k.dim(1),
+        None => Ok(0),
     }
+}
+
+/// One sequence of `Decoder::forward_regions`: it lies in the cache from slot `from` on, `len`
+/// positions of it are there, and `entries` (keys and values exported from a sequence's first
+/// positions) then `tokens` continue it.
+pub struct Region<'a> {
+    pub from: usize,
+    pub len: usize,
+    pub entries: &'a [(Tensor, Tensor)],
+    pub tokens: &'a [u32],
 }
 
 /// The rows of a forward pass that continue one sequence in the cache: the first `shared`
@@ -900,11 +959,6 @@ impl Span {
             slot,
             mask,
         })
-    }
-
-    /// Whether the span sees the cache from its first slot on, as a plain forward pass does.
-    fn is_plain(&self) -> bool {
-        self.shared == 0 && self.from == 0
     }
 
     /// The position of the span's first row: how many keys come before it.
@@ -1010,8 +1064,8 @@ fn span_attention(
     cache.k.slice_set(&k.squeeze(0)?, 1, span.slot)?;
     cache.v.slice_set(&v.squeeze(0)?, 1, span.slot)?;
     let pos = span.position();
-    if n == 1 && span.is_plain() && q.device().is_cpu() {
-        return single_query_attention(&q, cache, pos + 1, config);
+    if n == 1 && span.shared == 0 && q.device().is_cpu() {
+        return single_query_attention(&q, cache, span.from..span.slot + 1, config);
     }
     let keys = span.visible(&cache.k)?;
     let values = span.visible(&cache.v)?;
@@ -1039,7 +1093,7 @@ fn span_attention(
         .reshape((n, n_head * d))
 }
 
-/// Attention of one position (`q`: `(1, n_head, 1, head_dim)`) over the first `len` cached ones,
+/// Attention of one position (`q`: `(1, n_head, 1, head_dim)`) over the cached ones in `slots`,
 /// as plain loops over the cache, the heads split between candle's CPU threads: for a single
 /// query row candle's matrix products spent more time packing their operands than multiplying
 /// (a tenth of SmolLM2's decoding time). Where the key/value heads split evenly between the
@@ -1048,9 +1102,10 @@ fn span_attention(
 fn single_query_attention(
     q: &Tensor,
     cache: &LayerCache,
-    len: usize,
+    slots: std::ops::Range<usize>,
     config: &Config,
 ) -> Result<Tensor> {
+    let len = slots.len();
     let (n_head, n_kv, d) = (config.n_head, config.n_kv_head, config.head_dim);
     let group = n_head / n_kv;
     let heads_together = if n_kv % candle_core::utils::get_num_threads() == 0 {
@@ -1069,7 +1124,7 @@ fn single_query_attention(
     parallel_chunks_mut(&mut out, heads_together * d, |unit, out| {
         let first_head = unit * heads_together;
         let kv = first_head / group;
-        let span = kv * capacity * d..(kv * capacity + len) * d;
+        let span = (kv * capacity + slots.start) * d..(kv * capacity + slots.end) * d;
         let queries = &q[first_head * d..(first_head + heads_together) * d];
         // `weights[h * len + j]`: head h's weight of position j.
         let mut weights = vec![0f32; heads_together * len];

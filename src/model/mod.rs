@@ -30,8 +30,8 @@ use tokenizers::Tokenizer;
 use crate::transcript::Language;
 
 pub use chat::{ChatTemplate, Message, Role};
-use decoder::Branch;
 pub use decoder::Decoder;
+use decoder::{Branch, Region};
 pub use generate::{generate, Generation, SamplingConfig, StopReason};
 use kv_store::KvStore;
 pub use resolve::{resolve, ModelSource};
@@ -527,8 +527,41 @@ impl Model {
         Ok(reused)
     }
 
+    /// [`Decoder::forward_regions`]. The cache then holds several sequences, none of which a
+    /// later prompt may take for its own beginning.
+    pub(crate) fn forward_regions(
+        &mut self,
+        regions: &[Region<'_>],
+    ) -> Result<Vec<Tensor>, ModelError> {
+        self.forget_context();
+        Ok(self.decoder.forward_regions(regions)?)
+    }
+
+    /// Copies of the keys and values of the cache's positions `start..start + len`.
+    pub(crate) fn exported(
+        &self,
+        start: usize,
+        len: usize,
+    ) -> Result<Vec<(Tensor, Tensor)>, ModelError> {
+        Ok(self.decoder.cache().export(start, len)?)
+    }
+
+    /// Empties the cache and gives back its memory: regions side by side take far more than one
+    /// sequence needs.
+    pub(crate) fn release_cache(&mut self) {
+        self.forget_context();
+        self.decoder.release_cache();
+    }
+
+    /// Marks the cache as holding nothing a prompt may reuse.
+    fn forget_context(&mut self) {
+        self.cached.clear();
+        self.exact = 0;
+        self.pieces_head = 0;
+    }
+
     /// Where the second turn of a chat prompt starts, when the prompt goes on after it.
-    fn system_turn_end(&self, prompt: &[u32]) -> Option<usize> {
+    pub(crate) fn system_turn_end(&self, prompt: &[u32]) -> Option<usize> {
         let start = self.turn_start?;
         let second = prompt
             .iter()
