@@ -433,6 +433,14 @@ pub fn generate_side_by_side(
     width: usize,
     on_reply: &mut dyn FnMut(),
 ) -> Result<Vec<String>, ModelError> {
+    if max_new_tokens.len() != prompts.len() {
+        return Err(candle_core::Error::Msg(format!(
+            "{} token limits for {} prompts",
+            max_new_tokens.len(),
+            prompts.len()
+        ))
+        .into());
+    }
     let plain = config.temperature <= 0.0
         && config.stop_sequences.is_empty()
         && config.max_self_repeat.is_none();
@@ -469,7 +477,9 @@ struct SideBySide<'a> {
     max_new_tokens: &'a [usize],
     config: &'a SamplingConfig,
     sampler: LogitsProcessor,
-    /// The shared system turn's keys and values, put at the start of each lane's region.
+    /// The shared system turn's length, and its keys and values, put at the start of each
+    /// lane's region.
+    shared: usize,
     system: Vec<(Tensor, Tensor)>,
     /// Cache positions per lane: the longest prompt with its longest reply.
     region: usize,
@@ -513,6 +523,7 @@ impl<'a> SideBySide<'a> {
             max_new_tokens,
             config,
             sampler: config.logits_processor(),
+            shared,
             system,
             region,
             replies: vec![String::new(); prompts.len()],
@@ -566,11 +577,10 @@ impl<'a> SideBySide<'a> {
     /// Runs prompt `prompt` into the region at `from` and samples its first token.
     fn start(&mut self, prompt: usize, from: usize) -> Result<Lane, ModelError> {
         let tokens = &self.prompts[prompt];
-        let shared = self.system.first().map_or(Ok(0), |(k, _)| k.dim(1))?;
         // In the chunks a plain prefill cuts the part after the system turn into.
-        let mut len = shared;
+        let mut len = self.shared;
         let mut logits = Vec::new();
-        for (i, chunk) in tokens[shared..].chunks(PREFILL_CHUNK).enumerate() {
+        for (i, chunk) in tokens[self.shared..].chunks(PREFILL_CHUNK).enumerate() {
             let (entries, before) = match i {
                 0 => (self.system.as_slice(), 0),
                 _ => (&[][..], len),
