@@ -466,7 +466,8 @@ pub fn generate_side_by_side(
             })
             .collect();
     };
-    SideBySide::new(model, prompts, max_new_tokens, config, shared)?.run(width, on_reply)
+    let (side_by_side, first) = SideBySide::new(model, prompts, max_new_tokens, config, shared)?;
+    side_by_side.run(first, width, on_reply)
 }
 
 /// The state of [`generate_side_by_side`]: each lane is a region of the cache that one reply
@@ -503,7 +504,7 @@ impl<'a> SideBySide<'a> {
         max_new_tokens: &'a [usize],
         config: &'a SamplingConfig,
         shared: usize,
-    ) -> Result<Self, ModelError> {
+    ) -> Result<(Self, Lane), ModelError> {
         let mut region = 0;
         for (prompt, &max) in prompts.iter().zip(max_new_tokens) {
             let config = SamplingConfig {
@@ -513,11 +514,12 @@ impl<'a> SideBySide<'a> {
             check_context(model, prompt.len(), &config)?;
             region = region.max(prompt.len() + max);
         }
-        // The system turn as a plain prefill computes and keeps it (the same bits). `shared` was
-        // found in the first prompt, so there is one.
-        model.prefill(&prompts[0])?;
+        // The first prompt goes through a plain prefill, which computes and keeps its system turn
+        // (the same bits as a lane's own prompt), and it becomes the first lane, at the start of
+        // the cache. `shared` was found in the first prompt, so there is one.
+        let (logits, _) = model.prefill(&prompts[0])?;
         let system = model.exported(0, shared)?;
-        Ok(Self {
+        let mut side_by_side = Self {
             model,
             prompts,
             max_new_tokens,
@@ -527,13 +529,27 @@ impl<'a> SideBySide<'a> {
             system,
             region,
             replies: vec![String::new(); prompts.len()],
-        })
+        };
+        let first = Lane {
+            prompt: 0,
+            from: 0,
+            len: prompts[0].len(),
+            generated: Vec::new(),
+            next: side_by_side.sample(&logits, &[])?,
+        };
+        Ok((side_by_side, first))
     }
 
-    fn run(mut self, width: usize, on_reply: &mut dyn FnMut()) -> Result<Vec<String>, ModelError> {
-        let mut waiting = 0..self.prompts.len();
+    fn run(
+        mut self,
+        first: Lane,
+        width: usize,
+        on_reply: &mut dyn FnMut(),
+    ) -> Result<Vec<String>, ModelError> {
+        let mut waiting = 1..self.prompts.len();
         let mut lanes: Vec<Lane> = Vec::with_capacity(width);
-        for (slot, prompt) in (0..width).zip(waiting.by_ref()) {
+        lanes.push(first);
+        for (slot, prompt) in (1..width).zip(waiting.by_ref()) {
             lanes.push(self.start(prompt, slot * self.region)?);
         }
         loop {
