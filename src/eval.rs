@@ -455,6 +455,7 @@ mod tests {
         let turn = |id: &str| crate::transcript::Turn {
             id: id.into(),
             speaker: "Sam Altman".into(),
+            start: None,
             text: if id == "T12" {
                 "智能体可以完成长期任务。"
             } else {

@@ -140,6 +140,34 @@ fn search_prints_ranked_turns_as_json() {
     assert!(first["turn"]["text"].as_str().unwrap().contains("代理"));
 }
 
+#[test]
+fn search_reads_a_subtitle_file_and_shows_where_each_turn_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("talk.vtt");
+    std::fs::write(
+        &path,
+        "WEBVTT\n\n00:00:01.000 --> 00:00:04.000\n<v Harry Stebbings>What about pricing?\n\n\
+         00:01:04.500 --> 00:01:09.000\n<v Sam Altman>Pricing will follow\n\n\
+         00:01:09.000 --> 00:01:12.000\n<v Sam Altman>the cost of compute.\n",
+    )
+    .unwrap();
+    let out = tqa(&[
+        "search",
+        "compute",
+        "--lexical",
+        "--transcript",
+        path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("[T2] Sam Altman · 01:04 · score")
+            && shown.contains("Pricing will follow the cost of compute.")
+            && shown.contains("[T1] Harry Stebbings · 00:01 · pairs with T2"),
+        "{shown}"
+    );
+}
+
 /// `tqa ask` on a tiny model of random weights over a small transcript, 6 tokens at most.
 fn ask_tiny_model(extra: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();

@@ -967,6 +967,7 @@ mod tests {
                 id: id.into(),
                 speaker: speaker.into(),
                 text: text.into(),
+                start: None,
             },
             score: 1.0,
             passages: Vec::new(),

@@ -70,7 +70,7 @@ pub fn print_sources(answer: &Answer) {
     }
     for turn in &answer.citations {
         let text = answer::truncate_chars(&turn.text.replace('\n', " "), SOURCE_CHARS);
-        println!("  [{}] {}: {}", turn.id, turn.speaker, text);
+        println!("  {}: {}", turn.heading(), text);
     }
     if !answer.invalid_citations.is_empty() {
         println!(

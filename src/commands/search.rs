@@ -33,10 +33,7 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
             Some(id) => format!("pairs with {id}"),
             None => format!("score {:.4}", hit.score),
         };
-        println!(
-            "[{}] {} · {how}\n{}",
-            hit.turn.id, hit.turn.speaker, hit.turn.text
-        );
+        println!("{} · {how}\n{}", hit.turn.heading(), hit.turn.text);
         // In a turn of several passages, point at the one the question is closest to.
         if hit.passages.len() > 1 {
             println!("» closest passage: {}", hit.passages[0].text);

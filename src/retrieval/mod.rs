@@ -516,7 +516,7 @@ fn with_neighbours(scores: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// The host is the speaker whose turns most often ask questions; each host turn pairs with the
+/// The host is the speaker whose turns most often ask questions, of two or more; each host turn pairs with the
 /// guest turn after it, and each guest turn with the host turn before it.
 fn pair_turns(turns: &[Turn], host: Option<&str>) -> Vec<Option<usize>> {
     (0..turns.len())
@@ -543,6 +543,10 @@ fn host_speaker(turns: &[Turn]) -> Option<&str> {
             }
             None => stats.push((&t.speaker, asks, 1)),
         }
+    }
+    // A talk or a caption file that names nobody has no one who asks the others.
+    if stats.len() < 2 {
+        return None;
     }
     let share = |&(_, asks, n): &(&str, usize, usize)| asks as f32 / n as f32;
     stats
@@ -583,6 +587,15 @@ mod tests {
         assert_eq!(ids, ["T4", "T3"]);
         assert_eq!(hits[1].partner_of.as_deref(), Some("T4"));
         assert_eq!(index.host(), Some("Host"));
+    }
+
+    #[test]
+    fn a_talk_by_one_speaker_has_no_host_and_no_pairs() {
+        let t = transcript("Sam: Why agents? Because they work.\n\nSam: What next? Compute.");
+        let index = Index::build(&t);
+        assert_eq!(index.host(), None);
+        let hits = index.search(&["compute"], 1).unwrap();
+        assert_eq!(hits.len(), 1);
     }
 
     #[test]

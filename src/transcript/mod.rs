@@ -1,15 +1,24 @@
 //! Transcript files → ordered speaker turns.
 //!
-//! Two formats are understood:
+//! Three kinds of file are understood:
 //! - an article whose interview body marks each turn with a bold label, `**Name：**` (the shipped
 //!   WeChat transcript); everything before the first label (title, summary) and after a heading or
 //!   a reference line (footer, list of other articles) is not part of any turn;
-//! - the plainest format, one `Speaker: text` per paragraph (ASCII or full-width colon).
+//! - subtitle files, WebVTT and SubRip ([`cues`]);
+//! - the plainest format, one `Speaker: text` per paragraph (ASCII or full-width colon), where
+//!   the label may carry the time the turn starts (`[00:12:34] Sam:`, `Sam (12:34):`), or a line
+//!   `Sam Altman  12:34` over the paragraph (as Otter and Zoom export them).
+
+mod cues;
+mod timestamp;
 
 use std::path::{Path, PathBuf};
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
+
+pub use cues::UNNAMED_SPEAKER;
+pub use timestamp::Timestamp;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TranscriptError {
@@ -22,7 +31,7 @@ pub enum TranscriptError {
     NotUtf8 { path: PathBuf, offset: usize },
     #[error("transcript {path} is empty; give a file with turns like `Speaker: text`, one per paragraph")]
     Empty { path: PathBuf },
-    #[error("transcript {path} has no speaker turns; write each turn as `Speaker: text` (one per paragraph) or `**Speaker：** text`")]
+    #[error("transcript {path} has no speaker turns; write each turn as `Speaker: text` (one per paragraph) or `**Speaker：** text`, or give a WebVTT or SubRip subtitle file")]
     NoTurns { path: PathBuf },
 }
 
@@ -37,6 +46,20 @@ pub struct Turn {
     pub id: String,
     pub speaker: String,
     pub text: String,
+    /// Where the turn starts in the recording, when the file says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<Timestamp>,
+}
+
+impl Turn {
+    /// `[T12] Sam Altman`, with `· 12:34` where the turn's start is known: how a turn is named
+    /// above its text, so that it can be found in the recording too.
+    pub fn heading(&self) -> String {
+        match self.start {
+            Some(start) => format!("[{}] {} · {start}", self.id, self.speaker),
+            None => format!("[{}] {}", self.id, self.speaker),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -65,19 +88,22 @@ impl Transcript {
                 path: source.to_path_buf(),
             });
         }
-        let raw = if bold_label_regex().is_match(text) {
+        let raw = if cues::is_cue_file(text) {
+            cues::parse(text)
+        } else if bold_label_regex().is_match(text) {
             parse_bold_labelled(text)
         } else {
             parse_plain(text)
         };
         let turns: Vec<Turn> = raw
             .into_iter()
-            .filter(|(_, text)| !text.is_empty())
+            .filter(|raw| !raw.text.is_empty())
             .enumerate()
-            .map(|(i, (speaker, text))| Turn {
+            .map(|(i, raw)| Turn {
                 id: format!("T{}", i + 1),
-                speaker,
-                text,
+                speaker: raw.speaker,
+                text: raw.text,
+                start: raw.start,
             })
             .collect();
         if turns.is_empty() {
@@ -154,16 +180,43 @@ fn bold_label_regex() -> Regex {
     Regex::new(r"(?m)^\*\*([^*\n]{1,40}?)\s*[:：]\s*\*\*\s*(.*)$").expect("static regex")
 }
 
+/// `Name: text`; the name may have the turn's start before it (`[00:12:34] Name:`, `12:34 Name:`)
+/// or after it (`Name (12:34):`, `Name 12:34:`), and the text may begin on the next line.
 fn plain_label_regex() -> Regex {
-    Regex::new(r"^([^:：\n]{1,40}?)\s*[:：]\s*(.+)$").expect("static regex")
+    let time = timestamp::PATTERN;
+    Regex::new(&format!(
+        r"^(?:[\[(]?({time})[\])]?\s+)?([^:：\n]{{1,40}}?)(?:\s*[\[(]({time})[\])]|\s+({time}))?\s*[:：]\s*(.*)$"
+    ))
+    .expect("static regex")
+}
+
+/// `Sam Altman  12:34` alone on a line: the speaker and start of the paragraph under it.
+fn heading_label_regex() -> Regex {
+    Regex::new(&format!(r"^([^:：]{{1,40}}?)\s+({})$", timestamp::PATTERN)).expect("static regex")
+}
+
+/// A speaker label names someone: it has a letter, and it is not a time or a number ("00" of
+/// `00:12:34`, "Note 1").
+fn is_name(label: &str) -> bool {
+    label.chars().any(char::is_alphabetic)
+        && !label.trim().starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// A turn as a format's parser finds it, before it is numbered.
+struct RawTurn {
+    speaker: String,
+    text: String,
+    start: Option<Timestamp>,
 }
 
 /// Accumulates the paragraphs of one turn, re-joining hard-wrapped lines.
 #[derive(Default)]
 struct TurnBuilder {
     speaker: String,
+    start: Option<Timestamp>,
     paragraphs: Vec<String>,
     current: String,
+    last_line: String,
 }
 
 impl TurnBuilder {
@@ -172,6 +225,15 @@ impl TurnBuilder {
             speaker: speaker.trim().to_string(),
             ..Self::default()
         }
+    }
+
+    fn starting_at(mut self, start: Option<Timestamp>) -> Self {
+        self.start = start;
+        self
+    }
+
+    fn speaker(&self) -> &str {
+        &self.speaker
     }
 
     fn push_line(&mut self, line: &str) {
@@ -183,6 +245,22 @@ impl TurnBuilder {
             self.current.push(' ');
         }
         self.current.push_str(&line);
+        self.last_line = line;
+    }
+
+    fn ends_with_line(&self, line: &str) -> bool {
+        !line.is_empty() && self.last_line == clean_inline(line)
+    }
+
+    fn chars(&self) -> usize {
+        let paragraphs: usize = self.paragraphs.iter().map(|p| p.chars().count()).sum();
+        paragraphs + self.current.chars().count()
+    }
+
+    fn ends_sentence(&self) -> bool {
+        self.current
+            .trim_end_matches(['"', '\'', '”', '’', ')', '）'])
+            .ends_with(['.', '?', '!', '。', '？', '！', '…'])
     }
 
     fn end_paragraph(&mut self) {
@@ -191,9 +269,13 @@ impl TurnBuilder {
         }
     }
 
-    fn finish(mut self) -> (String, String) {
+    fn finish(mut self) -> RawTurn {
         self.end_paragraph();
-        (self.speaker, self.paragraphs.join("\n"))
+        RawTurn {
+            speaker: self.speaker,
+            text: self.paragraphs.join("\n"),
+            start: self.start,
+        }
     }
 }
 
@@ -227,7 +309,7 @@ fn ends_body(line: &str) -> bool {
     is_heading || is_rule || is_italic_note
 }
 
-fn parse_bold_labelled(text: &str) -> Vec<(String, String)> {
+fn parse_bold_labelled(text: &str) -> Vec<RawTurn> {
     let label = bold_label_regex();
     let mut turns = Vec::new();
     let mut current: Option<TurnBuilder> = None;
@@ -252,22 +334,24 @@ fn parse_bold_labelled(text: &str) -> Vec<(String, String)> {
     turns
 }
 
-fn parse_plain(text: &str) -> Vec<(String, String)> {
+fn parse_plain(text: &str) -> Vec<RawTurn> {
     let label = plain_label_regex();
+    let heading = heading_label_regex();
     let mut turns = Vec::new();
     let mut current: Option<TurnBuilder> = None;
     for paragraph in paragraphs(text) {
         let mut lines = paragraph.iter();
         let Some(first) = lines.next() else { continue };
-        match label.captures(first) {
-            Some(caps) if !caps[1].contains("://") => {
+        let heading = (paragraph.len() > 1).then_some(&heading);
+        match plain_label(first, &label, heading) {
+            Some((speaker, start, text)) => {
                 turns.extend(current.take().map(TurnBuilder::finish));
-                let mut builder = TurnBuilder::new(&caps[1]);
-                builder.push_line(&caps[2]);
+                let mut builder = TurnBuilder::new(speaker).starting_at(start);
+                builder.push_line(text);
                 current = Some(builder);
             }
             // An unlabelled paragraph continues the turn before it.
-            _ => {
+            None => {
                 if let Some(builder) = current.as_mut() {
                     builder.end_paragraph();
                     builder.push_line(first);
@@ -282,6 +366,30 @@ fn parse_plain(text: &str) -> Vec<(String, String)> {
     }
     turns.extend(current.map(TurnBuilder::finish));
     turns
+}
+
+/// The speaker, start and first text of a paragraph's first line, when it is labelled; a
+/// `heading` label is looked for only where text follows it.
+fn plain_label<'l>(
+    line: &'l str,
+    label: &Regex,
+    heading: Option<&Regex>,
+) -> Option<(&'l str, Option<Timestamp>, &'l str)> {
+    if let Some(caps) = heading.and_then(|heading| heading.captures(line)) {
+        let (speaker, start) = (caps.get(1)?.as_str(), caps.get(2)?.as_str());
+        if is_name(speaker) {
+            return Some((speaker, Timestamp::parse(start), ""));
+        }
+    }
+    let caps = label.captures(line)?;
+    let speaker = caps.get(2)?.as_str();
+    let start = [1, 3, 4]
+        .into_iter()
+        .find_map(|i| caps.get(i))
+        .and_then(|m| Timestamp::parse(m.as_str()));
+    let text = caps.get(5).map_or("", |m| m.as_str());
+    // `https://…` is a link, not a speaker.
+    (is_name(speaker) && !text.starts_with("//")).then_some((speaker, start, text))
 }
 
 fn paragraphs(text: &str) -> Vec<Vec<&str>> {
@@ -332,6 +440,65 @@ mod tests {
         assert_eq!(speakers, ["Alice", "Bob"]);
         assert_eq!(t.turns[1].text, "你好\nmore from Bob");
         assert_eq!(t.turns[1].id, "T2");
+    }
+
+    fn speakers_and_starts(t: &Transcript) -> Vec<(&str, String)> {
+        t.turns
+            .iter()
+            .map(|t| {
+                (
+                    t.speaker.as_str(),
+                    t.start.map(|s| s.to_string()).unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn labels_may_carry_the_time_a_turn_starts() {
+        let t = parse(
+            "[00:00:05] Harry: Welcome.\n\nSam Altman (01:02:03): Thanks.\n\n\
+             12:34 Harry: It is 10:30 here.\n\nSam 12:40: Mine too.\n",
+        )
+        .unwrap();
+        assert_eq!(
+            speakers_and_starts(&t),
+            [
+                ("Harry", "00:05".to_string()),
+                ("Sam Altman", "1:02:03".to_string()),
+                ("Harry", "12:34".to_string()),
+                ("Sam", "12:40".to_string())
+            ]
+        );
+        assert_eq!(t.turns[2].text, "It is 10:30 here.");
+    }
+
+    #[test]
+    fn a_name_and_time_over_a_paragraph_label_it() {
+        let t = parse(
+            "Sam Altman  0:03\nAgents will do real work.\n\nHarry Stebbings  0:15\nWhen?\n\nDescript Person (00:00:20):\nSoon.\n",
+        )
+        .unwrap();
+        assert_eq!(
+            speakers_and_starts(&t),
+            [
+                ("Sam Altman", "00:03".to_string()),
+                ("Harry Stebbings", "00:15".to_string()),
+                ("Descript Person", "00:20".to_string())
+            ]
+        );
+        assert_eq!(t.turns[0].text, "Agents will do real work.");
+    }
+
+    #[test]
+    fn times_and_links_are_not_speakers() {
+        let t = parse(
+            "Alice: see https://example.com at 10:30\n\nhttps://example.com/a\n\n00:01: hello\n",
+        )
+        .unwrap();
+        assert_eq!(t.turns.len(), 1);
+        assert_eq!(t.turns[0].speaker, "Alice");
+        assert!(t.turns[0].start.is_none());
     }
 
     #[test]
