@@ -554,18 +554,18 @@ fn replies_side_by_side_are_the_replies_generated_alone() {
         })
         .collect();
     assert!(alone.iter().any(|reply| reply.chars().count() > 6));
-    let mut done = 0;
+    let mut done = vec![String::new(); prompts.len()];
     let side_by_side = tqa::model::generate::generate_side_by_side(
         &mut model,
         &prompts,
         &limits,
         &config,
         2,
-        &mut || done += 1,
+        &mut |i, reply| done[i] = reply.to_string(),
     )
     .unwrap();
     assert_eq!(side_by_side, alone);
-    assert_eq!(done, prompts.len());
+    assert_eq!(done, alone, "each reply is handed over as it is done");
     // The cache is left for plain prompts again.
     let again = SamplingConfig {
         max_new_tokens: limits[0],

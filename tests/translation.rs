@@ -1,5 +1,6 @@
-//! The transcript's turns translated by the model, and the questions they answer: once, then
-//! read back from the cache; a damaged cache file is written again, not trusted.
+//! The transcript's turns translated by the model, and the questions they answer: each piece
+//! once, then read back from the cache; a run stopped part way, an edited turn or a damaged cache
+//! costs only the pieces they touch.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -59,13 +60,38 @@ fn a_translation_is_computed_once_and_a_damaged_cache_is_not_trusted() {
     let (again, pieces) = translate(&mut model, &transcript, &cache);
     assert_eq!((again, pieces), (first.clone(), 0), "read from the cache");
 
-    std::fs::write(&files[0], b"{\"language\":\"zh\",\"texts\":[\"cut").expect("damage");
+    std::fs::write(&files[0], b"{\"piece\":\"cut").expect("damage");
     let (rebuilt, pieces) = translate(&mut model, &transcript, &cache);
     assert_eq!(
         (rebuilt, pieces),
         (first, 2),
         "translated again, the same way"
     );
+}
+
+#[test]
+fn a_run_stopped_part_way_or_an_edited_turn_costs_only_the_pieces_not_written() {
+    let (_dir, mut model, transcript, cache) = setup();
+    let (first, _) = translate(&mut model, &transcript, &cache);
+    let file = std::fs::read_dir(&cache)
+        .expect("cache folder")
+        .next()
+        .expect("a cache file")
+        .expect("entry")
+        .path();
+
+    // Stopped while writing the second piece: its line is cut short.
+    let log = std::fs::read_to_string(&file).expect("cache");
+    let cut = log.trim_end().rfind('\n').expect("two lines") + 10;
+    std::fs::write(&file, &log[..cut]).expect("cut");
+    let (resumed, pieces) = translate(&mut model, &transcript, &cache);
+    assert_eq!((resumed, pieces), (first.clone(), 1));
+
+    let mut edited = transcript.clone();
+    edited.turns[0].text = "Agents? And pricing?".into();
+    let (texts, pieces) = translate(&mut model, &edited, &cache);
+    assert_eq!(pieces, 1, "the edited turn only");
+    assert_eq!(texts[1], first[1]);
 }
 
 #[test]

@@ -45,11 +45,6 @@ pub enum AnswerError {
     Model(#[from] ModelError),
     #[error("retrieval failed: {0}")]
     Retrieval(#[from] DenseError),
-    #[error("cannot write the translation cache {path}: {source}. Set TQA_CACHE_DIR to a writable folder")]
-    CacheWrite {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
 }
 
 /// Longest stretch of one turn put into the prompt. Prefill time grows with every token, and the

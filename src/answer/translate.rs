@@ -6,12 +6,16 @@
 //! The same machinery writes the questions each turn answers (`questions_for_turns`), another
 //! view of the turns that retrieval matches questions against.
 //!
-//! Either costs minutes of generation, so it is done once per transcript, model and prompt, and
-//! kept in the cache folder.
+//! Either costs minutes of generation, so each piece is rewritten once per model and prompt and
+//! kept in the cache folder as soon as it is written: a run stopped part way loses nothing, and
+//! a transcript edited in one turn is rewritten in that turn only.
 
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::{instructed_prompt, language_name, AnswerError, Prompts};
 use crate::model::generate::generate_side_by_side;
@@ -29,15 +33,18 @@ const PIECE_CHARS: usize = 320;
 /// for the default model while the rewriting runs.
 const SIDE_BY_SIDE: usize = 8;
 
+/// One line of a cache of rewritten pieces.
 #[derive(Serialize, Deserialize)]
-struct CachedTranslation {
-    language: Language,
-    texts: Vec<String>,
+struct RewrittenPiece {
+    /// `piece_key` of the piece's text.
+    piece: String,
+    text: String,
 }
 
-/// `turns` with their texts in `to`, read from `cache_dir` when an earlier run translated the
-/// same turns with the same model and prompt. `on_progress(done, total)` is called before the
-/// first piece is translated (`done` = 0: the slow path runs, tell the user) and after each one.
+/// `turns` with their texts in `to`, each piece read from `cache_dir` when an earlier run
+/// translated it with the same model and prompt. `on_progress(done, total)` is called before the
+/// first piece is translated (`done` = 0: the slow path runs, tell the user) and after each one;
+/// `total` counts the pieces not in the cache.
 pub fn translate_turns(
     model: &mut Model,
     prompts: &Prompts,
@@ -87,8 +94,8 @@ pub fn questions_for_turns(
 }
 
 /// Each turn's pieces rewritten by the model as `instruction` says, into `to`, joined again per
-/// turn; read from `cache_dir` when an earlier run did the same with the same model. `kind` names
-/// the cache file and the warning about a damaged one.
+/// turn; pieces an earlier run rewrote the same way are read from `cache_dir`. `kind` names the
+/// cache file and the warning about a damaged one.
 fn rewrite_turns(
     model: &mut Model,
     kind: &str,
@@ -98,26 +105,56 @@ fn rewrite_turns(
     cache_dir: Option<&Path>,
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Turn>, AnswerError> {
-    let path = cache_dir.map(|dir| dir.join(cache_name(model, kind, instruction, turns)));
-    if let Some(texts) = path
-        .as_deref()
-        .and_then(|p| read_cache(p, kind, to, turns.len()))
-    {
-        return Ok(with_texts(turns, texts));
-    }
     let pieces: Vec<Vec<String>> = turns
         .iter()
         .map(|t| split_passages(&t.text, PIECE_CHARS))
         .collect();
-    let all: Vec<&String> = pieces.iter().flatten().collect();
-    let prompts = all
+    let log = cache_dir.map(|dir| dir.join(cache_name(model, kind, instruction, to)));
+    let mut rewritten = log
+        .as_deref()
+        .map(|p| read_log(p, kind))
+        .unwrap_or_default();
+    // A piece said twice ("是的。") is rewritten once.
+    let mut seen = HashSet::new();
+    let missing: Vec<&String> = pieces
+        .iter()
+        .flatten()
+        .filter(|piece| !rewritten.contains_key(&piece_key(piece)) && seen.insert(*piece))
+        .collect();
+    if !missing.is_empty() {
+        let replies = rewrite_pieces(model, instruction, &missing, log.as_deref(), on_progress)?;
+        rewritten.extend(missing.iter().map(|piece| piece_key(piece)).zip(replies));
+    }
+    let texts: Vec<String> = pieces
+        .iter()
+        .map(|turn_pieces| {
+            let texts: Vec<&str> = turn_pieces
+                .iter()
+                .filter_map(|piece| rewritten.get(&piece_key(piece)).map(String::as_str))
+                .collect();
+            texts.join(" ")
+        })
+        .collect();
+    Ok(with_texts(turns, texts))
+}
+
+/// Rewrites `pieces`, in order, side by side, appending each to the `log` as it is done.
+fn rewrite_pieces(
+    model: &mut Model,
+    instruction: &str,
+    pieces: &[&String],
+    log: Option<&Path>,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<String>, AnswerError> {
+    let prompts = pieces
         .iter()
         .map(|piece| instructed_prompt(model, instruction, piece))
         .collect::<Result<Vec<_>, _>>()?;
     // An English rendering of Chinese takes about one token per character; the margin is for
     // the languages that take more.
-    let limits: Vec<usize> = all.iter().map(|p| 2 * p.chars().count() + 32).collect();
-    let total = all.len();
+    let limits: Vec<usize> = pieces.iter().map(|p| 2 * p.chars().count() + 32).collect();
+    let mut log = log.map(Log::open);
+    let total = pieces.len();
     let mut done = 0;
     on_progress(done, total);
     let replies = generate_side_by_side(
@@ -126,23 +163,23 @@ fn rewrite_turns(
         &limits,
         &SamplingConfig::default(),
         SIDE_BY_SIDE,
-        &mut || {
+        &mut |i, reply| {
+            if let Some(log) = log.as_mut() {
+                log.append(&piece_key(pieces[i]), reply.trim());
+            }
             done += 1;
             on_progress(done, total);
         },
     )?;
-    let mut replies = replies.into_iter().map(|reply| reply.trim().to_string());
-    let texts: Vec<String> = pieces
-        .iter()
-        .map(|turn_pieces| {
-            let rewritten: Vec<String> = replies.by_ref().take(turn_pieces.len()).collect();
-            rewritten.join(" ")
-        })
-        .collect();
-    if let Some(path) = &path {
-        write_cache(path, to, &texts)?;
-    }
-    Ok(with_texts(turns, texts))
+    Ok(replies
+        .into_iter()
+        .map(|reply| reply.trim().to_string())
+        .collect())
+}
+
+/// Names a piece in the cache by its text.
+fn piece_key(piece: &str) -> String {
+    crate::cache::short_hex(&Sha256::digest(piece.as_bytes()))
 }
 
 fn with_texts(turns: &[Turn], texts: Vec<String>) -> Vec<Turn> {
@@ -158,7 +195,8 @@ fn with_texts(turns: &[Turn], texts: Vec<String>) -> Vec<Turn> {
 
 /// The model is named by its file's name and size: the same weights fetched into another folder
 /// translate the same way, and hashing a gigabyte would cost more than reading the cache saves.
-fn cache_name(model: &Model, kind: &str, instruction: &str, turns: &[Turn]) -> String {
+/// What decides the last bits of its replies (code, device, kernels) names the file too.
+fn cache_name(model: &Model, kind: &str, instruction: &str, to: Language) -> String {
     let file = model
         .info
         .path
@@ -166,43 +204,109 @@ fn cache_name(model: &Model, kind: &str, instruction: &str, turns: &[Turn]) -> S
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let model_id = format!("{file}|{}", model.info.file_bytes);
+    let computation = model.computation();
     let pieces = PIECE_CHARS.to_le_bytes();
+    let language = language_name(to);
     // Replies generated side by side may differ from those generated alone at near ties.
-    let mut parts: Vec<&[u8]> = vec![
+    let parts: [&[u8]; 6] = [
         model_id.as_bytes(),
+        &computation,
         instruction.as_bytes(),
         &pieces,
+        language.as_bytes(),
         b"side by side",
     ];
-    parts.extend(turns.iter().map(|t| t.text.as_bytes()));
-    crate::cache::content_name(kind, &parts).replace(".bin", ".json")
+    crate::cache::content_name(kind, &parts).replace(".bin", ".jsonl")
 }
 
-fn read_cache(path: &Path, kind: &str, to: Language, turn_count: usize) -> Option<Vec<String>> {
-    let bytes = std::fs::read(path).ok()?;
-    match serde_json::from_slice::<CachedTranslation>(&bytes) {
-        Ok(cached) if cached.language == to && cached.texts.len() == turn_count => {
-            Some(cached.texts)
-        }
-        _ => {
-            eprintln!(
-                "warning: {kind} cache {} is damaged; writing it again",
-                path.display()
-            );
-            None
+/// The pieces a log holds, by key. A line that does not read (the last one, cut short when a run
+/// was stopped while writing it) is skipped with a warning: its piece is rewritten.
+fn read_log(path: &Path, kind: &str) -> HashMap<String, String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return HashMap::new();
+    };
+    let mut pieces = HashMap::new();
+    let mut damaged = 0;
+    for line in text.lines().filter(|line| !line.trim().is_empty()) {
+        match serde_json::from_str::<RewrittenPiece>(line) {
+            Ok(piece) => {
+                pieces.insert(piece.piece, piece.text);
+            }
+            Err(_) => damaged += 1,
         }
     }
+    if damaged > 0 {
+        eprintln!(
+            "warning: {damaged} damaged line(s) in the {kind} cache {}; their pieces are written again",
+            path.display()
+        );
+    }
+    pieces
 }
 
-fn write_cache(path: &Path, language: Language, texts: &[String]) -> Result<(), AnswerError> {
-    let cached = CachedTranslation {
-        language,
-        texts: texts.to_vec(),
-    };
-    let json = serde_json::to_vec(&cached).map_err(std::io::Error::other);
-    json.and_then(|bytes| crate::cache::write_bytes(path, &bytes))
-        .map_err(|source| AnswerError::CacheWrite {
+/// A cache of rewritten pieces, one JSON object per line, appended to as each piece is done.
+struct Log {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    /// Until the first line is appended: the file may end in a line cut short, which the next
+    /// one must not be joined to.
+    fresh: bool,
+}
+
+impl Log {
+    fn open(path: &Path) -> Self {
+        let file = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+            });
+        let mut log = Self {
             path: path.to_path_buf(),
-            source,
-        })
+            file: None,
+            fresh: true,
+        };
+        match file {
+            Ok(file) => log.file = Some(file),
+            Err(e) => log.give_up(&e),
+        }
+        log
+    }
+
+    /// A line goes out in one write, so that a run stopped part way leaves whole lines and at
+    /// most one cut short, and runs writing the same log at once do not interleave theirs.
+    fn append(&mut self, piece: &str, text: &str) {
+        let Some(file) = self.file.as_mut() else {
+            return;
+        };
+        let entry = RewrittenPiece {
+            piece: piece.to_string(),
+            text: text.to_string(),
+        };
+        let start = if std::mem::take(&mut self.fresh) {
+            "\n"
+        } else {
+            ""
+        };
+        let written = serde_json::to_string(&entry)
+            .map_err(std::io::Error::other)
+            .and_then(|line| file.write_all(format!("{start}{line}\n").as_bytes()));
+        if let Err(e) = written {
+            self.give_up(&e);
+        }
+    }
+
+    /// The rewriting goes on without a cache: losing minutes of work at the end for want of a
+    /// cache would be worse.
+    fn give_up(&mut self, error: &std::io::Error) {
+        eprintln!(
+            "warning: cannot write the cache {}: {error}; the next run rewrites these pieces \
+             again (TQA_CACHE_DIR sets another cache folder)",
+            self.path.display()
+        );
+        self.file = None;
+    }
 }

@@ -423,15 +423,15 @@ pub fn continue_generation(
 /// is the one [`generate`] gives, up to the last bits of products over several rows: where the
 /// model's two best tokens nearly tie it may take the other. Where that does not hold (sampling,
 /// stop sequences, cut copies, prompts without a shared system turn) the replies are generated
-/// one after another. Reply `i` has at most `max_new_tokens[i]` tokens; `on_reply` is called as
-/// each is done.
+/// one after another. Reply `i` has at most `max_new_tokens[i]` tokens; `on_reply(i, reply)` is
+/// called as each is done, in the order they finish.
 pub fn generate_side_by_side(
     model: &mut Model,
     prompts: &[Vec<u32>],
     max_new_tokens: &[usize],
     config: &SamplingConfig,
     width: usize,
-    on_reply: &mut dyn FnMut(),
+    on_reply: &mut dyn FnMut(usize, &str),
 ) -> Result<Vec<String>, ModelError> {
     if max_new_tokens.len() != prompts.len() {
         return Err(candle_core::Error::Msg(format!(
@@ -455,13 +455,14 @@ pub fn generate_side_by_side(
         return prompts
             .iter()
             .zip(max_new_tokens)
-            .map(|(prompt, &max)| {
+            .enumerate()
+            .map(|(i, (prompt, &max))| {
                 let config = SamplingConfig {
                     max_new_tokens: max,
                     ..config.clone()
                 };
                 let text = generate(model, prompt, &config, &mut |_| {})?.text;
-                on_reply();
+                on_reply(i, &text);
                 Ok(text)
             })
             .collect();
@@ -544,7 +545,7 @@ impl<'a> SideBySide<'a> {
         mut self,
         first: Lane,
         width: usize,
-        on_reply: &mut dyn FnMut(),
+        on_reply: &mut dyn FnMut(usize, &str),
     ) -> Result<Vec<String>, ModelError> {
         let mut waiting = 1..self.prompts.len();
         let mut lanes: Vec<Lane> = Vec::with_capacity(width);
@@ -624,7 +625,11 @@ impl<'a> SideBySide<'a> {
 
     /// Takes in a lane's sampled token, as `continue_generation` does; returns whether its reply
     /// is done (and stored).
-    fn settle(&mut self, lane: &mut Lane, on_reply: &mut dyn FnMut()) -> Result<bool, ModelError> {
+    fn settle(
+        &mut self,
+        lane: &mut Lane,
+        on_reply: &mut dyn FnMut(usize, &str),
+    ) -> Result<bool, ModelError> {
         if !self.model.is_stop_token(lane.next) {
             lane.generated.push(lane.next);
             if lane.generated.len() < self.max_new_tokens[lane.prompt] {
@@ -632,7 +637,7 @@ impl<'a> SideBySide<'a> {
             }
         }
         self.replies[lane.prompt] = self.model.decode(&lane.generated)?;
-        on_reply();
+        on_reply(lane.prompt, &self.replies[lane.prompt]);
         Ok(true)
     }
 

@@ -43,6 +43,8 @@ pub struct KvStore {
     model_id: String,
     /// `cache::code_digest` of [`COMPUTED_BY`], hashed once rather than for every entry looked up.
     code: Vec<u8>,
+    /// The device and the CPU's kernels (part of `model_id`).
+    computed_on: String,
     /// Keyed by the tokens the entries depend on and how many positions they hold; most recently
     /// used last.
     memory: Vec<((Vec<u32>, usize), Entries)>,
@@ -52,18 +54,22 @@ pub struct KvStore {
 
 impl KvStore {
     pub fn new(dir: Option<PathBuf>, model_path: &Path, device: &Device) -> Self {
+        let computed_on = format!("{:?}|{}", device.location(), super::kernels::path());
         Self {
             dir,
-            model_id: format!(
-                "{}|{:?}|{}",
-                model_identity(model_path),
-                device.location(),
-                super::kernels::path()
-            ),
+            model_id: format!("{}|{computed_on}", model_identity(model_path)),
             code: crate::cache::code_digest(COMPUTED_BY),
+            computed_on,
             memory: Vec::new(),
             disk_budget: disk_budget_from_env(),
         }
+    }
+
+    /// What decides the last bits of what the model computes, its file aside: the code, the device
+    /// and the kernels. Caches of its replies are named by it, so that a build that computes
+    /// differently writes its own (a greedy reply can change at a near tie).
+    pub fn computation(&self) -> Vec<u8> {
+        [self.code.as_slice(), self.computed_on.as_bytes()].concat()
     }
 
     #[cfg(test)]

@@ -560,6 +560,11 @@ impl Model {
         self.pieces_head = 0;
     }
 
+    /// See `KvStore::computation`.
+    pub(crate) fn computation(&self) -> Vec<u8> {
+        self.stored.computation()
+    }
+
     /// Where the second turn of a chat prompt starts, when the prompt goes on after it.
     pub(crate) fn system_turn_end(&self, prompt: &[u32]) -> Option<usize> {
         let start = self.turn_start?;
