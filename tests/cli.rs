@@ -161,9 +161,9 @@ fn search_reads_a_subtitle_file_and_shows_where_each_turn_starts() {
     assert!(out.status.success(), "{}", stderr(&out));
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(
-        shown.contains("[T2] Sam Altman · 01:04 · score")
+        shown.contains("[T2] Sam Altman (01:04) · score")
             && shown.contains("Pricing will follow the cost of compute.")
-            && shown.contains("[T1] Harry Stebbings · 00:01 · pairs with T2"),
+            && shown.contains("[T1] Harry Stebbings (00:01) · pairs with T2"),
         "{shown}"
     );
 }

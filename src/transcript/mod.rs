@@ -52,11 +52,11 @@ pub struct Turn {
 }
 
 impl Turn {
-    /// `[T12] Sam Altman`, with `· 12:34` where the turn's start is known: how a turn is named
+    /// `[T12] Sam Altman`, with `(12:34)` where the turn's start is known: how a turn is named
     /// above its text, so that it can be found in the recording too.
     pub fn heading(&self) -> String {
         match self.start {
-            Some(start) => format!("[{}] {} · {start}", self.id, self.speaker),
+            Some(start) => format!("[{}] {} ({start})", self.id, self.speaker),
             None => format!("[{}] {}", self.id, self.speaker),
         }
     }
