@@ -6,6 +6,8 @@
 //! speaker) starts a turn of an unnamed speaker. Captions that name nobody would make the whole
 //! file one turn, so a turn also ends at the first sentence end after [`TURN_CHARS`].
 
+use std::collections::HashMap;
+
 use regex::Regex;
 
 use super::timestamp::{Timestamp, PATTERN};
@@ -26,10 +28,9 @@ pub(super) fn is_cue_file(text: &str) -> bool {
         .trim_start()
         .lines()
         .next();
+    let timing = timing_regex();
     first_line.is_some_and(|line| line.starts_with("WEBVTT"))
-        || text
-            .lines()
-            .any(|line| cue_start(&timing_regex(), line).is_some())
+        || text.lines().any(|line| cue_start(&timing, line).is_some())
 }
 
 pub(super) fn parse(text: &str) -> Vec<RawTurn> {
@@ -122,15 +123,10 @@ struct Speakers {
 impl Speakers {
     fn of(cues: &[Cue]) -> Self {
         let label = label_regex();
-        let mut seen: Vec<(String, usize)> = Vec::new();
+        let mut seen: HashMap<&str, usize> = HashMap::new();
         for line in cues.iter().flat_map(|cue| &cue.lines) {
-            let Some(name) = label.captures(line).and_then(|caps| caps.get(1)) else {
-                continue;
-            };
-            let name = name.as_str().trim();
-            match seen.iter_mut().find(|(seen, _)| seen == name) {
-                Some((_, count)) => *count += 1,
-                None => seen.push((name.to_string(), 1)),
+            if let Some(name) = label.captures(line).and_then(|caps| caps.get(1)) {
+                *seen.entry(name.as_str().trim()).or_default() += 1;
             }
         }
         Self {
@@ -141,7 +137,7 @@ impl Speakers {
                 .filter(|(name, count)| {
                     (*count > 1 || written_like_a_name(name)) && super::is_name(name)
                 })
-                .map(|(name, _)| name)
+                .map(|(name, _)| name.to_string())
                 .collect(),
         }
     }

@@ -12,10 +12,7 @@ pub struct Timestamp {
 }
 
 impl Timestamp {
-    pub fn from_millis(millis: u64) -> Self {
-        Self { millis }
-    }
-
+    /// Milliseconds from the start of the recording: for a player to seek to.
     pub fn millis(self) -> u64 {
         self.millis
     }
@@ -87,7 +84,8 @@ mod tests {
 
     #[test]
     fn shown_the_way_video_players_show_them() {
-        assert_eq!(Timestamp::from_millis(754_900).to_string(), "12:34");
-        assert_eq!(Timestamp::from_millis(3_723_000).to_string(), "1:02:03");
+        let shown = |t: &str| Timestamp::parse(t).map(|t| t.to_string());
+        assert_eq!(shown("00:12:34,900").as_deref(), Some("12:34"));
+        assert_eq!(shown("1:02:03").as_deref(), Some("1:02:03"));
     }
 }
