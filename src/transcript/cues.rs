@@ -7,6 +7,7 @@
 //! file one turn, so a turn also ends at the first sentence end after [`TURN_CHARS`].
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use regex::Regex;
 
@@ -28,9 +29,8 @@ pub(super) fn is_cue_file(text: &str) -> bool {
         .trim_start()
         .lines()
         .next();
-    let timing = timing_regex();
     first_line.is_some_and(|line| line.starts_with("WEBVTT"))
-        || text.lines().any(|line| cue_start(&timing, line).is_some())
+        || text.lines().any(|line| cue_start(line).is_some())
 }
 
 pub(super) fn parse(text: &str) -> Vec<RawTurn> {
@@ -82,9 +82,8 @@ struct Cue<'t> {
 /// header and NOTE, STYLE and REGION blocks have no timing. A line of spaces is text (auto
 /// captions begin cues with one), and a line just before a timing line is that cue's identifier.
 fn cues(text: &str) -> Vec<Cue<'_>> {
-    let timing = timing_regex();
     let lines: Vec<&str> = text.lines().collect();
-    let is_timing = |i: usize| lines.get(i).and_then(|line| cue_start(&timing, line));
+    let is_timing = |i: usize| lines.get(i).and_then(|line| cue_start(line));
     let mut cues: Vec<Cue> = Vec::new();
     let mut in_cue = false;
     for (i, line) in lines.iter().enumerate() {
@@ -113,8 +112,6 @@ enum Speaker<'l> {
 
 /// How the lines of one file name their speakers.
 struct Speakers {
-    voice: Regex,
-    label: Regex,
     /// `Name:` labels written like names ("Sam Altman", "HOST", "主持人") or that start at least
     /// two lines ("interviewer"): a caption "and he said: …" names nobody.
     labels: Vec<String>,
@@ -122,16 +119,13 @@ struct Speakers {
 
 impl Speakers {
     fn of(cues: &[Cue]) -> Self {
-        let label = label_regex();
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for line in cues.iter().flat_map(|cue| &cue.lines) {
-            if let Some(name) = label.captures(line).and_then(|caps| caps.get(1)) {
+            if let Some(name) = LABEL.captures(line).and_then(|caps| caps.get(1)) {
                 *seen.entry(name.as_str().trim()).or_default() += 1;
             }
         }
         Self {
-            voice: voice_regex(),
-            label,
             labels: seen
                 .into_iter()
                 .filter(|(name, count)| {
@@ -143,7 +137,7 @@ impl Speakers {
     }
 
     fn of_line<'l>(&self, line: &'l str) -> (Speaker<'l>, &'l str) {
-        if let Some(caps) = self.voice.captures(line) {
+        if let Some(caps) = VOICE.captures(line) {
             if let (Some(name), Some(rest)) = (caps.get(1), caps.get(2)) {
                 return (Speaker::Named(name.as_str().trim()), rest.as_str());
             }
@@ -151,7 +145,7 @@ impl Speakers {
         if let Some(rest) = line.strip_prefix(">>") {
             return (Speaker::Unnamed, rest);
         }
-        if let Some(caps) = self.label.captures(line) {
+        if let Some(caps) = LABEL.captures(line) {
             if let (Some(name), Some(rest)) = (caps.get(1), caps.get(2)) {
                 let name = name.as_str().trim();
                 if self.labels.iter().any(|label| label == name) {
@@ -178,40 +172,51 @@ fn written_like_a_name(label: &str) -> bool {
 
 /// The cue's text without markup (`<i>`, `<c.colour>`, `<00:01.000>`) or character references.
 fn plain_text(text: &str) -> String {
-    let without_tags = tag_regex().replace_all(text, "");
-    without_tags
+    let without_tags = TAG.replace_all(text, "");
+    let numbered = NUMBERED_REFERENCE.replace_all(&without_tags, |caps: &regex::Captures| {
+        let code = match (caps.get(1), caps.get(2)) {
+            (Some(decimal), _) => decimal.as_str().parse().ok(),
+            (_, Some(hex)) => u32::from_str_radix(hex.as_str(), 16).ok(),
+            _ => None,
+        };
+        code.and_then(char::from_u32)
+            .map_or_else(|| caps[0].to_string(), String::from)
+    });
+    numbered
         .replace("&nbsp;", " ")
         .replace("&lt;", "<")
         .replace("&gt;", ">")
         .replace("&quot;", "\"")
-        .replace("&#39;", "'")
+        .replace("&apos;", "'")
         .replace("&amp;", "&")
         .trim_start_matches(['-', ' '])
         .trim()
         .to_string()
 }
 
-fn cue_start(timing: &Regex, line: &str) -> Option<Timestamp> {
-    let caps = timing.captures(line)?;
+fn cue_start(line: &str) -> Option<Timestamp> {
+    let caps = TIMING.captures(line)?;
     Timestamp::parse(caps.get(1)?.as_str())
 }
 
-fn timing_regex() -> Regex {
+static TIMING: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(&format!(r"^\s*({PATTERN})\s*-->\s*{PATTERN}")).expect("static regex")
-}
+});
 
 /// `<v Name>` or `<v.class Name>`, then the rest of the line.
-fn voice_regex() -> Regex {
-    Regex::new(r"^\s*<v(?:\.[^ >]*)?\s+([^>]+)>(.*)$").expect("static regex")
-}
+static VOICE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^\s*<v(?:\.[^ >]*)?\s+([^>]+)>(.*)$").expect("static regex"));
 
-fn label_regex() -> Regex {
+static LABEL: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^\s*-?\s*([^:：<>]{1,40}?)\s*[:：]\s*(.*)$").expect("static regex")
-}
+});
 
-fn tag_regex() -> Regex {
-    Regex::new(r"</?[a-zA-Z0-9.:_ -]*>|<\d[\d:.]*>").expect("static regex")
-}
+static TAG: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"</?[a-zA-Z0-9.:_ -]*>|<\d[\d:.]*>").expect("static regex"));
+
+/// `&#8217;` or `&#x2019;`.
+static NUMBERED_REFERENCE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"&#(?:(\d{1,7})|[xX]([0-9a-fA-F]{1,6}));").expect("static regex"));
 
 #[cfg(test)]
 mod tests {
@@ -235,13 +240,13 @@ mod tests {
         let turns = turns(
             "WEBVTT\n\nNOTE made by hand\n\n1\n00:00:01.000 --> 00:00:04.000\n<v Harry Stebbings>Welcome back.\n\n\
              00:00:04.000 --> 00:00:06.500 align:start\n<v Harry Stebbings>What about <i>agents</i>?</v>\n\n\
-             00:01:02.250 --> 00:01:09.000\n<v.loud Sam Altman>They will do &amp; finish long tasks.\n",
+             00:01:02.250 --> 00:01:09.000\n<v.loud Sam Altman>They&#8217;ll do &amp; finish long tasks&#x2026;\n",
         );
         assert_eq!(
             speakers_and_texts(&turns),
             [
                 ("Harry Stebbings", "Welcome back. What about agents?"),
-                ("Sam Altman", "They will do & finish long tasks.")
+                ("Sam Altman", "They’ll do & finish long tasks…")
             ]
         );
         let starts: Vec<String> = turns

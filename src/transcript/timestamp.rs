@@ -1,6 +1,7 @@
 //! Times into the recording, as subtitle files and timestamped transcripts write them.
 
 use std::fmt;
+use std::sync::LazyLock;
 
 use regex::Regex;
 use serde::{Serialize, Serializer};
@@ -20,7 +21,7 @@ impl Timestamp {
     /// `1:02:03`, `12:34` or `00:05,120` (hours optional, milliseconds after `.` or `,`), the
     /// whole of `text`; `None` for anything else.
     pub fn parse(text: &str) -> Option<Self> {
-        let caps = whole_regex().captures(text.trim())?;
+        let caps = WHOLE.captures(text.trim())?;
         let number = |i: usize| -> u64 {
             caps.get(i)
                 .and_then(|m| m.as_str().parse().ok())
@@ -44,9 +45,9 @@ impl Timestamp {
 /// How a time is written, for patterns that find one inside a line.
 pub(super) const PATTERN: &str = r"(?:\d{1,2}:)?\d{1,2}:\d{2}(?:[.,]\d{1,3})?";
 
-fn whole_regex() -> Regex {
+static WHOLE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(?:(\d{1,2}):)?(\d{1,2}):(\d{2})(?:[.,](\d{1,3}))?$").expect("static regex")
-}
+});
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
