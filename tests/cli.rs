@@ -33,7 +33,7 @@ fn small_transcript(dir: &Path) -> String {
     let path = dir.join("t.txt");
     std::fs::write(
         &path,
-        "Host: What about agents?\n\nGuest: Agents will run long tasks with little supervision.\n",
+        "Host (00:01): What about agents?\n\nGuest (00:04): Agents will run long tasks with little supervision.\n",
     )
     .unwrap();
     path.to_string_lossy().into_owned()
@@ -197,13 +197,22 @@ fn ask_json_on_a_tiny_model_reports_every_field() {
     assert!(v["answer"].is_string());
     assert!(v["citations"].is_array());
     assert!(v["quotes"].is_array());
-    let ids: Vec<&str> = v["retrieved"]
+    let turns: Vec<(&str, &str)> = v["retrieved"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["turn"]["id"].as_str().unwrap())
+        .map(|r| {
+            let turn = &r["turn"];
+            (
+                turn["id"].as_str().unwrap(),
+                turn["start"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert!(ids.contains(&"T1") && ids.contains(&"T2"), "{ids:?}");
+    assert!(
+        turns.contains(&("T1", "00:01")) && turns.contains(&("T2", "00:04")),
+        "{turns:?}"
+    );
     for field in [
         "retrieval_ms",
         "time_to_first_token_ms",
