@@ -57,7 +57,7 @@ pub fn print_sources(answer: &Answer) {
         let searched: Vec<String> = answer
             .retrieved
             .iter()
-            .map(|r| format!("{} ({})", r.turn.id, r.turn.speaker))
+            .map(|r| r.turn.heading())
             .collect();
         println!(
             "(closest turns, judged not to answer it: {})",
