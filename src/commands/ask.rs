@@ -54,11 +54,7 @@ pub fn print_sources(answer: &Answer) {
     println!("\n");
     if !answer.answered {
         // A refusal is a claim about the transcript too: show where it looked.
-        let searched: Vec<String> = answer
-            .retrieved
-            .iter()
-            .map(|r| r.turn.heading())
-            .collect();
+        let searched: Vec<String> = answer.retrieved.iter().map(|r| r.turn.heading()).collect();
         println!(
             "(closest turns, judged not to answer it: {})",
             searched.join(", ")

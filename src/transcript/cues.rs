@@ -129,7 +129,7 @@ impl Speakers {
             labels: seen
                 .into_iter()
                 .filter(|(name, count)| {
-                    (*count > 1 || written_like_a_name(name)) && super::is_name(name)
+                    (*count > 1 || super::written_like_a_name(name)) && super::is_name(name)
                 })
                 .map(|(name, _)| name.to_string())
                 .collect(),
@@ -155,19 +155,6 @@ impl Speakers {
         }
         (Speaker::Same, line)
     }
-}
-
-/// One to four words, each capitalised, a number ("Speaker 2") or in a script without capitals,
-/// and no sentence punctuation.
-fn written_like_a_name(label: &str) -> bool {
-    let words: Vec<&str> = label.split_whitespace().collect();
-    let capitalised = |word: &&str| {
-        let first = word.chars().next();
-        first.is_some_and(|c| c.is_ascii_digit() || c.is_alphabetic() && !c.is_lowercase())
-    };
-    (1..=4).contains(&words.len())
-        && words.iter().all(capitalised)
-        && !label.contains(['.', ',', '?', '!', '。', '，', '？', '！'])
 }
 
 /// The cue's text without markup (`<i>`, `<c.colour>`, `<00:01.000>`) or character references.

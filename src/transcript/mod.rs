@@ -185,7 +185,7 @@ fn bold_label_regex() -> Regex {
 fn plain_label_regex() -> Regex {
     let time = timestamp::PATTERN;
     Regex::new(&format!(
-        r"^(?:[\[(]?({time})[\])]?\s+)?([^:：\n]{{1,40}}?)(?:\s*[\[(]({time})[\])]|\s+({time}))?\s*[:：]\s*(.*)$"
+        r"^(?:[\[(]?(?P<before>{time})[\])]?\s+)?(?P<name>[^:：\n]{{1,40}}?)(?:\s*[\[(](?P<after>{time})[\])]|\s+(?P<beside>{time}))?\s*(?P<colon>[:：]\s*)(?P<text>.*)$"
     ))
     .expect("static regex")
 }
@@ -200,6 +200,21 @@ fn heading_label_regex() -> Regex {
 fn is_name(label: &str) -> bool {
     label.chars().any(char::is_alphabetic)
         && !label.trim().starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// One to four words, each capitalised, a number ("Speaker 2") or in a script without capitals,
+/// and no sentence punctuation: a label that is not otherwise marked as one ("Sam Altman  12:34"
+/// over a paragraph, "Sam Altman:" in a caption) against prose that happens to look like it ("we
+/// met at 10:30", "and he said:").
+fn written_like_a_name(label: &str) -> bool {
+    let words: Vec<&str> = label.split_whitespace().collect();
+    let capitalised = |word: &&str| {
+        let first = word.chars().next();
+        first.is_some_and(|c| c.is_ascii_digit() || c.is_alphabetic() && !c.is_lowercase())
+    };
+    (1..=4).contains(&words.len())
+        && words.iter().all(capitalised)
+        && !label.contains(['.', ',', '?', '!', '。', '，', '？', '！'])
 }
 
 /// A turn as a format's parser finds it, before it is numbered.
@@ -377,19 +392,24 @@ fn plain_label<'l>(
 ) -> Option<(&'l str, Option<Timestamp>, &'l str)> {
     if let Some(caps) = heading.and_then(|heading| heading.captures(line)) {
         let (speaker, start) = (caps.get(1)?.as_str(), caps.get(2)?.as_str());
-        if is_name(speaker) {
+        if is_name(speaker) && written_like_a_name(speaker) {
             return Some((speaker, Timestamp::parse(start), ""));
         }
     }
     let caps = label.captures(line)?;
-    let speaker = caps.get(2)?.as_str();
-    let start = [1, 3, 4]
+    let speaker = caps.name("name")?.as_str();
+    let start = ["before", "after", "beside"]
         .into_iter()
-        .find_map(|i| caps.get(i))
+        .find_map(|group| caps.name(group))
         .and_then(|m| Timestamp::parse(m.as_str()));
-    let text = caps.get(5).map_or("", |m| m.as_str());
-    // `https://…` is a link, not a speaker.
-    (is_name(speaker) && !text.starts_with("//")).then_some((speaker, start, text))
+    let text = caps.name("text").map_or("", |m| m.as_str());
+    // `https://…` is a link and `at 10:30` a time, not a speaker's label.
+    let in_a_link = text.starts_with("//");
+    let in_a_time = caps
+        .name("colon")
+        .is_some_and(|colon| colon.as_str() == ":")
+        && text.starts_with(|c: char| c.is_ascii_digit());
+    (is_name(speaker) && !in_a_link && !in_a_time).then_some((speaker, start, text))
 }
 
 fn paragraphs(text: &str) -> Vec<Vec<&str>> {
@@ -488,6 +508,16 @@ mod tests {
             ]
         );
         assert_eq!(t.turns[0].text, "Agents will do real work.");
+    }
+
+    #[test]
+    fn a_wrapped_paragraph_whose_first_line_ends_in_a_time_goes_on_in_its_turn() {
+        let t = parse("Alice: we left early.\n\nWe met at 10:30\nand talked.\n").unwrap();
+        assert_eq!(t.turns.len(), 1);
+        assert_eq!(
+            t.turns[0].text,
+            "we left early.\nWe met at 10:30 and talked."
+        );
     }
 
     #[test]
