@@ -69,10 +69,38 @@ fn a_translation_is_computed_once_and_a_damaged_cache_is_not_trusted() {
     );
 }
 
+/// Non-empty lines in the cache folder's files.
+fn cached_lines(cache: &Path) -> usize {
+    std::fs::read_dir(cache).map_or(0, |entries| {
+        entries
+            .map(|e| std::fs::read_to_string(e.expect("entry").path()).unwrap_or_default())
+            .map(|text| text.lines().filter(|l| !l.trim().is_empty()).count())
+            .sum()
+    })
+}
+
 #[test]
 fn a_run_stopped_part_way_or_an_edited_turn_costs_only_the_pieces_not_written() {
     let (_dir, mut model, transcript, cache) = setup();
-    let (first, _) = translate(&mut model, &transcript, &cache);
+    let prompts = Prompts {
+        translate_turn: "Translate into {language}.".into(),
+        ..Prompts::default()
+    };
+    // Each piece is in the cache as soon as it is done, before the run ends.
+    let mut cached_as_done = Vec::new();
+    let first: Vec<String> = translate_turns(
+        &mut model,
+        &prompts,
+        &transcript.turns,
+        Language::Zh,
+        Some(&cache),
+        &mut |done, _| cached_as_done.push((done, cached_lines(&cache))),
+    )
+    .expect("translation")
+    .into_iter()
+    .map(|t| t.text)
+    .collect();
+    assert_eq!(cached_as_done, [(0, 0), (1, 1), (2, 2)]);
     let file = std::fs::read_dir(&cache)
         .expect("cache folder")
         .next()

@@ -105,9 +105,15 @@ fn rewrite_turns(
     cache_dir: Option<&Path>,
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Turn>, AnswerError> {
-    let pieces: Vec<Vec<String>> = turns
+    // Each piece with its key in the cache.
+    let pieces: Vec<Vec<(String, String)>> = turns
         .iter()
-        .map(|t| split_passages(&t.text, PIECE_CHARS))
+        .map(|t| {
+            split_passages(&t.text, PIECE_CHARS)
+                .into_iter()
+                .map(|piece| (piece_key(&piece), piece))
+                .collect()
+        })
         .collect();
     let log = cache_dir.map(|dir| dir.join(cache_name(model, kind, instruction, to)));
     let mut rewritten = log
@@ -116,21 +122,21 @@ fn rewrite_turns(
         .unwrap_or_default();
     // A piece said twice ("是的。") is rewritten once.
     let mut seen = HashSet::new();
-    let missing: Vec<&String> = pieces
+    let missing: Vec<&(String, String)> = pieces
         .iter()
         .flatten()
-        .filter(|piece| !rewritten.contains_key(&piece_key(piece)) && seen.insert(*piece))
+        .filter(|(key, _)| !rewritten.contains_key(key) && seen.insert(key))
         .collect();
     if !missing.is_empty() {
         let replies = rewrite_pieces(model, instruction, &missing, log.as_deref(), on_progress)?;
-        rewritten.extend(missing.iter().map(|piece| piece_key(piece)).zip(replies));
+        rewritten.extend(missing.iter().map(|(key, _)| key.clone()).zip(replies));
     }
     let texts: Vec<String> = pieces
         .iter()
         .map(|turn_pieces| {
             let texts: Vec<&str> = turn_pieces
                 .iter()
-                .filter_map(|piece| rewritten.get(&piece_key(piece)).map(String::as_str))
+                .filter_map(|(key, _)| rewritten.get(key).map(String::as_str))
                 .collect();
             texts.join(" ")
         })
@@ -138,21 +144,25 @@ fn rewrite_turns(
     Ok(with_texts(turns, texts))
 }
 
-/// Rewrites `pieces`, in order, side by side, appending each to the `log` as it is done.
+/// Rewrites `pieces` (each with its key), in order, side by side, appending each to the `log` as
+/// it is done.
 fn rewrite_pieces(
     model: &mut Model,
     instruction: &str,
-    pieces: &[&String],
+    pieces: &[&(String, String)],
     log: Option<&Path>,
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<String>, AnswerError> {
     let prompts = pieces
         .iter()
-        .map(|piece| instructed_prompt(model, instruction, piece))
+        .map(|(_, piece)| instructed_prompt(model, instruction, piece))
         .collect::<Result<Vec<_>, _>>()?;
     // An English rendering of Chinese takes about one token per character; the margin is for
     // the languages that take more.
-    let limits: Vec<usize> = pieces.iter().map(|p| 2 * p.chars().count() + 32).collect();
+    let limits: Vec<usize> = pieces
+        .iter()
+        .map(|(_, piece)| 2 * piece.chars().count() + 32)
+        .collect();
     let mut log = log.map(Log::open);
     let total = pieces.len();
     let mut done = 0;
@@ -165,7 +175,7 @@ fn rewrite_pieces(
         SIDE_BY_SIDE,
         &mut |i, reply| {
             if let Some(log) = log.as_mut() {
-                log.append(&piece_key(pieces[i]), reply.trim());
+                log.append(&pieces[i].0, reply.trim());
             }
             done += 1;
             on_progress(done, total);
