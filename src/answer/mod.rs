@@ -426,16 +426,21 @@ fn format_exchanges(turns: &[Retrieved], host: Option<&str>) -> Vec<String> {
         .collect()
 }
 
-/// A turn as the model reads it: id, speaker, marked when it is the host, and its text, cut to
-/// `MAX_TURN_CHARS`, ending with a blank line.
+/// A turn as the model reads it: id, speaker, marked when it is the host, where it starts in
+/// the recording when the transcript says (so that a question about a moment can be answered
+/// from it), and its text, cut to `MAX_TURN_CHARS`, ending with a blank line.
 fn format_turn(turn: &Turn, host: Option<&str>) -> String {
-    let role = if Some(turn.speaker.as_str()) == host {
-        " (host)"
-    } else {
-        ""
+    let role = (Some(turn.speaker.as_str()) == host).then(|| "host".to_string());
+    let notes: Vec<String> = role
+        .into_iter()
+        .chain(turn.start.map(|start| start.to_string()))
+        .collect();
+    let notes = match notes.as_slice() {
+        [] => String::new(),
+        _ => format!(" ({})", notes.join(", ")),
     };
     let text = truncate_chars(&turn.text, MAX_TURN_CHARS);
-    format!("[{}] {}{role}: {text}\n\n", turn.id, turn.speaker)
+    format!("[{}] {}{notes}: {text}\n\n", turn.id, turn.speaker)
 }
 
 fn turn_number(id: &str) -> usize {
@@ -934,6 +939,7 @@ fn ms(d: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transcript::Timestamp;
 
     #[test]
     fn a_question_is_also_searched_in_the_transcripts_language_else_in_english() {
@@ -1013,6 +1019,22 @@ mod tests {
                 "[T3] Host (host): Pricing?\n\n",
                 "[T7] Host (host): What about agents?\n\n[T8] Guest: Agents book tables.\n\n",
             ]
+        );
+    }
+
+    #[test]
+    fn a_turn_shows_the_model_where_it_starts_in_the_recording() {
+        let timed = |id: &str, speaker: &str, start: &str| Turn {
+            start: Timestamp::parse(start),
+            ..given(id, speaker, "Agents book tables.").turn
+        };
+        assert_eq!(
+            format_turn(&timed("T7", "Host", "12:34"), Some("Host")),
+            "[T7] Host (host, 12:34): Agents book tables.\n\n"
+        );
+        assert_eq!(
+            format_turn(&timed("T8", "Guest", "1:02:03"), Some("Host")),
+            "[T8] Guest (1:02:03): Agents book tables.\n\n"
         );
     }
 

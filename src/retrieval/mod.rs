@@ -5,11 +5,14 @@
 //! languages. Their standardized scores are summed, and each turn gains a share of its
 //! neighbours', since an interview stays on a topic for several exchanges. A question that names
 //! a speaker prefers that speaker's turns, and an interview pairs a host question with the
-//! guest's answer, so every hit brings its partner turn along as context.
+//! guest's answer, so every hit brings its partner turn along as context. A question about a
+//! moment of the recording ("what did she say at 12:34?") is led by the turn spoken then, where
+//! the transcript gives times ([`moment`]).
 
 pub mod bm25;
 pub mod dense;
 pub mod embed;
+pub mod moment;
 mod unigram;
 
 use serde::Serialize;
@@ -17,7 +20,7 @@ use serde::Serialize;
 use bm25::Bm25;
 pub use dense::{DenseError, DenseIndex};
 
-use crate::transcript::{Language, Transcript, Turn};
+use crate::transcript::{Language, Timestamp, Transcript, Turn};
 
 /// Score factor for turns by the speaker a question names ("what did Altman say…").
 const SPEAKER_BOOST: f32 = 1.3;
@@ -291,6 +294,13 @@ impl Index {
             }
             self.lead_exchanges_with(speaker, &mut fused);
         }
+        if let Some(at) = queries
+            .iter()
+            .find_map(|q| self.turn_at(moment::named_in(q)?))
+        {
+            let best = fused.iter().copied().fold(0.0, f32::max);
+            fused[at] = best + 1.0;
+        }
         let wordings = queries.len().max(1) as f32;
         for similarity in &mut passage_similarities {
             *similarity /= wordings;
@@ -376,6 +386,21 @@ impl Index {
             })
             .map(|(name, _)| name.as_str())
             .collect()
+    }
+
+    /// The turn being spoken at `moment`: the last to start at or before it, or the first that
+    /// has a start when it is before them all; `None` in a transcript without times.
+    fn turn_at(&self, moment: Timestamp) -> Option<usize> {
+        let timed = || {
+            self.turns
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| Some((i, t.start?)))
+        };
+        timed()
+            .rfind(|&(_, start)| start <= moment)
+            .or_else(|| timed().next())
+            .map(|(i, _)| i)
     }
 
     /// The exchange `turn` belongs to: the turn with its partner (see [`Index::select`]), in
@@ -602,6 +627,37 @@ mod tests {
     fn unrelated_queries_retrieve_nothing_lexically() {
         let t = transcript("Host: What about pricing?\n\nGuest: Pricing will follow compute.");
         assert!(Index::build(&t).search(&["zebra"], 3).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_question_about_a_moment_is_led_by_the_turn_spoken_then() {
+        let turns = [
+            "Host: What about pricing?",
+            "Guest: Pricing will follow compute, pricing first.",
+            "Host: And agents?",
+            "Guest: Agents run long tasks; pricing matters less.",
+        ];
+        let starts = ["[00:00:05] ", "[00:01:10] ", "[00:12:30] ", "[00:13:05] "];
+        let timed: Vec<String> = starts
+            .iter()
+            .zip(turns)
+            .map(|(s, t)| s.to_string() + t)
+            .collect();
+        let index = Index::build(&transcript(&timed.join("\n\n")));
+        let lead = |query: &str| index.rank(&[query]).unwrap()[0].turn.id.clone();
+        assert_ne!(lead("what did he say about pricing"), "T4");
+        assert_eq!(lead("what did he say about pricing at 13:20?"), "T4");
+        assert_eq!(lead("what did the host ask around minute 12?"), "T2");
+        // Before the first turn's start: the first turn.
+        assert_eq!(lead("what was said at 0:01?"), "T1");
+
+        // Without times, the moment changes nothing.
+        let untimed = Index::build(&transcript(&turns.join("\n\n")));
+        let ids = |query: &str| -> Vec<String> {
+            let hits = untimed.rank(&[query]).unwrap();
+            hits.into_iter().map(|r| r.turn.id).collect()
+        };
+        assert_eq!(ids("pricing at 13:20"), ids("pricing"));
     }
 
     #[test]

@@ -18,6 +18,13 @@ impl Timestamp {
         self.millis
     }
 
+    /// `seconds` from the start of the recording.
+    pub fn from_seconds(seconds: u64) -> Self {
+        Self {
+            millis: seconds * 1000,
+        }
+    }
+
     /// `1:02:03`, `12:34` or `00:05,120` (hours optional, milliseconds after `.` or `,`), the
     /// whole of `text`; `None` for anything else.
     pub fn parse(text: &str) -> Option<Self> {
