@@ -360,6 +360,13 @@ impl QuantMatrix {
         Ok(self)
     }
 
+    /// Whether each activation row's products are the same bits whatever rows come with it: the
+    /// k-quants' blocks are computed row by row. Prompt tiles (from 2 rows on) round otherwise
+    /// than one row does, and so do the 32-value formats' activations in tiles of 8 rows.
+    pub fn computes_rows_apart(&self) -> bool {
+        self.tiles.is_none() && self.format.groups() > 1
+    }
+
     /// [`QuantMatrix::stacked`] wherever the kernels run, whether or not tqa prefers them there:
     /// for a matrix that only ever meets one row, which they compute fastest wherever they run.
     pub fn on_any_avx2_cpu(parts: Vec<QuantBytes>) -> Result<Option<Self>> {
@@ -1600,6 +1607,42 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// What [`QuantMatrix::computes_rows_apart`] promises: each row of a product of several rows
+    /// is, to the bit, the product of that row alone.
+    #[test]
+    fn without_tiles_a_row_computes_the_same_bits_whatever_rows_come_with_it() {
+        if !runs_here() {
+            eprintln!("skipped: this CPU has no AVX2");
+            return;
+        }
+        for dtype in FORMATS {
+            let [cols, _] = widths(dtype);
+            let weight = random_matrix(dtype, 37, cols);
+            let matrix = QuantMatrix::on_any_avx2_cpu(vec![QuantBytes::of_tensor(weight).unwrap()])
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                matrix.computes_rows_apart(),
+                matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K)
+            );
+            if !matrix.computes_rows_apart() {
+                continue;
+            }
+            for m in [2, 5, 8, 9, 13] {
+                let x = Tensor::randn(0f32, 1.0, (m, cols), &Device::Cpu).unwrap();
+                let together = matrix.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+                for (row, got) in together.iter().enumerate() {
+                    let alone = matrix.forward(&x.narrow(0, row, 1).unwrap()).unwrap();
+                    assert_eq!(
+                        &alone.to_vec2::<f32>().unwrap()[0],
+                        got,
+                        "{dtype:?}, row {row} of {m}"
+                    );
                 }
             }
         }
