@@ -8,6 +8,7 @@ use std::process::Command;
 
 use tqa::answer::Language;
 use tqa::eval::{load_set, refusal_markers, unquoted, EvalItem};
+use tqa::transcript::is_cjk_char;
 
 /// Dev-set items used here: an off-transcript question whose nearest turns share its topic, and
 /// an English question whose answer lies in Chinese turns.
@@ -56,6 +57,19 @@ fn run_ask(command: &mut Command) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("one JSON object")
 }
 
+/// Each line of `answer` without its quotations, one that the token limit cut off included.
+fn own_words(answer: &str) -> String {
+    let mut words = unquoted(answer);
+    for opening in ['"', '“', '「', '『'] {
+        words = words
+            .lines()
+            .map(|line| line.split(opening).next().unwrap_or(line))
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
+    words
+}
+
 fn dev_item(id: &str) -> (EvalItem, Vec<String>) {
     let items = load_set(&common::dev_set()).expect("dev set");
     let markers = refusal_markers(&items);
@@ -86,6 +100,10 @@ fn an_english_question_over_chinese_turns_is_answered_in_english_citing_a_gold_t
     let answer = v["answer"].as_str().expect("answer");
     // Quotations keep the transcript's Chinese; the answer's own words are what must be English.
     assert_eq!(Language::of(&unquoted(answer)), Language::En, "{answer}");
+    assert!(
+        !own_words(answer).chars().any(is_cjk_char),
+        "Chinese outside the quotations: {answer}"
+    );
     let cited: Vec<String> = v["citations"]
         .as_array()
         .expect("citations")

@@ -370,6 +370,45 @@ fn a_steer_can_end_the_reply_where_the_model_would_go_on() {
     assert!(ended.tokens.is_empty());
 }
 
+/// Bars Chinese from the whole reply.
+struct NoChinese;
+
+impl Steer for NoChinese {
+    fn insert(&mut self, _reply: &str) -> Option<String> {
+        None
+    }
+
+    fn bars_chinese(&self, _reply: &str) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_reply_barred_from_chinese_writes_no_part_of_a_chinese_character() {
+    let dir = tempfile::tempdir().unwrap();
+    // The first byte of "中" (E4 B8 AD), which the tiny vocabulary writes byte by byte.
+    let lead_byte = 0xE4;
+    let mut model = load(&common::tiny_model(
+        dir.path(),
+        Behaviour::AlwaysEmit(lead_byte),
+    ));
+    let prompt = model.encode("<|im_start|>user\nhello<|im_end|>\n").unwrap();
+    let mut reply = |steer: &mut dyn Steer| {
+        let ready = prefilled(&mut model, &prompt);
+        continue_generation(&mut model, ready, &unpenalized(4), &mut |_| {}, steer).unwrap()
+    };
+    let free = reply(&mut |_: &str| None::<String>);
+    assert_eq!(free.tokens, [lead_byte; 4]);
+    let barred = reply(&mut NoChinese);
+    let non_ascii_bytes = 0x80..0x100;
+    assert!(
+        barred.tokens.iter().all(|t| !non_ascii_bytes.contains(t)),
+        "{:?}",
+        barred.tokens
+    );
+    assert!(!barred.text.contains(char::REPLACEMENT_CHARACTER));
+}
+
 /// Goes on with "ab" the first `times` times the model would end.
 struct GoOn {
     times: usize,

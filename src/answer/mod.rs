@@ -618,7 +618,8 @@ pub fn ask(
             .filter_map(|r| index.translation(&r.turn.id, language))
             .map(str::to_string)
             .collect(),
-    );
+    )
+    .in_language(language);
     let judged = if options.judge && judged_to_answer_nowhere(&ranking.hits) {
         Judged::refused_unread()
     } else {

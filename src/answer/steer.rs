@@ -6,6 +6,7 @@ use regex::Regex;
 use super::{citation_regex, extract_citations, normalize_turn_id};
 use crate::model::generate::{closing_mark, Next, Steer};
 use crate::retrieval::Retrieved;
+use crate::transcript::{is_cjk_char, Language};
 
 /// The steering of one answer: its citations are held to the citable turns and, when
 /// `fill_quotes` is on, its quotations are filled.
@@ -19,6 +20,11 @@ pub(super) struct AnswerSteer<'a> {
     /// The given turns in the question's language, where they are in another (see
     /// `Steer::restates`).
     restated: Vec<String>,
+    /// Whether the answer is in English.
+    english: bool,
+    /// Whether a given turn is in Chinese. An English answer about Chinese turns may write
+    /// Chinese only in its quotations.
+    chinese_given: bool,
 }
 
 impl<'a> AnswerSteer<'a> {
@@ -35,7 +41,16 @@ impl<'a> AnswerSteer<'a> {
             citations: CitationGuard::new(given, speaker, min_relevance),
             last_filled: None,
             restated: Vec::new(),
+            english: false,
+            chinese_given: given.iter().any(|r| r.turn.text.chars().any(is_cjk_char)),
         }
+    }
+
+    /// The answer is to be in `language`: in English, what Chinese turns say is put in English
+    /// outside the quotations (see `Steer::bars_chinese`).
+    pub(super) fn in_language(mut self, language: Language) -> Self {
+        self.english = language == Language::En;
+        self
     }
 
     /// An English answer about Chinese turns restates them in English: the turns' translations
@@ -86,6 +101,30 @@ impl Steer for AnswerSteer<'_> {
     fn goes_on_after(&self, reply: &str) -> bool {
         !self.citations.still_owed(reply).is_empty()
     }
+
+    /// The reply's first token is left free: it opens the first bullet, and listing the
+    /// vocabulary's Chinese tokens (~80 ms for the default model) before it would hold up the
+    /// first token.
+    fn bars_chinese(&self, reply: &str) -> bool {
+        self.english
+            && self.chinese_given
+            && !reply.is_empty()
+            && !ends_inside_quotation(reply.rsplit('\n').next().unwrap_or(reply))
+    }
+}
+
+/// Whether `line` ends inside a quotation: a straight double quote opens and closes in turn, the
+/// other marks each close with their own partner.
+fn ends_inside_quotation(line: &str) -> bool {
+    let mut awaited = None;
+    for c in line.chars() {
+        awaited = match awaited {
+            Some(close) if c == close => None,
+            Some(close) => Some(close),
+            None => closing_mark(c),
+        };
+    }
+    awaited.is_some()
 }
 
 /// The turns an answer may cite: those given to the model and, when the question names one
@@ -515,6 +554,32 @@ mod tests {
             steer.next(&format!("{reply} He\n- [T")),
             Some(Next::OneOf(_))
         ));
+    }
+
+    #[test]
+    fn an_english_answer_bars_chinese_outside_its_quotations() {
+        let turns = [given("T4", "Sam", "大约两百万美元。")];
+        let english = AnswerSteer::new(&turns, None, 0.0, true).in_language(Language::En);
+        assert!(!english.bars_chinese(""), "the first token is free");
+        for (reply, inside) in [
+            ("- [T4] ", false),
+            ("- [T4] \"大约", true),
+            ("- [T4] \"大约两百万美元。\" He says", false),
+            ("- [T4] “大约两百万美元。” He calls it \"", true),
+            ("- [T4] 「大约」 and 『", true),
+            // Only the line being written counts: a quotation left open above it is closed.
+            ("- [T4] \"大约\n- [T4] He", false),
+        ] {
+            assert_eq!(english.bars_chinese(reply), !inside, "{reply}");
+        }
+        let chinese = AnswerSteer::new(&turns, None, 0.0, true).in_language(Language::Zh);
+        assert!(!chinese.bars_chinese("- [T4] \"大约两百万美元。\" 他说"));
+        // English turns: nothing to bar, and no vocabulary to look through.
+        let english_turns = [given("T4", "Sam", "About two million dollars.")];
+        let about_english = AnswerSteer::new(&english_turns, None, 0.0, true);
+        assert!(!about_english
+            .in_language(Language::En)
+            .bars_chinese("- [T4] He"));
     }
 
     /// Quotations are filled with passages not quoted yet: once a turn's are all quoted, a

@@ -180,6 +180,12 @@ pub trait Steer {
     fn goes_on_after(&self, _reply: &str) -> bool {
         false
     }
+
+    /// Whether the next token may not write Chinese characters: an English reply about Chinese
+    /// text is to say it in English, and a small model lets Chinese words slip in.
+    fn bars_chinese(&self, _reply: &str) -> bool {
+        false
+    }
 }
 
 /// A steer's limit on the next token.
@@ -943,15 +949,16 @@ fn token_limit(
         }
         Some(Next::End) => Mask::Only(model.stop_tokens().to_vec()),
     };
+    let mask = if steer.bars_chinese(reply) {
+        mask.ruling_out(model.chinese_tokens()?)
+    } else {
+        mask
+    };
     let begun = stop_rests(reply, stops);
-    if begun.is_empty() || matches!(mask, Mask::Only(_)) || !steer.goes_on_after(reply) {
+    if begun.is_empty() || !steer.goes_on_after(reply) {
         return Ok(mask);
     }
-    let mut ruled_out = first_tokens(&begun)?;
-    if let Mask::Except(tokens) = mask {
-        ruled_out.extend(tokens);
-    }
-    Ok(Mask::Except(ruled_out))
+    Ok(mask.ruling_out(&first_tokens(&begun)?))
 }
 
 /// What would complete each stop sequence that `reply` ends with the beginning of.
@@ -971,6 +978,21 @@ enum Mask {
     None,
     Only(Vec<u32>),
     Except(Vec<u32>),
+}
+
+impl Mask {
+    /// This limit with `tokens` ruled out as well; where the steer named the only tokens that may
+    /// come next, they stand.
+    fn ruling_out(self, tokens: &[u32]) -> Self {
+        match self {
+            Mask::None => Mask::Except(tokens.to_vec()),
+            Mask::Except(mut ruled_out) => {
+                ruled_out.extend_from_slice(tokens);
+                Mask::Except(ruled_out)
+            }
+            only @ Mask::Only(_) => only,
+        }
+    }
 }
 
 /// The repeat penalty looks at the tokens the model sampled for this reply only: an answer is
@@ -1000,9 +1022,16 @@ fn sample(
 /// `logits` with only `tokens` possible (`keep`), or all but them.
 fn masked(logits: &Tensor, tokens: &[u32], keep: bool) -> Result<Tensor, ModelError> {
     let mut values = logits.to_vec1::<f32>()?;
-    let listed = |i: usize| tokens.contains(&(i as u32));
-    for (i, value) in values.iter_mut().enumerate() {
-        if listed(i) != keep {
+    // A list may be long (every token that writes Chinese): looked up once per token, not
+    // searched through for each.
+    let mut listed = vec![false; values.len()];
+    for &token in tokens {
+        if let Some(flag) = listed.get_mut(token as usize) {
+            *flag = true;
+        }
+    }
+    for (value, listed) in values.iter_mut().zip(listed) {
+        if listed != keep {
             *value = f32::NEG_INFINITY;
         }
     }

@@ -16,7 +16,7 @@ pub mod weights;
 use std::fs::File;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use memmap2::{Advice, Mmap, MmapOptions};
@@ -27,7 +27,7 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
-use crate::transcript::Language;
+use crate::transcript::{is_cjk_char, Language};
 
 pub use chat::{ChatTemplate, Message, Role};
 pub use decoder::Decoder;
@@ -164,6 +164,8 @@ pub struct Model {
     tokenizer: Tokenizer,
     template: ChatTemplate,
     stop_tokens: Vec<u32>,
+    /// The tokens that write Chinese characters (see [`Model::chinese_tokens`]).
+    chinese_tokens: OnceLock<Vec<u32>>,
     pub info: ModelInfo,
 }
 
@@ -239,6 +241,7 @@ impl Model {
             tokenizer,
             template,
             stop_tokens,
+            chinese_tokens: OnceLock::new(),
             info: ModelInfo {
                 path: path.to_path_buf(),
                 arch,
@@ -588,6 +591,27 @@ impl Model {
         self.tokenizer
             .decode(tokens, true)
             .map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+
+    /// The tokens that write a Chinese character or part of one, for replies that must not
+    /// write one. A part is a token of bytes that are not a whole character (they decode to
+    /// U+FFFD): a character without a token of its own is written byte by byte. Listed on first
+    /// use: decoding the whole vocabulary takes a while, and most runs never ask.
+    pub fn chinese_tokens(&self) -> Result<&[u32], ModelError> {
+        if let Some(tokens) = self.chinese_tokens.get() {
+            return Ok(tokens);
+        }
+        let mut tokens = Vec::new();
+        for id in 0..self.tokenizer.get_vocab_size(true) as u32 {
+            let text = self.decode(&[id])?;
+            if text
+                .chars()
+                .any(|c| is_cjk_char(c) || c == char::REPLACEMENT_CHARACTER)
+            {
+                tokens.push(id);
+            }
+        }
+        Ok(self.chinese_tokens.get_or_init(|| tokens))
     }
 
     pub fn is_stop_token(&self, token: u32) -> bool {
