@@ -86,6 +86,8 @@ fn missing_transcript() {
         "/nonexistent/interview.md",
     ]);
     assert_fails_with(&out, "/nonexistent/interview.md");
+    let err = stderr(&out);
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
 }
 
 #[test]
@@ -140,17 +142,12 @@ fn search_prints_ranked_turns_as_json() {
     assert!(first["turn"]["text"].as_str().unwrap().contains("代理"));
 }
 
-#[test]
-fn search_reads_a_subtitle_file_and_shows_where_each_turn_starts() {
+/// What `tqa search --lexical "compute"` shows of a transcript file named `name` holding
+/// `content`.
+fn search_compute_in(name: &str, content: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("talk.vtt");
-    std::fs::write(
-        &path,
-        "WEBVTT\n\n00:00:01.000 --> 00:00:04.000\n<v Harry Stebbings>What about pricing?\n\n\
-         00:01:04.500 --> 00:01:09.000\n<v Sam Altman>Pricing will follow\n\n\
-         00:01:09.000 --> 00:01:12.000\n<v Sam Altman>the cost of compute.\n",
-    )
-    .unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, content).unwrap();
     let out = tqa(&[
         "search",
         "compute",
@@ -159,11 +156,35 @@ fn search_reads_a_subtitle_file_and_shows_where_each_turn_starts() {
         path.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let shown = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn search_reads_a_subtitle_file_and_shows_where_each_turn_starts() {
+    let shown = search_compute_in(
+        "talk.vtt",
+        "WEBVTT\n\n00:00:01.000 --> 00:00:04.000\n<v Harry Stebbings>What about pricing?\n\n\
+         00:01:04.500 --> 00:01:09.000\n<v Sam Altman>Pricing will follow\n\n\
+         00:01:09.000 --> 00:01:12.000\n<v Sam Altman>the cost of compute.\n",
+    );
     assert!(
         shown.contains("[T2] Sam Altman (01:04) · score")
             && shown.contains("Pricing will follow the cost of compute.")
             && shown.contains("[T1] Harry Stebbings (00:01) · pairs with T2"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn search_reads_one_turn_per_line_without_blank_lines() {
+    let shown = search_compute_in(
+        "talk.txt",
+        "Harry: What about pricing?\nSam: Pricing will follow the cost of compute.\nHarry: Thanks.\n",
+    );
+    assert!(
+        shown.contains("[T2] Sam · score")
+            && shown.contains("[T1] Harry · pairs with T2")
+            && !shown.contains("Thanks"),
         "{shown}"
     );
 }

@@ -30,7 +30,7 @@ pub use search::SearchArgs;
 
 #[derive(Args, Debug, Clone)]
 pub struct TranscriptArgs {
-    /// Transcript file (article with **Speaker：** labels, or `Speaker: text` paragraphs).
+    /// Transcript file (article with **Speaker：** labels, or `Speaker: text` lines or paragraphs).
     #[arg(long, default_value_os_t = transcript::default_path())]
     pub transcript: PathBuf,
     /// Keyword (BM25) retrieval only: no embedding model, no cross-language matching.

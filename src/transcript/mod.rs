@@ -5,13 +5,14 @@
 //!   WeChat transcript); everything before the first label (title, summary) and after a heading or
 //!   a reference line (footer, list of other articles) is not part of any turn;
 //! - subtitle files, WebVTT and SubRip ([`cues`]);
-//! - the plainest format, one `Speaker: text` per paragraph (ASCII or full-width colon), where
+//! - the plainest format, one `Speaker: text` per paragraph or per line (ASCII or full-width colon), where
 //!   the label may carry the time the turn starts (`[00:12:34] Sam:`, `Sam (12:34):`), or a line
 //!   `Sam Altman  12:34` over the paragraph (as Otter and Zoom export them).
 
 mod cues;
 mod timestamp;
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use regex::Regex;
@@ -29,9 +30,9 @@ pub enum TranscriptError {
     },
     #[error("transcript {path} is not UTF-8 text (invalid byte at offset {offset}); convert it to UTF-8, e.g. `iconv -f GB18030 -t UTF-8`")]
     NotUtf8 { path: PathBuf, offset: usize },
-    #[error("transcript {path} is empty; give a file with turns like `Speaker: text`, one per paragraph")]
+    #[error("transcript {path} is empty; give a file with turns like `Speaker: text`, one per line or paragraph")]
     Empty { path: PathBuf },
-    #[error("transcript {path} has no speaker turns; write each turn as `Speaker: text` (one per paragraph) or `**Speaker：** text`, or give a WebVTT or SubRip subtitle file")]
+    #[error("transcript {path} has no speaker turns; write each turn as `Speaker: text` (one per line or paragraph) or `**Speaker：** text`, or give a WebVTT or SubRip subtitle file")]
     NoTurns { path: PathBuf },
 }
 
@@ -350,37 +351,97 @@ fn parse_bold_labelled(text: &str) -> Vec<RawTurn> {
 }
 
 fn parse_plain(text: &str) -> Vec<RawTurn> {
-    let label = plain_label_regex();
-    let heading = heading_label_regex();
+    let labels = PlainLabels::new();
+    let paragraphs = paragraphs(text);
+    let line_speakers = line_speakers(&paragraphs, &labels);
     let mut turns = Vec::new();
     let mut current: Option<TurnBuilder> = None;
-    for paragraph in paragraphs(text) {
-        let mut lines = paragraph.iter();
-        let Some(first) = lines.next() else { continue };
-        let heading = (paragraph.len() > 1).then_some(&heading);
-        match plain_label(first, &label, heading) {
-            Some((speaker, start, text)) => {
-                turns.extend(current.take().map(TurnBuilder::finish));
-                let mut builder = TurnBuilder::new(speaker).starting_at(start);
-                builder.push_line(text);
-                current = Some(builder);
-            }
-            // An unlabelled paragraph continues the turn before it.
-            None => {
-                if let Some(builder) = current.as_mut() {
-                    builder.end_paragraph();
-                    builder.push_line(first);
+    for paragraph in &paragraphs {
+        for (at, line) in paragraph.iter().enumerate() {
+            let label = labels
+                .of_line(paragraph, at)
+                .filter(|(speaker, ..)| at == 0 || line_speakers.contains(speaker.trim()));
+            match label {
+                Some((speaker, start, text)) => {
+                    turns.extend(current.take().map(TurnBuilder::finish));
+                    let mut builder = TurnBuilder::new(speaker).starting_at(start);
+                    builder.push_line(text);
+                    current = Some(builder);
                 }
-            }
-        }
-        if let Some(builder) = current.as_mut() {
-            for line in lines {
-                builder.push_line(line);
+                None => {
+                    if let Some(builder) = current.as_mut() {
+                        // An unlabelled paragraph continues the turn before it.
+                        if at == 0 {
+                            builder.end_paragraph();
+                        }
+                        builder.push_line(line);
+                    }
+                }
             }
         }
     }
     turns.extend(current.map(TurnBuilder::finish));
     turns
+}
+
+/// The label patterns of the plain format.
+struct PlainLabels {
+    label: Regex,
+    heading: Regex,
+}
+
+impl PlainLabels {
+    fn new() -> Self {
+        Self {
+            label: plain_label_regex(),
+            heading: heading_label_regex(),
+        }
+    }
+
+    /// The label of line `at` of `paragraph`, if it carries one; a heading label only where text
+    /// follows it in the paragraph.
+    fn of_line<'l>(
+        &self,
+        paragraph: &[&'l str],
+        at: usize,
+    ) -> Option<(&'l str, Option<Timestamp>, &'l str)> {
+        let heading = (at + 1 < paragraph.len()).then_some(&self.heading);
+        plain_label(paragraph.get(at)?, &self.label, heading)
+    }
+}
+
+/// The speakers whose labels also start a turn inside a paragraph, as in files with one turn per
+/// line and no blank lines between: those that label a paragraph, every label of a paragraph
+/// whose lines are all labelled, and labels written like a name that recur. A hard-wrapped line
+/// that merely begins with "Note:" or "他说：" stays in its turn.
+fn line_speakers<'t>(paragraphs: &[Vec<&'t str>], labels: &PlainLabels) -> HashSet<&'t str> {
+    let mut speakers = HashSet::new();
+    let mut name_like: HashMap<&str, usize> = HashMap::new();
+    for paragraph in paragraphs {
+        let found: Vec<Option<&str>> = (0..paragraph.len())
+            .map(|at| {
+                labels
+                    .of_line(paragraph, at)
+                    .map(|(speaker, ..)| speaker.trim())
+            })
+            .collect();
+        let all_labelled = found.iter().all(Option::is_some);
+        for (at, speaker) in found.into_iter().enumerate() {
+            let Some(speaker) = speaker else { continue };
+            if at == 0 || all_labelled {
+                speakers.insert(speaker);
+            } else if written_like_a_name(speaker) {
+                *name_like.entry(speaker).or_default() += 1;
+            }
+        }
+    }
+    speakers.extend(
+        name_like
+            .into_iter()
+            .filter(|&(_, lines)| lines > 1)
+            .map(|(speaker, _)| speaker),
+    );
+    speakers
 }
 
 /// The speaker, start and first text of a paragraph's first line, when it is labelled; a
@@ -460,6 +521,63 @@ mod tests {
         assert_eq!(speakers, ["Alice", "Bob"]);
         assert_eq!(t.turns[1].text, "你好\nmore from Bob");
         assert_eq!(t.turns[1].id, "T2");
+    }
+
+    fn speakers_and_texts(t: &Transcript) -> Vec<(&str, &str)> {
+        t.turns
+            .iter()
+            .map(|t| (t.speaker.as_str(), t.text.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn one_turn_per_line_without_blank_lines() {
+        let t =
+            parse("Host: What is your name?\nSam: Sam.\nHost: What food?\n主持人：你好\n").unwrap();
+        assert_eq!(
+            speakers_and_texts(&t),
+            [
+                ("Host", "What is your name?"),
+                ("Sam", "Sam."),
+                ("Host", "What food?"),
+                ("主持人", "你好")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_recurring_label_inside_a_wrapped_paragraph_starts_a_turn() {
+        let t = parse(
+            "[00:01] Host: Welcome\nto the show.\n[00:05] Sam Altman: Thanks,\nglad to be here.\n\
+             Host: First question.\nSam Altman: Go on.\n",
+        )
+        .unwrap();
+        assert_eq!(
+            speakers_and_texts(&t),
+            [
+                ("Host", "Welcome to the show."),
+                ("Sam Altman", "Thanks, glad to be here."),
+                ("Host", "First question."),
+                ("Sam Altman", "Go on.")
+            ]
+        );
+        assert_eq!(
+            t.turns[1].start.map(|s| s.to_string()),
+            Some("00:05".into())
+        );
+    }
+
+    #[test]
+    fn a_wrapped_line_that_once_looks_labelled_stays_in_its_turn() {
+        let t =
+            parse("Alice: I told him\nNote: this matters.\nAnd he agreed.\n\nBob: Yes.\n").unwrap();
+        assert_eq!(
+            speakers_and_texts(&t),
+            [
+                ("Alice", "I told him Note: this matters. And he agreed."),
+                ("Bob", "Yes.")
+            ]
+        );
     }
 
     fn speakers_and_starts(t: &Transcript) -> Vec<(&str, String)> {
