@@ -114,17 +114,27 @@ impl Steer for AnswerSteer<'_> {
 }
 
 /// Whether `line` ends inside a quotation: a straight double quote opens and closes in turn, the
-/// other marks each close with their own partner.
+/// other marks each close with their own partner. A straight quote opens only where a quotation
+/// can begin (at the start, after a space or a bracket): one written after a word with none open
+/// is a stray closing mark ("…excellent results.\""), and does not leave the rest of the line
+/// quoted.
 fn ends_inside_quotation(line: &str) -> bool {
     let mut awaited = None;
+    let mut before = None;
     for c in line.chars() {
         awaited = match awaited {
             Some(close) if c == close => None,
             Some(close) => Some(close),
+            None if c == '"' && !may_open_quotation_after(before) => None,
             None => closing_mark(c),
         };
+        before = Some(c);
     }
     awaited.is_some()
+}
+
+fn may_open_quotation_after(before: Option<char>) -> bool {
+    before.is_none_or(|c| c.is_whitespace() || matches!(c, '[' | ']' | '(' | '（' | ':' | '：'))
 }
 
 /// The turns an answer may cite: those given to the model and, when the question names one
@@ -569,6 +579,9 @@ mod tests {
             ("- [T4] 「大约」 and 『", true),
             // Only the line being written counts: a quotation left open above it is closed.
             ("- [T4] \"大约\n- [T4] He", false),
+            // A stray closing mark opens nothing.
+            ("- [T4] \"大约。\" He got results.\" And", false),
+            ("- [T4]\"大约", true),
         ] {
             assert_eq!(english.bars_chinese(reply), !inside, "{reply}");
         }
