@@ -6,29 +6,48 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::Behaviour;
-use tqa::answer::translate::{questions_for_turns, translate_turns};
+use tqa::answer::translate::{self, View, ViewStore};
 use tqa::answer::Prompts;
 use tqa::model::Model;
 use tqa::transcript::{Language, Transcript};
 
-/// The translated texts and how many pieces were translated (0: all read from the cache).
-fn translate(model: &mut Model, transcript: &Transcript, cache: &Path) -> (Vec<String>, usize) {
-    // The tiny model's tokens are bytes: a short instruction keeps its prompts short.
-    let prompts = Prompts {
+/// The tiny model's tokens are bytes: short instructions keep its prompts short.
+fn short_prompts() -> Prompts {
+    Prompts {
         translate_turn: "Translate into {language}.".into(),
+        turn_questions: "Questions in {language}.".into(),
         ..Prompts::default()
-    };
-    let mut translated = 0;
-    let turns = translate_turns(
+    }
+}
+
+/// The texts of `view` and how many pieces were written (0: all read from `store`).
+fn rewritten(
+    model: &mut Model,
+    view: View,
+    transcript: &Transcript,
+    store: ViewStore,
+) -> (Vec<String>, usize) {
+    let mut written = 0;
+    let turns = translate::rewrite(
         model,
-        &prompts,
+        &short_prompts(),
+        view,
         &transcript.turns,
         Language::Zh,
-        Some(cache),
-        &mut |done, _| translated = done,
+        store,
+        &mut |done, _| written = done,
     )
-    .expect("translation");
-    (turns.into_iter().map(|t| t.text).collect(), translated)
+    .expect("rewriting");
+    (turns.into_iter().map(|t| t.text).collect(), written)
+}
+
+/// The translated texts and how many pieces were translated (0: all read from the cache).
+fn translate(model: &mut Model, transcript: &Transcript, cache: &Path) -> (Vec<String>, usize) {
+    let store = ViewStore {
+        cache: Some(cache),
+        shipped: None,
+    };
+    rewritten(model, View::Translation, transcript, store)
 }
 
 /// A tiny model, a two-turn transcript and a cache folder, all in a temporary folder.
@@ -82,18 +101,18 @@ fn cached_lines(cache: &Path) -> usize {
 #[test]
 fn a_run_stopped_part_way_or_an_edited_turn_costs_only_the_pieces_not_written() {
     let (_dir, mut model, transcript, cache) = setup();
-    let prompts = Prompts {
-        translate_turn: "Translate into {language}.".into(),
-        ..Prompts::default()
-    };
     // Each piece is in the cache as soon as it is done, before the run ends.
     let mut cached_as_done = Vec::new();
-    let first: Vec<String> = translate_turns(
+    let first: Vec<String> = translate::rewrite(
         &mut model,
-        &prompts,
+        &short_prompts(),
+        View::Translation,
         &transcript.turns,
         Language::Zh,
-        Some(&cache),
+        ViewStore {
+            cache: Some(&cache),
+            shipped: None,
+        },
         &mut |done, _| cached_as_done.push((done, cached_lines(&cache))),
     )
     .expect("translation")
@@ -125,32 +144,49 @@ fn a_run_stopped_part_way_or_an_edited_turn_costs_only_the_pieces_not_written() 
 #[test]
 fn the_questions_turns_answer_are_cached_apart_from_their_translation() {
     let (_dir, mut model, transcript, cache) = setup();
-    let prompts = Prompts {
-        turn_questions: "Questions in {language}.".into(),
-        ..Prompts::default()
+    let store = ViewStore {
+        cache: Some(&cache),
+        shipped: None,
     };
-    let questions = |model: &mut Model| {
-        let mut written = 0;
-        let turns = questions_for_turns(
-            model,
-            &prompts,
-            &transcript.turns,
-            Language::En,
-            Some(&cache),
-            &mut |done, _| written = done,
-        )
-        .expect("questions");
-        (
-            turns.into_iter().map(|t| t.text).collect::<Vec<_>>(),
-            written,
-        )
-    };
-    let (first, pieces) = questions(&mut model);
+    let (first, pieces) = rewritten(&mut model, View::Questions, &transcript, store);
     assert_eq!((first.len(), pieces), (2, 2));
-    let (again, pieces) = questions(&mut model);
+    let (again, pieces) = rewritten(&mut model, View::Questions, &transcript, store);
     assert_eq!((again, pieces), (first, 0), "read from the cache");
 
     let (_, translated) = translate(&mut model, &transcript, &cache);
     assert_eq!(translated, 2, "a translation is not the questions' cache");
     assert_eq!(std::fs::read_dir(&cache).expect("cache folder").count(), 2);
+}
+
+#[test]
+fn shipped_pieces_are_read_where_the_cache_has_none_and_never_written() {
+    let (dir, mut model, transcript, cache) = setup();
+    let (computed, _) = translate(&mut model, &transcript, &cache);
+    // Ship what was computed, under the shipped name, and start again from an empty cache.
+    let shipped = dir.path().join("shipped");
+    std::fs::create_dir(&shipped).expect("shipped folder");
+    let log = std::fs::read_dir(&cache)
+        .expect("cache folder")
+        .next()
+        .expect("a cache file")
+        .expect("entry")
+        .path();
+    let name = translate::shipped_name(&model, &short_prompts(), View::Translation, Language::Zh);
+    std::fs::copy(&log, shipped.join(name)).expect("ship");
+    std::fs::remove_dir_all(&cache).expect("empty the cache");
+    let store = ViewStore {
+        cache: Some(&cache),
+        shipped: Some(&shipped),
+    };
+    let (texts, written) = rewritten(&mut model, View::Translation, &transcript, store);
+    assert_eq!(
+        (texts, written),
+        (computed, 0),
+        "read from the shipped pieces"
+    );
+    assert_eq!(cached_lines(&cache), 0, "nothing to write");
+
+    // Other instructions do not read them.
+    let (_, written) = rewritten(&mut model, View::Questions, &transcript, store);
+    assert_eq!(written, 2);
 }

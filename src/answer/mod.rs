@@ -80,7 +80,7 @@ pub struct Prompts {
     /// The instruction with which the model translates the transcript's turns (see [`translate`]).
     pub translate_turn: String,
     /// The instruction with which the model writes the questions each piece of a turn answers
-    /// (see [`translate::questions_for_turns`]).
+    /// (see [`translate::View::Questions`]).
     pub turn_questions: String,
     pub rewrite: String,
     /// The instruction and the message with which the model judges one turn (see [`rerank`]).

@@ -3,12 +3,13 @@
 //! English rendering of a Chinese turn share words ("the most unusual thing") where the
 //! embedder alone, across languages, often misses.
 //!
-//! The same machinery writes the questions each turn answers (`questions_for_turns`), another
+//! The same machinery writes the questions each turn answers ([`View::Questions`]), another
 //! view of the turns that retrieval matches questions against.
 //!
 //! Either costs minutes of generation, so each piece is rewritten once per model and prompt and
 //! kept in the cache folder as soon as it is written: a run stopped part way loses nothing, and
-//! a transcript edited in one turn is rewritten in that turn only.
+//! a transcript edited in one turn is rewritten in that turn only. The shipped transcript's
+//! pieces come with tqa ([`shipped_dir`]).
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -41,68 +42,91 @@ struct RewrittenPiece {
     text: String,
 }
 
-/// `turns` with their texts in `to`, each piece read from `cache_dir` when an earlier run
-/// translated it with the same model and prompt. `on_progress(done, total)` is called before the
-/// first piece is translated (`done` = 0: the slow path runs, tell the user) and after each one;
-/// `total` counts the pieces not in the cache.
-pub fn translate_turns(
-    model: &mut Model,
-    prompts: &Prompts,
-    turns: &[Turn],
-    to: Language,
-    cache_dir: Option<&Path>,
-    on_progress: &mut dyn FnMut(usize, usize),
-) -> Result<Vec<Turn>, AnswerError> {
-    let instruction = prompts
-        .translate_turn
-        .replace("{language}", language_name(to));
-    rewrite_turns(
-        model,
-        "translation",
-        &instruction,
-        turns,
-        to,
-        cache_dir,
-        on_progress,
-    )
+/// A view of the turns that the model writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// The turns translated into a language.
+    Translation,
+    /// The questions each turn answers, the way an interviewer would ask them: a question about
+    /// a turn tends to be worded like them, not like the turn itself ("compared with a normal
+    /// company…" against "a normal company can take its time…").
+    Questions,
 }
 
-/// `turns` with their texts replaced by the questions each piece of them answers, written by the
-/// model in `language` (the transcript's own). A question about a turn tends to be worded like
-/// the questions the turn answers, not like the turn itself ("compared with a normal company…"
-/// against "a normal company can take its time…"); cached like a translation.
-pub fn questions_for_turns(
+impl View {
+    /// Names the view's files and the warning about a damaged one.
+    fn kind(self) -> &'static str {
+        match self {
+            View::Translation => "translation",
+            View::Questions => "questions",
+        }
+    }
+
+    fn instruction(self, prompts: &Prompts, language: Language) -> String {
+        let prompt = match self {
+            View::Translation => &prompts.translate_turn,
+            View::Questions => &prompts.turn_questions,
+        };
+        prompt.replace("{language}", language_name(language))
+    }
+}
+
+/// Where rewritten pieces are kept: a cache folder, appended to as each piece is written, and
+/// the pieces shipped with tqa (`shipped_dir`), read only.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ViewStore<'a> {
+    pub cache: Option<&'a Path>,
+    pub shipped: Option<&'a Path>,
+}
+
+/// The pieces of the shipped transcript as the default model and the shipped prompts rewrite
+/// them, so that the first question on a fresh machine does not wait minutes for them. Used
+/// only where the model file, instruction and language are the same; the cache folder's own
+/// pieces come first. `tests/views.rs` checks that the default model still writes them.
+pub fn shipped_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/views")
+}
+
+/// `turns` as `view` in `language`, each piece read from `store` when an earlier run wrote it
+/// with the same model and prompt. `on_progress(done, total)` is called before the first piece
+/// is written (`done` = 0: the slow path runs, tell the user) and after each one; `total` counts
+/// the pieces not stored.
+pub fn rewrite(
     model: &mut Model,
     prompts: &Prompts,
+    view: View,
     turns: &[Turn],
     language: Language,
-    cache_dir: Option<&Path>,
+    store: ViewStore,
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Turn>, AnswerError> {
-    let instruction = prompts
-        .turn_questions
-        .replace("{language}", language_name(language));
+    let instruction = view.instruction(prompts, language);
     rewrite_turns(
         model,
-        "questions",
+        view.kind(),
         &instruction,
         turns,
         language,
-        cache_dir,
+        store,
         on_progress,
     )
 }
 
+/// The name of the file in `shipped_dir` that holds `view` as `model` writes it with `prompts`.
+pub fn shipped_name(model: &Model, prompts: &Prompts, view: View, language: Language) -> String {
+    let instruction = view.instruction(prompts, language);
+    file_name(model, view.kind(), &instruction, language, b"")
+}
+
 /// Each turn's pieces rewritten by the model as `instruction` says, into `to`, joined again per
-/// turn; pieces an earlier run rewrote the same way are read from `cache_dir`. `kind` names the
-/// cache file and the warning about a damaged one.
+/// turn; pieces an earlier run rewrote the same way, or shipped, are read from `store`.
 fn rewrite_turns(
     model: &mut Model,
     kind: &str,
     instruction: &str,
     turns: &[Turn],
     to: Language,
-    cache_dir: Option<&Path>,
+    store: ViewStore,
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Turn>, AnswerError> {
     // Each piece with its key in the cache.
@@ -115,11 +139,23 @@ fn rewrite_turns(
                 .collect()
         })
         .collect();
-    let log = cache_dir.map(|dir| dir.join(cache_name(model, kind, instruction, to)));
+    let computation = model.computation();
+    let log = store
+        .cache
+        .map(|dir| dir.join(file_name(model, kind, instruction, to, &computation)));
     let mut rewritten = log
         .as_deref()
         .map(|p| read_log(p, kind))
         .unwrap_or_default();
+    if let Some(dir) = store.shipped {
+        let shipped = read_log(
+            &dir.join(file_name(model, kind, instruction, to, b"")),
+            kind,
+        );
+        for (key, text) in shipped {
+            rewritten.entry(key).or_insert(text);
+        }
+    }
     // A piece said twice ("是的。") is rewritten once.
     let mut seen = HashSet::new();
     let missing: Vec<&(String, String)> = pieces
@@ -205,8 +241,16 @@ fn with_texts(turns: &[Turn], texts: Vec<String>) -> Vec<Turn> {
 
 /// The model is named by its file's name and size: the same weights fetched into another folder
 /// translate the same way, and hashing a gigabyte would cost more than reading the cache saves.
-/// What decides the last bits of its replies (code, device, kernels) names the file too.
-fn cache_name(model: &Model, kind: &str, instruction: &str, to: Language) -> String {
+/// In the cache, what decides the last bits of its replies (`computation`: code, device,
+/// kernels) names the file too; shipped files leave it empty, since they are to outlive changes
+/// to the kernels that leave the replies alone.
+fn file_name(
+    model: &Model,
+    kind: &str,
+    instruction: &str,
+    to: Language,
+    computation: &[u8],
+) -> String {
     let file = model
         .info
         .path
@@ -214,13 +258,12 @@ fn cache_name(model: &Model, kind: &str, instruction: &str, to: Language) -> Str
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let model_id = format!("{file}|{}", model.info.file_bytes);
-    let computation = model.computation();
     let pieces = PIECE_CHARS.to_le_bytes();
     let language = language_name(to);
     // Replies generated side by side may differ from those generated alone at near ties.
     let parts: [&[u8]; 6] = [
         model_id.as_bytes(),
-        &computation,
+        computation,
         instruction.as_bytes(),
         &pieces,
         language.as_bytes(),

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use tqa::answer::translate::{questions_for_turns, translate_turns};
+use tqa::answer::translate::{self, View, ViewStore};
 use tqa::answer::{AnswerError, AskOptions, Prompts};
 use tqa::cache::default_cache_dir;
 use tqa::model::registry::Registry;
@@ -90,13 +90,14 @@ pub fn with_english_turns(
         "translating the transcript into English, once (cached for later runs; \
          --no-translate-turns skips it)…",
         "embedding the translated passages",
-        |cache_dir, progress| {
-            translate_turns(
+        |store, progress| {
+            translate::rewrite(
                 model,
                 prompts,
+                View::Translation,
                 index.turns(),
                 Language::En,
-                cache_dir,
+                store,
                 progress,
             )
         },
@@ -105,7 +106,7 @@ pub fn with_english_turns(
 }
 
 /// `index` with the questions each turn answers, written by `model` (see
-/// `answer::translate::questions_for_turns`), beside the originals.
+/// `answer::translate::View::Questions`), beside the originals.
 pub fn with_turn_questions(
     index: Index,
     model: &mut Model,
@@ -124,16 +125,24 @@ pub fn with_turn_questions(
         language,
         "writing the questions each turn answers, once (cached for later runs)…",
         "embedding the turns' questions",
-        |cache_dir, progress| {
-            questions_for_turns(model, prompts, index.turns(), language, cache_dir, progress)
+        |store, progress| {
+            translate::rewrite(
+                model,
+                prompts,
+                View::Questions,
+                index.turns(),
+                language,
+                store,
+                progress,
+            )
         },
     )?;
     Ok(index.with_questions(view))
 }
 
 /// A view of `index`'s turns as `rewrite` writes them (in `language`, announced with
-/// `announcement` while it runs, or read from the cache folder it is given), embedded with the
-/// index's embedder (announced as `embedding`).
+/// `announcement` while it runs, or read from the cache folder or the shipped views), embedded
+/// with the index's embedder (announced as `embedding`).
 fn rewritten_view<F>(
     index: &Index,
     language: Language,
@@ -142,12 +151,15 @@ fn rewritten_view<F>(
     rewrite: F,
 ) -> anyhow::Result<TurnView>
 where
-    F: FnOnce(Option<&Path>, &mut dyn FnMut(usize, usize)) -> Result<Vec<Turn>, AnswerError>,
+    F: FnOnce(ViewStore, &mut dyn FnMut(usize, usize)) -> Result<Vec<Turn>, AnswerError>,
 {
     let cache_dir = default_cache_dir();
-    let turns = with_progress_bar(announcement, |progress| {
-        rewrite(cache_dir.as_deref(), progress)
-    })?;
+    let shipped = translate::shipped_dir();
+    let store = ViewStore {
+        cache: cache_dir.as_deref(),
+        shipped: Some(&shipped),
+    };
+    let turns = with_progress_bar(announcement, |progress| rewrite(store, progress))?;
     let dense = embedded(index, &turns, cache_dir.as_deref(), embedding)?;
     Ok(TurnView::new(&turns, language, dense))
 }

@@ -84,7 +84,7 @@ pub struct Index {
     /// The turns translated into another language, scored beside the originals.
     translation: Option<TurnView>,
     /// The questions each turn answers, in the transcript's language, scored beside the
-    /// originals (see `answer::translate::questions_for_turns`).
+    /// originals (see `answer::translate::View::Questions`).
     questions: Option<TurnView>,
 }
 
