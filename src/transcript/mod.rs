@@ -5,9 +5,10 @@
 //!   WeChat transcript); everything before the first label (title, summary) and after a heading or
 //!   a reference line (footer, list of other articles) is not part of any turn;
 //! - subtitle files, WebVTT and SubRip ([`cues`]);
-//! - the plainest format, one `Speaker: text` per paragraph or per line (ASCII or full-width colon), where
-//!   the label may carry the time the turn starts (`[00:12:34] Sam:`, `Sam (12:34):`), or a line
-//!   `Sam Altman  12:34` over the paragraph (as Otter and Zoom export them).
+//! - the plainest format, one `Speaker: text` per paragraph or per line (ASCII or full-width
+//!   colon), where the label may carry the time the turn starts (`[00:12:34] Sam:`, `Sam
+//!   (12:34):`), or a line `Sam Altman  12:34` over the paragraph (as Otter and Zoom export
+//!   them).
 
 mod cues;
 mod timestamp;
