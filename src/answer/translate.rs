@@ -43,7 +43,7 @@ struct RewrittenPiece {
 }
 
 /// A view of the turns that the model writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum View {
     /// The turns translated into a language.
     Translation,
@@ -73,7 +73,7 @@ impl View {
 
 /// Where rewritten pieces are kept: a cache folder, appended to as each piece is written, and
 /// the pieces shipped with tqa (`shipped_dir`), read only.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct ViewStore<'a> {
     pub cache: Option<&'a Path>,
     pub shipped: Option<&'a Path>,
