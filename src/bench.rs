@@ -160,7 +160,7 @@ fn ask_timing(
             max_new_tokens: 1,
             ..SamplingConfig::default()
         },
-        ..AskOptions::default()
+        ..AskOptions::for_model(&model.info)
     };
     let (time_to_first_token_ms, prompt_tokens) =
         time_to_first_token(model, index, question, repetitions, &plain)?;

@@ -71,6 +71,7 @@ fn load_caching(path: &Path, optimize: bool, prefix_cache: Option<&Path>) -> Mod
         min_answered_log_odds: 0.0,
         min_answered_log_odds_reused_turns: 0.0,
         min_owed_relevance: 0.0,
+        judges: true,
         languages: None,
         prefix_cache: prefix_cache.map(Path::to_path_buf),
     };

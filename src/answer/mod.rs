@@ -16,8 +16,8 @@ use candle_core::Tensor;
 
 use crate::model::generate::{check_context, continue_generation, per_second, Prefilled, Steer};
 use crate::model::{
-    generate, ChatTemplate, Generation, Message, Model, ModelError, Role, SamplingConfig,
-    StopReason,
+    generate, ChatTemplate, Generation, Message, Model, ModelError, ModelInfo, Role,
+    SamplingConfig, StopReason,
 };
 use crate::retrieval::{DenseError, Index, Ranking, Retrieved};
 pub use crate::transcript::Language;
@@ -570,6 +570,19 @@ impl Default for AskOptions {
     }
 }
 
+impl AskOptions {
+    /// The defaults for `model`: a model whose yes/no judgement of an exchange tells nothing
+    /// (`judges = false` in the registry) keeps the index's order, and nothing is refused on its
+    /// judgement.
+    pub fn for_model(model: &ModelInfo) -> Self {
+        let defaults = Self::default();
+        Self {
+            rerank: if model.judges { defaults.rerank } else { 0 },
+            ..defaults
+        }
+    }
+}
+
 /// Answers `question` from the turns `index` retrieves, streaming the answer to `on_text`.
 pub fn ask(
     index: &Index,
@@ -941,6 +954,31 @@ fn ms(d: Duration) -> f64 {
 mod tests {
     use super::*;
     use crate::transcript::Timestamp;
+
+    #[test]
+    fn a_model_whose_judgement_tells_nothing_is_not_asked_for_it_by_default() {
+        let info = |judges| ModelInfo {
+            path: "model.gguf".into(),
+            arch: "qwen2".into(),
+            context_length: 32_768,
+            file_bytes: 0,
+            load_time: std::time::Duration::ZERO,
+            min_answered_log_odds: 0.0,
+            min_answered_log_odds_reused_turns: 0.0,
+            min_owed_relevance: 0.0,
+            judges,
+            languages: None,
+        };
+        assert_eq!(
+            AskOptions::for_model(&info(true)).rerank,
+            rerank::DEFAULT_CANDIDATES
+        );
+        assert_eq!(AskOptions::for_model(&info(false)).rerank, 0);
+        assert_eq!(
+            AskOptions::for_model(&info(false)).k,
+            AskOptions::default().k
+        );
+    }
 
     #[test]
     fn a_question_is_also_searched_in_the_transcripts_language_else_in_english() {

@@ -23,7 +23,7 @@ pub async fn run(args: AskArgs) -> anyhow::Result<()> {
     );
     let prompts = args.pipeline.answer.prompts()?;
     let (index, mut model) = args.pipeline.load().await?;
-    let options = args.pipeline.answer.options();
+    let options = args.pipeline.answer.options(&model.info);
     let mut stdout = std::io::stdout();
     let mut stream = |text: &str| {
         if !args.json {

@@ -17,7 +17,7 @@ pub struct ChatArgs {
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let prompts = args.pipeline.answer.prompts()?;
     let (index, mut model) = args.pipeline.load().await?;
-    let options = args.pipeline.answer.options();
+    let options = args.pipeline.answer.options(&model.info);
     let interactive = std::io::stdin().is_terminal();
     let mut earlier: Vec<String> = Vec::new();
     let mut stdout = std::io::stdout();

@@ -94,7 +94,7 @@ async fn answers(args: EvalAnswersArgs) -> anyhow::Result<()> {
     }
     let prompts = args.pipeline.answer.prompts()?;
     let (index, mut model) = args.pipeline.load().await?;
-    let options = args.pipeline.answer.options();
+    let options = args.pipeline.answer.options(&model.info);
     let bar = ProgressBar::new(items.len() as u64).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")?
             .progress_chars("=> "),

@@ -16,7 +16,7 @@ use tqa::answer::translate::{self, View, ViewStore};
 use tqa::answer::{AnswerError, AskOptions, Prompts};
 use tqa::cache::default_cache_dir;
 use tqa::model::registry::Registry;
-use tqa::model::{self, DeviceChoice, Model, SamplingConfig};
+use tqa::model::{self, DeviceChoice, Model, ModelInfo, SamplingConfig};
 use tqa::retrieval::embed::Embedder;
 use tqa::retrieval::{DenseIndex, Index, TurnView};
 use tqa::transcript::{self, Language, Transcript, Turn};
@@ -304,9 +304,10 @@ pub struct AnswerArgs {
     /// Let the answering model judge the N best-ranked turns, each with its partner in the
     /// exchange, and re-order them before the best are picked: better turns, at one short prompt
     /// per exchange. Each exchange is computed once and cached, so later questions cost much less
-    /// than the first.
-    #[arg(long, value_name = "N", default_value_t = AskOptions::default().rerank)]
-    pub rerank: usize,
+    /// than the first. Default: 8, or 0 for a model that does not judge turns (`tqa models
+    /// list`).
+    #[arg(long, value_name = "N")]
+    pub rerank: Option<usize>,
     /// Keep the index's order of the turns (the same as `--rerank 0`): a shorter wait for the
     /// first word, and no refusal on the model's judgement of the turns.
     #[arg(long, conflicts_with = "rerank")]
@@ -335,11 +336,17 @@ impl AnswerArgs {
         prompts_from(self.prompts.as_deref())
     }
 
-    pub fn options(&self) -> AskOptions {
+    /// The options as given, the defaults `model`'s where not.
+    pub fn options(&self, model: &ModelInfo) -> AskOptions {
+        let defaults = AskOptions::for_model(model);
         AskOptions {
             k: self.k,
             translate: !self.no_translate,
-            rerank: if self.no_rerank { 0 } else { self.rerank },
+            rerank: if self.no_rerank {
+                0
+            } else {
+                self.rerank.unwrap_or(defaults.rerank)
+            },
             judge: !self.no_judge,
             reuse_turns: self.reuse_turns,
             fill_quotes: !self.no_quote_fill,

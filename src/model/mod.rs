@@ -133,6 +133,7 @@ pub struct ModelInfo {
     pub min_answered_log_odds: f32,
     pub min_answered_log_odds_reused_turns: f32,
     pub min_owed_relevance: f32,
+    pub judges: bool,
     /// See `ModelSource::languages`.
     pub languages: Option<Vec<Language>>,
 }
@@ -251,6 +252,7 @@ impl Model {
                 min_answered_log_odds: source.min_answered_log_odds,
                 min_answered_log_odds_reused_turns: source.min_answered_log_odds_reused_turns,
                 min_owed_relevance: source.min_owed_relevance,
+                judges: source.judges,
                 languages: source.languages.clone(),
             },
         })

@@ -46,6 +46,10 @@ pub struct ModelEntry {
     /// bullet in the answer (`answer::steer`); above 0 for a judge that leans "yes".
     #[serde(default)]
     pub min_owed_relevance: Option<f32>,
+    /// Whether the model's yes/no judgement of an exchange (`--rerank`) tells the exchanges that
+    /// answer a question from those that do not; absent: taken to.
+    #[serde(default)]
+    pub judges: Option<bool>,
     /// The languages the model reads; absent: not known, taken to be any.
     #[serde(default)]
     pub languages: Option<Vec<Language>>,

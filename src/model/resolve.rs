@@ -37,6 +37,9 @@ pub struct ModelSource {
     /// How sure the model must be that a reranked exchange answers before the answer owes it a
     /// bullet (see `answer::steer`).
     pub min_owed_relevance: f32,
+    /// Whether the model's judgement of an exchange is worth asking for by default (see
+    /// `answer::AskOptions::for_model`); true for a model the registry says nothing about.
+    pub judges: bool,
     /// The languages the model reads, from the registry; `None` when not known.
     pub languages: Option<Vec<Language>>,
     /// Where computed system turns are kept for later runs (`model::kv_store`); `None` keeps them
@@ -87,6 +90,7 @@ pub async fn resolve(spec: Option<&str>) -> Result<ModelSource, ModelError> {
             .or(entry.min_answered_log_odds)
             .unwrap_or(0.0),
         min_owed_relevance: entry.min_owed_relevance.unwrap_or(0.0),
+        judges: entry.judges.unwrap_or(true),
         languages: entry.languages.clone(),
         prefix_cache: default_prefix_cache(),
     })
@@ -111,6 +115,7 @@ fn resolve_path(path: &Path) -> Result<ModelSource, ModelError> {
         min_answered_log_odds: 0.0,
         min_answered_log_odds_reused_turns: 0.0,
         min_owed_relevance: 0.0,
+        judges: true,
         languages: None,
         prefix_cache: default_prefix_cache(),
     })

@@ -239,6 +239,7 @@ pub fn model_source(path: &Path) -> tqa::model::ModelSource {
         min_answered_log_odds: 0.0,
         min_answered_log_odds_reused_turns: 0.0,
         min_owed_relevance: 0.0,
+        judges: true,
         languages: None,
         prefix_cache: None,
     }
