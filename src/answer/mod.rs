@@ -536,7 +536,7 @@ pub struct AskOptions {
     /// How many of the best-ranked turns the model judges and re-orders before the `k` best are
     /// picked (see [`rerank`]); 0 keeps the index's order. On by default: on the dev set it put
     /// the answering turn among those given more often, answered more questions and refused more
-    /// of those the transcript does not answer (README).
+    /// of those the transcript does not answer (docs/measurements.md).
     pub rerank: usize,
     /// Refuse when the model's verdict says the retrieved turns do not answer the question.
     pub judge: bool,
@@ -708,7 +708,7 @@ impl Judged {
 /// then no prompt of them would hold the answer either, and the model is not asked to write one.
 /// Even odds, not the calibrated margin that owes a turn a bullet: a refusal withholds the whole
 /// answer, and the answer's own verdict still refuses after it (Chinese questions, judged less
-/// surely, were refused at 0.16; README, session 28).
+/// surely, were refused at 0.16; docs/measurements.md, session 28).
 fn judged_to_answer_nowhere(hits: &[Retrieved]) -> bool {
     best_relevance(hits).is_some_and(|r| r < 0.0)
 }

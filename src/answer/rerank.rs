@@ -1,7 +1,7 @@
 //! The answering model as a judge of the best-ranked turns. The index matches words and meaning;
-//! whether a turn actually answers the question is a judgement the model adds to (README: on the
-//! dev set hit@1 0.515 → 0.697 and hit@3 0.758 → 0.879), at the price of one short prompt per
-//! turn judged.
+//! whether a turn actually answers the question is a judgement the model adds to
+//! (docs/measurements.md: on the dev set hit@1 0.515 → 0.697 and hit@3 0.758 → 0.879), at the
+//! price of one short prompt per turn judged.
 
 use super::{format_turn, log_odds, AnswerError, Prompts};
 use crate::model::generate::check_context;
@@ -98,7 +98,8 @@ pub fn rerank(
 
 /// The candidates' order by the model's judgement and the index's score, each standardized over
 /// the candidates and weighted alike. The judgement alone moved turns the index had rightly put
-/// first below worse ones: a small model's yes/no is a noisy vote, not a verdict (README).
+/// first below worse ones: a small model's yes/no is a noisy vote, not a verdict
+/// (docs/measurements.md).
 fn judged_order(scores: &[f32], relevances: &[f32]) -> Vec<usize> {
     let combined = standardized_fusion(&[
         ScoreList::new(scores.to_vec(), 1.0),

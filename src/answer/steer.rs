@@ -146,13 +146,13 @@ fn may_open_quotation_after(before: Option<char>) -> bool {
 /// The answer's first citation is held to the lead: the citable turns of the best-ranked exchange
 /// (a matched turn and its partner), or the best-ranked citable turn when that exchange has none.
 /// Ranking judges each exchange on its own, and on the dev set it put an answering turn first more
-/// often than the model picked one out of all the turns in its prompt (README); later bullets may
-/// cite any citable turn.
+/// often than the model picked one out of all the turns in its prompt (docs/measurements.md);
+/// later bullets may cite any citable turn.
 ///
 /// Each given exchange that the ranking judged likely to answer is owed a bullet: where the model
 /// would end its reply before citing one of them, a bullet citing one is begun for it. A small
 /// model writes one bullet and stops, and a question whose answer spans two exchanges then gets
-/// half of it (README).
+/// half of it (docs/measurements.md).
 struct CitationGuard {
     numbers: Vec<String>,
     lead: Vec<String>,
@@ -290,7 +290,7 @@ fn owed(given: &[Retrieved], citable: &[&Retrieved], min_relevance: f32) -> Vec<
 }
 
 /// The turns a first citation is held to (see [`CitationGuard`]); none when the ranking was not
-/// judged, since the index's own first turn is a weaker guess (README).
+/// judged, since the index's own first turn is a weaker guess (docs/measurements.md).
 fn lead<'a>(given: &[Retrieved], citable: &[&'a Retrieved]) -> Vec<&'a Retrieved> {
     let Some(best) = given.first().filter(|r| r.relevance.is_some()) else {
         return Vec::new();

@@ -27,8 +27,9 @@ const SPEAKER_BOOST: f32 = 1.3;
 /// Share of the best score among its neighbours (the [`NEIGHBOUR_REACH`] turns on either side)
 /// that a matched turn gains. An interview stays on a topic for several exchanges, and a short
 /// answer ("为什么会有怀疑？我们遇到过一些无法解释的行为…") may carry few of the words its
-/// topic is asked in, which its neighbours do. On the dev set (README, session 34) 0.3 lifted such a turn
-/// from 13th to 2nd after reranking; 0.4 began to push clear first places down.
+/// topic is asked in, which its neighbours do. On the dev set (docs/measurements.md, session 34)
+/// 0.3 lifted such a turn from 13th to 2nd after reranking; 0.4 began to push clear first places
+/// down.
 const NEIGHBOUR_SHARE: f32 = 0.3;
 /// How many turns on each side count as a turn's neighbours: with questions and answers
 /// alternating, its partner and at least one turn of each exchange beside its own.
@@ -337,7 +338,7 @@ impl Index {
         let similarities = dense.similarities(query)?;
         let [passages, sentences] = dense.turn_scores(&similarities);
         // Across languages the small embedder needs a passage's context: matched one sentence
-        // at a time, an English question's ranking got worse (README).
+        // at a time, an English question's ranking got worse (docs/measurements.md).
         if Language::of(query) == language {
             rankings.push(ScoreList::new(passages, 0.5));
             rankings.push(ScoreList::new(sentences, 0.5));
@@ -478,8 +479,8 @@ impl ScoreList {
 /// Σ weight × (score − mean) / standard deviation, per scorer. Standardizing puts BM25's
 /// unbounded scores and the embedder's narrow band of cosines (0.7–0.9 for every turn) on one
 /// scale, on which a scorer's clear favourite stands out by how far it lies above the rest.
-/// Fusing ranks instead (reciprocal-rank fusion, measured in the README) rewarded turns that
-/// were middling for every scorer. Shifted so that the weakest turn any scorer matched scores
+/// Fusing ranks instead (reciprocal-rank fusion, measured in docs/measurements.md) rewarded turns
+/// that were middling for every scorer. Shifted so that the weakest turn any scorer matched scores
 /// just above 0, and a turn no scorer matched scores 0.
 pub(crate) fn standardized_fusion(score_lists: &[ScoreList]) -> Vec<f32> {
     let n = score_lists.first().map_or(0, |l| l.scores.len());
