@@ -177,9 +177,15 @@ pub fn is_cjk_char(c: char) -> bool {
     matches!(c as u32, 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF | 0x20000..=0x2FA1F)
 }
 
+/// `**Sam Altman：** text`: the label is short and its colon sits inside the bold span. The time
+/// the turn starts may stand before the label or right after it (`[30:55] **Sam:** …`, `**Sam:**
+/// [30:55] …`).
 fn bold_label_regex() -> Regex {
-    // The label is short and its colon sits inside the bold span: `**Sam Altman：** text`.
-    Regex::new(r"(?m)^\*\*([^*\n]{1,40}?)\s*[:：]\s*\*\*\s*(.*)$").expect("static regex")
+    let time = timestamp::PATTERN;
+    Regex::new(&format!(
+        r"(?m)^(?:[\[(](?P<before>{time})[\])]\s*)?\*\*(?P<name>[^*\n]{{1,40}}?)\s*[:：]\s*\*\*\s*(?:[\[(](?P<after>{time})[\])]\s*)?(?P<text>.*)$"
+    ))
+    .expect("static regex")
 }
 
 /// `Name: text`; the name may have the turn's start before it (`[00:12:34] Name:`, `12:34 Name:`)
@@ -328,18 +334,31 @@ fn ends_body(line: &str) -> bool {
 
 fn parse_bold_labelled(text: &str) -> Vec<RawTurn> {
     let label = bold_label_regex();
+    let speakers: Vec<&str> = label
+        .captures_iter(text)
+        .filter_map(|caps| caps.name("name"))
+        .map(|name| name.as_str().trim())
+        .collect();
     let mut turns = Vec::new();
     let mut current: Option<TurnBuilder> = None;
     for raw_line in text.lines() {
         let line = raw_line.trim();
         if let Some(caps) = label.captures(line) {
             turns.extend(current.take().map(TurnBuilder::finish));
-            let mut builder = TurnBuilder::new(&caps[1]);
-            builder.push_line(&caps[2]);
+            let start = ["before", "after"]
+                .into_iter()
+                .find_map(|group| caps.name(group))
+                .and_then(|m| Timestamp::parse(m.as_str()));
+            let mut builder = TurnBuilder::new(&caps["name"]).starting_at(start);
+            builder.push_line(&caps["text"]);
             current = Some(builder);
         } else if ends_body(line) {
             turns.extend(current.take().map(TurnBuilder::finish));
+            current = heading_speaker(line, &speakers).map(TurnBuilder::new);
         } else if let Some(builder) = current.as_mut() {
+            if builder.start.is_none() && builder.chars() == 0 {
+                builder.start = leading_time(line);
+            }
             if line.is_empty() || is_image(line) {
                 builder.end_paragraph();
             } else {
@@ -349,6 +368,40 @@ fn parse_bold_labelled(text: &str) -> Vec<RawTurn> {
     }
     turns.extend(current.map(TurnBuilder::finish));
     turns
+}
+
+/// The speaker a heading names, for the unlabelled paragraphs under it: "### Sam Altman, CEO,
+/// OpenAI", or "## Opening Statement - Chairman Ted Cruz (R-TX)" where a label is "Senator
+/// Cruz". The heading's last part after a dash, up to a comma or bracket, must be one of
+/// `speakers` (the file's labels) or end in a label's surname, so that a title that merely
+/// mentions a speaker ("Sam Altman在DevDay的访谈") names nobody. A surname that several labels
+/// share ("Senator Cruz", "Chairman Cruz") leaves the name as the heading writes it.
+fn heading_speaker<'h>(heading: &'h str, speakers: &[&'h str]) -> Option<&'h str> {
+    let text = heading.trim_start_matches('#').trim();
+    let part = [" - ", " – ", " — "]
+        .into_iter()
+        .fold(text, |text, dash| text.rsplit(dash).next().unwrap_or(text));
+    let name = part.split([',', '(', '（', '，']).next()?.trim();
+    if speakers.contains(&name) {
+        return Some(name);
+    }
+    let surname = name.split_whitespace().last()?;
+    let mut alike = speakers
+        .iter()
+        .filter(|s| s.split_whitespace().last() == Some(surname));
+    let speaker = *alike.next()?;
+    Some(if alike.all(|s| *s == speaker) {
+        speaker
+    } else {
+        name
+    })
+}
+
+/// The time a line begins with, as `[13:26] …` or `(13:26) …`.
+fn leading_time(line: &str) -> Option<Timestamp> {
+    let rest = line.strip_prefix(['[', '('])?;
+    let end = rest.find([']', ')'])?;
+    Timestamp::parse(&rest[..end])
 }
 
 fn parse_plain(text: &str) -> Vec<RawTurn> {
@@ -637,6 +690,51 @@ mod tests {
             t.turns[0].text,
             "we left early.\nWe met at 10:30 and talked."
         );
+    }
+
+    #[test]
+    fn a_bold_label_may_carry_the_time_before_or_after_it() {
+        let t = parse("**Host:** [00:10] Why?\n\n[00:20] **Sam:** Because.\n").unwrap();
+        assert_eq!(
+            speakers_and_starts(&t),
+            [("Host", "00:10".to_string()), ("Sam", "00:20".to_string())]
+        );
+        assert_eq!(
+            speakers_and_texts(&t),
+            [("Host", "Why?"), ("Sam", "Because.")]
+        );
+    }
+
+    #[test]
+    fn a_heading_that_names_a_speaker_gives_them_the_paragraphs_under_it() {
+        let t = parse(
+            "# Hearing\n\n**Date:** May 8\n\n---\n\n\
+             ## Opening Statement - Chairman Ann Lee (D-CA)\n\n[00:05] Welcome.\n\n---\n\n\
+             ### Sam Altman, CEO, OpenAI\n\n[01:00] Thanks.\n\n[01:30] Chips matter.\n\n\
+             ## Questions and Answers\n\nUnlabelled notes.\n\n\
+             **Senator Lee:** What about chips?\n\n**Sam Altman:** More.\n",
+        )
+        .unwrap();
+        assert_eq!(
+            speakers_and_texts(&t),
+            [
+                ("Date", "May 8"),
+                ("Senator Lee", "[00:05] Welcome."),
+                ("Sam Altman", "[01:00] Thanks.\n[01:30] Chips matter."),
+                ("Senator Lee", "What about chips?"),
+                ("Sam Altman", "More."),
+            ]
+        );
+        assert_eq!(
+            t.turns[1].start.map(|s| s.to_string()).as_deref(),
+            Some("00:05")
+        );
+    }
+
+    #[test]
+    fn a_title_that_mentions_a_speaker_names_nobody() {
+        let t = parse("# Sam Altman在DevDay的访谈\n\n导读。\n\n**Sam Altman：** 你好。\n").unwrap();
+        assert_eq!(speakers_and_texts(&t), [("Sam Altman", "你好。")]);
     }
 
     #[test]
