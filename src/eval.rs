@@ -270,6 +270,8 @@ pub struct AnswerRecord {
     pub answered_log_odds: Option<f32>,
     /// The model's judgement of the likeliest turn, with reranking (see `Answer`).
     pub best_relevance: Option<f32>,
+    /// The answer only restated the question, and tqa said so (see `Answer`).
+    pub restates_question: bool,
     /// Turns given to the model, best first.
     pub given: Vec<String>,
     pub cited: Vec<String>,
@@ -307,6 +309,7 @@ pub fn score_answer(item: &EvalItem, answer: &Answer, markers: &[String]) -> Ans
         refused,
         answered_log_odds: answer.answered_log_odds,
         best_relevance: answer.best_relevance,
+        restates_question: answer.restates_question,
         given: answer.retrieved.iter().map(|r| r.turn.id.clone()).collect(),
         cited: answer.citations.iter().map(|t| t.id.clone()).collect(),
         cites_gold: answer
@@ -470,6 +473,7 @@ mod tests {
             answered: !cited.is_empty(),
             answered_log_odds: None,
             best_relevance: None,
+            restates_question: false,
             answer: text.into(),
             citations: cited.iter().map(|id| turn(id)).collect(),
             invalid_citations: invalid.iter().map(|s| s.to_string()).collect(),

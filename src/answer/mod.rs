@@ -76,6 +76,9 @@ pub struct Prompts {
     pub user: String,
     /// What the user sees when the model judges that the excerpts do not answer the question.
     pub refusal: PerLanguage,
+    /// What follows an answer whose own words only restate the question (see
+    /// [`only_restates`]).
+    pub restated: PerLanguage,
     pub translate: String,
     /// The instruction with which the model translates the transcript's turns (see [`translate`]).
     pub translate_turn: String,
@@ -100,6 +103,10 @@ impl Default for Prompts {
             refusal: PerLanguage {
                 en: text(include_str!("../../prompts/refusal-en.txt")),
                 zh: text(include_str!("../../prompts/refusal-zh.txt")),
+            },
+            restated: PerLanguage {
+                en: text(include_str!("../../prompts/restated-en.txt")),
+                zh: text(include_str!("../../prompts/restated-zh.txt")),
             },
             translate: text(include_str!("../../prompts/translate.txt")),
             translate_turn: text(include_str!("../../prompts/translate-turn.txt")),
@@ -143,6 +150,10 @@ impl Prompts {
             refusal: PerLanguage {
                 en: read("refusal-en.txt")?,
                 zh: read("refusal-zh.txt")?,
+            },
+            restated: PerLanguage {
+                en: read("restated-en.txt")?,
+                zh: read("restated-zh.txt")?,
             },
             translate: read("translate.txt")?,
             translate_turn: read("translate-turn.txt")?,
@@ -513,6 +524,10 @@ pub struct Answer {
     /// With reranking: the model's log-odds that the best turn it judged answers the question;
     /// below even odds tqa refuses.
     pub best_relevance: Option<f32>,
+    /// The answer's own words only restate the question (see [`only_restates`]). For a model
+    /// that judges (`ModelInfo::judges`), `answer` then ends with a line saying that the
+    /// transcript does not say it.
+    pub restates_question: bool,
     pub answer: String,
     /// Cited turns that were given to the model, in order of first citation.
     pub citations: Vec<Turn>,
@@ -646,12 +661,21 @@ pub fn ask(
         .as_ref()
         .map_or(judged.verdict_time, |g| g.prefill_time);
 
-    let text = judged
-        .generation
-        .as_ref()
-        .map_or(prompts.refusal.get(language), |g| g.text.trim());
-    let (citations, invalid_citations) = check_citations(text, &retrieved);
-    let quotes = check_quotes(text, &retrieved);
+    let generated = judged.generation.as_ref().map(|g| g.text.trim());
+    let restates_question = generated.is_some_and(|text| only_restates(text, question, index));
+    let mut text = generated
+        .unwrap_or(prompts.refusal.get(language))
+        .to_string();
+    // A model whose judgement tells nothing restates the question just as often when the passage
+    // it quoted does answer it (docs/measurements.md, session 48): for it, restating says nothing
+    // about the transcript either.
+    if restates_question && model.info.judges {
+        let note = prompts.restated.get(language);
+        on_text(&format!("\n{note}"));
+        text = format!("{text}\n{note}");
+    }
+    let (citations, invalid_citations) = check_citations(&text, &retrieved);
+    let quotes = check_quotes(&text, &retrieved);
     Ok(Answer {
         question: question.to_string(),
         search_queries,
@@ -659,7 +683,8 @@ pub fn ask(
         answered: judged.generation.is_some(),
         answered_log_odds: judged.log_odds,
         best_relevance: best_relevance(&ranking.hits),
-        answer: text.to_string(),
+        restates_question,
+        answer: text,
         citations,
         invalid_citations,
         quotes,
@@ -702,6 +727,29 @@ impl Judged {
             generation: None,
         }
     }
+}
+
+/// Whether the answer's own words, outside its citations and quotations, only restate the
+/// question. A small model that finds no answer in its turns sometimes writes the question back
+/// as a statement ("Altman 说上个月让他感到震撼的那项研究成果具体是什么。"), which reads like an
+/// answer and tells nothing; its verdict had said yes (docs/measurements.md, session 48). A line
+/// of a quotation alone answers by what it quotes.
+fn only_restates(answer: &str, question: &str, index: &Index) -> bool {
+    let (quotation, citation) = (quotation_regex(), citation_regex());
+    let mut restates = false;
+    for line in answer.lines() {
+        let unquoted = quotation.replace_all(line, "");
+        let own_words = citation.replace_all(&unquoted, "");
+        if !index.words_beyond(&own_words, question).is_empty() {
+            return false;
+        }
+        if !index.words_beyond(&own_words, "").is_empty() {
+            restates = true;
+        } else if quotation.is_match(line) {
+            return false;
+        }
+    }
+    restates
 }
 
 /// Whether the model, judging the best-ranked turns (see [`rerank`]), leaned "no" on every one:
@@ -977,6 +1025,27 @@ mod tests {
         assert_eq!(
             AskOptions::for_model(&info(false)).k,
             AskOptions::default().k
+        );
+    }
+
+    #[test]
+    fn an_answer_that_only_restates_its_question_is_told_apart() {
+        let transcript = crate::transcript::Transcript::parse(
+            "Harry Stebbings: 上个月有什么让你震撼？\n\nSam Altman: 这是一个我无法透露的研究成果。",
+            Path::new("t.txt"),
+        )
+        .expect("a two-turn transcript");
+        let index = Index::build(&transcript);
+        let asked = "Altman 说上个月让他感到震撼的那项研究成果具体是什么？";
+        let quoted = "- [T2] \"这是一个我无法透露的研究成果。\"";
+        let echo = format!("{quoted} Altman说上个月让他感到震撼的那项研究成果具体是什么。");
+        assert!(only_restates(&echo, asked, &index));
+        let explained = format!("{quoted} Altman 说他不能透露那项研究成果。");
+        assert!(!only_restates(&explained, asked, &index));
+        assert!(!only_restates(quoted, asked, &index), "a quotation alone");
+        assert!(
+            !only_restates(&format!("{echo}\n{quoted}"), asked, &index),
+            "a line that answers by quoting"
         );
     }
 

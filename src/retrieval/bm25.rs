@@ -53,6 +53,11 @@ impl Bm25 {
         tokenize(&self.jieba, text)
     }
 
+    /// The words of `text`, without the character pairs that [`Bm25::terms`] adds.
+    pub fn words(&self, text: &str) -> Vec<String> {
+        words(&self.jieba, text)
+    }
+
     /// Share of `terms` that occur anywhere in the documents. An English question over a Chinese
     /// transcript shares few words with it, and the few it shares ("OpenAI", "AI") say little;
     /// fusion trusts lexical ranking in proportion to this share.
@@ -100,13 +105,24 @@ fn count_terms(terms: &[String]) -> HashMap<String, u32> {
     counts
 }
 
-/// Lower-cased index terms: jieba words for CJK runs, alphanumeric words for the rest, stop words
-/// and punctuation dropped.
+/// Lower-cased index terms: [`words`], plus overlapping character pairs of CJK runs.
 pub fn tokenize(jieba: &Jieba, text: &str) -> Vec<String> {
-    let mut terms = Vec::new();
+    let mut terms = words(jieba, text);
     for (is_cjk, run) in script_runs(text) {
         if is_cjk {
-            terms.extend(
+            terms.extend(char_bigrams(&run));
+        }
+    }
+    terms
+}
+
+/// Lower-cased words: jieba words for CJK runs, alphanumeric words (plurals stripped) for the
+/// rest, stop words and punctuation dropped.
+pub fn words(jieba: &Jieba, text: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    for (is_cjk, run) in script_runs(text) {
+        if is_cjk {
+            words.extend(
                 jieba
                     .cut_for_search(&run, true)
                     .into_iter()
@@ -114,9 +130,8 @@ pub fn tokenize(jieba: &Jieba, text: &str) -> Vec<String> {
                     .filter(|w| w.chars().any(is_cjk_char) && !ZH_STOP.contains(w))
                     .map(str::to_string),
             );
-            terms.extend(char_bigrams(&run));
         } else {
-            terms.extend(
+            words.extend(
                 run.split(|c: char| !c.is_alphanumeric())
                     .filter(|w| !w.is_empty())
                     .map(str::to_lowercase)
@@ -125,7 +140,7 @@ pub fn tokenize(jieba: &Jieba, text: &str) -> Vec<String> {
             );
         }
     }
-    terms
+    words
 }
 
 /// Overlapping character pairs catch the paraphrases and compounds that word segmentation

@@ -20,7 +20,7 @@ use serde::Serialize;
 use bm25::Bm25;
 pub use dense::{DenseError, DenseIndex};
 
-use crate::transcript::{Language, Timestamp, Transcript, Turn};
+use crate::transcript::{is_cjk_char, Language, Timestamp, Transcript, Turn};
 
 /// Score factor for turns by the speaker a question names ("what did Altman say…").
 const SPEAKER_BOOST: f32 = 1.3;
@@ -36,6 +36,56 @@ const NEIGHBOUR_SHARE: f32 = 0.3;
 const NEIGHBOUR_REACH: usize = 2;
 /// Words that name the interviewer's role rather than a person.
 const HOST_WORDS: &[&str] = &["host", "interviewer", "主持人", "主持", "采访者", "记者"];
+/// Words that say nothing an answer could add to its question: verbs that report speech or
+/// thought without saying what was said (after the plural and third-person "s" is stripped, see
+/// `bm25::words`), and pronouns the index's stop words keep.
+const EMPTY_WORDS: &[&str] = &[
+    "him",
+    "us",
+    "mention",
+    "mentioned",
+    "talk",
+    "talked",
+    "explain",
+    "explained",
+    "describe",
+    "described",
+    "note",
+    "noted",
+    "state",
+    "stated",
+    "believe",
+    "believed",
+    "feel",
+    "felt",
+    "ask",
+    "asked",
+    "answer",
+    "answered",
+    "refer",
+    "referred",
+    "speak",
+    "spoke",
+    "discusse",
+    "discussed",
+    "express",
+    "expressed",
+    "also",
+    "提到",
+    "提及",
+    "表示",
+    "谈到",
+    "谈",
+    "讲",
+    "说道",
+    "指出",
+    "称",
+    "问",
+    "问道",
+    "回答",
+    "还",
+    "也",
+];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Retrieved {
@@ -376,6 +426,25 @@ impl Index {
         }
     }
 
+    /// The words of `text` that tell something `question` does not: neither in the question
+    /// (for Chinese, anywhere in it, as segmentation may cut the two differently), nor a part of
+    /// a speaker's name, nor a word that only reports speech ("says", "提到").
+    pub fn words_beyond(&self, text: &str, question: &str) -> Vec<String> {
+        let asked = self.lexical.words(question);
+        let question = question.to_lowercase();
+        self.lexical
+            .words(text)
+            .into_iter()
+            .filter(|w| {
+                let in_question = asked.contains(w)
+                    || (w.chars().any(is_cjk_char) && question.contains(w.as_str()));
+                !in_question
+                    && !EMPTY_WORDS.contains(&w.as_str())
+                    && !self.speaker_terms.iter().any(|(_, name)| name.contains(w))
+            })
+            .collect()
+    }
+
     /// Speakers the query names, by a part of their name or, for the host, by role.
     fn named_speakers(&self, terms: &[String]) -> Vec<&str> {
         let mentions_host = terms.iter().any(|t| HOST_WORDS.contains(&t.as_str()));
@@ -600,6 +669,30 @@ mod tests {
                 ..turn.clone()
             })
             .collect()
+    }
+
+    #[test]
+    fn words_beyond_the_question_leave_out_its_words_speakers_and_speech_verbs() {
+        let t = transcript("Sam Altman: 我们会继续研究。\n\nHarry Stebbings: 好的。");
+        let index = Index::build(&t);
+        let asked = "Altman 说上个月让他感到震撼的那项研究成果具体是什么？";
+        assert!(index
+            .words_beyond(
+                "Altman提到上个月让他感到震撼的那项研究成果具体是什么。",
+                asked
+            )
+            .is_empty());
+        assert_eq!(
+            index.words_beyond("他说那项研究成果是一种新的推理方法。", asked),
+            ["一种", "新", "推理", "方法", "推理方法"]
+        );
+        assert_eq!(
+            index.words_beyond(
+                "Sam Altman says that the research results shocked him.",
+                "Which research result shocked Altman?"
+            ),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
