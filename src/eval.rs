@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::answer::{
-    citation_regex, quotation_regex, Answer, AnswerError, Language, PASSAGES_PER_QUOTE,
+    own_words, quotation_regex, Answer, AnswerError, Language, PASSAGES_PER_QUOTE,
 };
 use crate::retrieval::Retrieved;
 
@@ -225,9 +225,7 @@ pub fn unquoted(answer: &str) -> String {
 /// The language of the answer's own words. An answer of citations and quotations only ("- [T4]
 /// “…”") is in the language it quotes: its turn ids are not English words.
 pub fn answer_language(answer: &str) -> Language {
-    let own_words = citation_regex()
-        .replace_all(&unquoted(answer), "")
-        .into_owned();
+    let own_words = own_words(answer);
     if own_words.chars().any(char::is_alphabetic) {
         Language::of(&own_words)
     } else {

@@ -310,32 +310,59 @@ fn instructed_prompt(
     Ok(model.encode(&model.template().render(&messages))?)
 }
 
-/// A follow-up question ("and what about pricing?") rewritten, with the earlier questions of the
-/// conversation, into one that retrieval can use on its own.
+/// How much of the last answer a follow-up is rewritten with: its first sentences, where an
+/// answer says what "that" in "why does he think that?" refers to.
+const LAST_ANSWER_CHARS: usize = 400;
+
+/// A follow-up question ("and what about pricing?", "why does he think that?") rewritten, with
+/// the earlier questions of the conversation and the own words of the last answer (see
+/// [`own_words`]), into one that retrieval can use on its own.
 pub fn standalone_question(
     model: &mut Model,
     prompts: &Prompts,
     earlier_questions: &[String],
+    last_answer: Option<&str>,
     follow_up: &str,
 ) -> Result<String, AnswerError> {
     if earlier_questions.is_empty() {
         return Ok(follow_up.trim().to_string());
     }
-    let input = format!(
-        "Earlier questions:\n{}\n\nFollow-up question: {}",
-        earlier_questions
-            .iter()
-            .map(|q| format!("- {q}"))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        follow_up.trim()
-    );
+    let input = follow_up_input(earlier_questions, last_answer, follow_up);
     let rewritten = one_line(model, &prompts.rewrite, &input)?;
     Ok(if rewritten.is_empty() {
         follow_up.trim().to_string()
     } else {
         rewritten
     })
+}
+
+/// The message with which the model rewrites a follow-up (see [`standalone_question`]).
+fn follow_up_input(
+    earlier_questions: &[String],
+    last_answer: Option<&str>,
+    follow_up: &str,
+) -> String {
+    let questions = earlier_questions
+        .iter()
+        .map(|q| format!("- {q}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let answer = last_answer
+        .map(|a| {
+            own_words(a)
+                .lines()
+                .map(|line| line.trim().trim_start_matches(['-', '*', '•']))
+                .flat_map(str::split_whitespace)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|a| !a.is_empty())
+        .map(|a| format!("\n\nLast answer: {}", truncate_chars(&a, LAST_ANSWER_CHARS)))
+        .unwrap_or_default();
+    format!(
+        "Earlier questions:\n{questions}{answer}\n\nFollow-up question: {}",
+        follow_up.trim()
+    )
 }
 
 fn language_name(language: Language) -> &'static str {
@@ -735,11 +762,10 @@ impl Judged {
 /// answer and tells nothing; its verdict had said yes (docs/measurements.md, session 48). A line
 /// of a quotation alone answers by what it quotes.
 fn only_restates(answer: &str, question: &str, index: &Index) -> bool {
-    let (quotation, citation) = (quotation_regex(), citation_regex());
+    let quotation = quotation_regex();
     let mut restates = false;
     for line in answer.lines() {
-        let unquoted = quotation.replace_all(line, "");
-        let own_words = citation.replace_all(&unquoted, "");
+        let own_words = own_words(line);
         if !index.words_beyond(&own_words, question).is_empty() {
             return false;
         }
@@ -909,6 +935,12 @@ pub fn quotation_regex() -> Regex {
     Regex::new(r#""[^"\n]*"|“[^”\n]*”|「[^」\n]*」|『[^』\n]*』"#).expect("static regex")
 }
 
+/// The answer's own words: what is left without its quotations and citations.
+pub fn own_words(answer: &str) -> String {
+    let unquoted = quotation_regex().replace_all(answer, "");
+    citation_regex().replace_all(&unquoted, "").into_owned()
+}
+
 /// Finds the answer's quotations and checks each against the turn it is attributed to: a small
 /// model sometimes "quotes" words it made up, and the reader should know which quotes to trust.
 pub fn check_quotes(answer: &str, given: &[Retrieved]) -> Vec<Quote> {
@@ -1047,6 +1079,20 @@ mod tests {
             !only_restates(&format!("{echo}\n{quoted}"), asked, &index),
             "a line that answers by quoting"
         );
+    }
+
+    #[test]
+    fn a_follow_up_is_rewritten_with_the_last_answers_own_words() {
+        let earlier = ["What did Altman say about agents?".to_string()];
+        let answer =
+            "- [T16] \"代理可以打300个电话\" Agents can call 300 restaurants.\n- [T20] \"\"";
+        let input = follow_up_input(&earlier, Some(answer), " Why does he think that? ");
+        assert_eq!(
+            input,
+            "Earlier questions:\n- What did Altman say about agents?\n\nLast answer: Agents can \
+             call 300 restaurants.\n\nFollow-up question: Why does he think that?"
+        );
+        assert!(!follow_up_input(&earlier, None, "And pricing?").contains("Last answer"));
     }
 
     #[test]

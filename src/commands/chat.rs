@@ -20,6 +20,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let options = args.pipeline.answer.options(&model.info);
     let interactive = std::io::stdin().is_terminal();
     let mut earlier: Vec<String> = Vec::new();
+    let mut last_answer: Option<String> = None;
     let mut stdout = std::io::stdout();
     if interactive {
         eprintln!("Ask about the transcript; an empty line or Ctrl-D ends the conversation.");
@@ -30,7 +31,13 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         if line.trim().is_empty() {
             break;
         }
-        let question = answer::standalone_question(&mut model, &prompts, &earlier, &line)?;
+        let question = answer::standalone_question(
+            &mut model,
+            &prompts,
+            &earlier,
+            last_answer.as_deref(),
+            &line,
+        )?;
         if question != line.trim() {
             eprintln!("(understood as: {question})");
         }
@@ -49,6 +56,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         print_sources(&answer);
         println!();
         earlier.push(question);
+        last_answer = answer.answered.then_some(answer.answer);
         if interactive {
             eprint!("> ");
         }
