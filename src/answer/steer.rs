@@ -3,7 +3,7 @@
 
 use regex::Regex;
 
-use super::{citation_regex, extract_citations, normalize_turn_id};
+use super::{citation_regex, extract_citations, normalize_turn_id, quotation_regex};
 use crate::model::generate::{closing_mark, Next, Steer};
 use crate::retrieval::Retrieved;
 use crate::transcript::{is_cjk_char, Language};
@@ -87,6 +87,19 @@ impl Steer for AnswerSteer<'_> {
         if let Some(opening) = self.quotes.as_ref().and_then(|q| q.opening_after(reply)) {
             return Some(Next::OneOf(opening));
         }
+        // A long explanation ends its line, and the reply goes on with another bullet or ends:
+        // left free after the line break, the model goes on explaining in paragraphs.
+        let mut lines = reply.rsplit('\n');
+        let line = lines.next().unwrap_or(reply);
+        if explanation_sentences(line) >= MAX_EXPLANATION_SENTENCES {
+            return Some(Next::OneOfOrEnd(vec!["\n".to_string()]));
+        }
+        let after_long_explanation = lines
+            .next()
+            .is_some_and(|above| explanation_sentences(above) >= MAX_EXPLANATION_SENTENCES);
+        if line.is_empty() && after_long_explanation {
+            return Some(Next::OneOfOrEnd(vec!["- [".to_string()]));
+        }
         let just_filled = self
             .last_filled
             .as_ref()
@@ -111,6 +124,37 @@ impl Steer for AnswerSteer<'_> {
             && !reply.is_empty()
             && !ends_inside_quotation(reply.rsplit('\n').next().unwrap_or(reply))
     }
+}
+
+/// Sentences after which a bullet's explanation of its quotation ends. Left free, the model
+/// tends to translate the whole quotation and go on, sentence after sentence, until the reply
+/// runs into its token limit mid-sentence (docs/measurements.md, session 48).
+const MAX_EXPLANATION_SENTENCES: usize = 3;
+
+/// The finished sentences of `line` after its last quotation, counted when `line` ends with one:
+/// an English sentence ends with ".", "!" or "?" followed by a space (not "3.5"), a Chinese one
+/// with "。", "！" or "？".
+fn explanation_sentences(line: &str) -> usize {
+    let ends_sentence = |c: char, before: Option<char>| {
+        matches!(c, '。' | '！' | '？')
+            || (matches!(c, '.' | '!' | '?') && !before.is_some_and(|b| b.is_ascii_digit()))
+    };
+    let mut chars = line.chars().rev();
+    let (Some(last), before) = (chars.next(), chars.next()) else {
+        return 0;
+    };
+    if !ends_sentence(last, before) || ends_inside_quotation(line) {
+        return 0;
+    }
+    let explanation = quotation_regex()
+        .find_iter(line)
+        .last()
+        .map_or(line, |q| &line[q.end()..]);
+    let chars: Vec<char> = explanation.chars().collect();
+    let inner = chars.windows(3).filter(|w| {
+        matches!(w[1], '。' | '！' | '？') || (ends_sentence(w[1], Some(w[0])) && w[2] == ' ')
+    });
+    inner.count() + 1
 }
 
 /// Whether `line` ends inside a quotation: a straight double quote opens and closes in turn, the
@@ -593,6 +637,39 @@ mod tests {
         assert!(!about_english
             .in_language(Language::En)
             .bars_chinese("- [T4] He"));
+    }
+
+    #[test]
+    fn an_explanation_ends_its_line_after_three_sentences() {
+        let quoted = "- [T4] \"大约两百万美元。主要是服务器。还招了人。\"";
+        for (explanation, sentences) in [
+            (" Wu Dan says it cost two million dollars.", 1),
+            (" It cost $2.5 million. Mostly servers! Why? Growth.", 4),
+            (" GPT 3.5 was bad.", 1),
+            (" It cost two million dollars. Mostly", 0),
+            (
+                " 她说花了两百万美元。主要用在服务器上。还招了四名工程师。",
+                3,
+            ),
+        ] {
+            assert_eq!(
+                explanation_sentences(&format!("{quoted}{explanation}")),
+                sentences,
+                "{explanation}"
+            );
+        }
+        assert_eq!(explanation_sentences("- [T4] \"One. Two. Three."), 0);
+        let turns = [given("T4", "Sam", "大约两百万美元。")];
+        let steer = AnswerSteer::new(&turns, None, 0.0, false);
+        let long = format!("{quoted} It cost two million. Mostly servers. And four hires.");
+        assert!(matches!(steer.next(&long), Some(Next::OneOfOrEnd(t)) if t == ["\n"]));
+        assert!(
+            matches!(steer.next(&format!("{long}\n")), Some(Next::OneOfOrEnd(t)) if t == ["- ["]),
+            "another bullet or the end, not a paragraph"
+        );
+        assert!(steer
+            .next(&format!("{quoted} It cost two million."))
+            .is_none());
     }
 
     /// Quotations are filled with passages not quoted yet: once a turn's are all quoted, a

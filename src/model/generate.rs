@@ -192,6 +192,8 @@ pub trait Steer {
 pub enum Next {
     /// One of the first tokens of these texts' encodings.
     OneOf(Vec<String>),
+    /// The same, or the reply ends here.
+    OneOfOrEnd(Vec<String>),
     /// Any token that neither ends the reply nor starts a new line.
     OnSameLine,
     /// The reply ends here, as if the model had ended it.
@@ -941,6 +943,12 @@ fn token_limit(
         Some(Next::OneOf(texts)) => {
             let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
             Mask::Only(first_tokens(&texts)?)
+        }
+        Some(Next::OneOfOrEnd(texts)) => {
+            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let mut allowed = first_tokens(&texts)?;
+            allowed.extend(model.stop_tokens());
+            Mask::Only(allowed)
         }
         Some(Next::OnSameLine) => {
             let mut ruled_out = first_tokens(&LINE_BREAKS)?;
