@@ -94,10 +94,11 @@ impl Steer for AnswerSteer<'_> {
         if explanation_sentences(line) >= MAX_EXPLANATION_SENTENCES {
             return Some(Next::OneOfOrEnd(vec!["\n".to_string()]));
         }
-        let after_long_explanation = lines
-            .next()
-            .is_some_and(|above| explanation_sentences(above) >= MAX_EXPLANATION_SENTENCES);
-        if line.is_empty() && after_long_explanation {
+        if line.is_empty()
+            && lines
+                .next()
+                .is_some_and(|above| explanation_sentences(above) >= MAX_EXPLANATION_SENTENCES)
+        {
             return Some(Next::OneOfOrEnd(vec!["- [".to_string()]));
         }
         let just_filled = self
