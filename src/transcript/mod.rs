@@ -97,9 +97,14 @@ impl Transcript {
         } else {
             parse_plain(text)
         };
+        let raw: Vec<RawTurn> = raw.into_iter().filter(|raw| !raw.text.is_empty()).collect();
+        let raw = if cues::is_cue_file(text) {
+            raw
+        } else {
+            without_header_fields(raw)
+        };
         let turns: Vec<Turn> = raw
             .into_iter()
-            .filter(|raw| !raw.text.is_empty())
             .enumerate()
             .map(|(i, raw)| Turn {
                 id: format!("T{}", i + 1),
@@ -300,6 +305,42 @@ impl TurnBuilder {
             start: self.start,
         }
     }
+}
+
+/// `turns` without the fields that head a transcript in the same `Label: value` form as its turns
+/// (`**Date:** March 3, 2025`, `Location: Berlin`): before the first speaker who speaks twice,
+/// a label used once whose text is one short line without a sentence. As turns they were
+/// searched, shown and paired with the host's first question as if someone had said them.
+fn without_header_fields(turns: Vec<RawTurn>) -> Vec<RawTurn> {
+    let mut uses: HashMap<&str, usize> = HashMap::new();
+    for turn in &turns {
+        *uses.entry(turn.speaker.as_str()).or_default() += 1;
+    }
+    let Some(first_recurring) = turns.iter().position(|t| uses[t.speaker.as_str()] > 1) else {
+        return turns;
+    };
+    let is_field: Vec<bool> = turns
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            i < first_recurring && uses[t.speaker.as_str()] == 1 && is_field_value(&t.text)
+        })
+        .collect();
+    turns
+        .into_iter()
+        .zip(is_field)
+        .filter_map(|(turn, field)| (!field).then_some(turn))
+        .collect()
+}
+
+/// A header field's value: a date, a place, a source, not something said.
+fn is_field_value(text: &str) -> bool {
+    const MAX_FIELD_CHARS: usize = 80;
+    text.chars().count() <= MAX_FIELD_CHARS
+        && !text.contains('\n')
+        && !text.contains(['?', '!', '。', '？', '！'])
+        && !text.trim_end().ends_with('.')
+        && !text.contains(". ")
 }
 
 /// Strips markdown emphasis; bold spans sit inside sentences and carry no meaning for retrieval.
@@ -718,7 +759,6 @@ mod tests {
         assert_eq!(
             speakers_and_texts(&t),
             [
-                ("Date", "May 8"),
                 ("Senator Lee", "[00:05] Welcome."),
                 ("Sam Altman", "[01:00] Thanks.\n[01:30] Chips matter."),
                 ("Senator Lee", "What about chips?"),
@@ -726,7 +766,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            t.turns[1].start.map(|s| s.to_string()).as_deref(),
+            t.turns[0].start.map(|s| s.to_string()).as_deref(),
             Some("00:05")
         );
     }
@@ -746,6 +786,24 @@ mod tests {
         assert_eq!(t.turns.len(), 1);
         assert_eq!(t.turns[0].speaker, "Alice");
         assert!(t.turns[0].start.is_none());
+    }
+
+    #[test]
+    fn header_fields_in_the_form_of_labels_are_not_turns() {
+        let text = "# Interview with Jane Doe\n\n**Date:** March 3, 2025\n**Location:** Berlin\n\n\
+                    **Announcer:** Live from the studio, this is the show.\n\n\
+                    **Host:** Welcome, Jane. What are you building?\n\n\
+                    **Jane Doe:** Batteries that last twenty years.\n\n\
+                    **Host:** Why twenty?\n\n**Jane Doe:** That is how long a roof lasts.\n";
+        let t = parse(text).unwrap();
+        let speakers: Vec<&str> = t.turns.iter().map(|turn| turn.speaker.as_str()).collect();
+        assert_eq!(
+            speakers,
+            ["Announcer", "Host", "Jane Doe", "Host", "Jane Doe"],
+            "one sentence said once is a turn; a date and a place are not"
+        );
+        let plain = "Date: 2025-03-03\n\nHost: Welcome.\n\nGuest: Thanks.\n\nHost: Why?\n\nGuest: Because.\n";
+        assert_eq!(parse(plain).unwrap().turns[0].speaker, "Host");
     }
 
     #[test]
