@@ -102,6 +102,45 @@ fn stops_at_the_token_limit() {
     assert_eq!(streamed, "aaaaaaaaa");
 }
 
+#[test]
+fn a_reply_at_its_limit_may_finish_its_sentence_and_starts_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load(&common::tiny_model(
+        dir.path(),
+        Behaviour::AlwaysEmit(u32::from(b'a')),
+    ));
+    let prompt = model.encode("hi").unwrap();
+    // Sentences of three tokens: "aaa" then a steered full stop.
+    let reply = |model: &mut Model, max_new_tokens: usize, finish_sentence_within: usize| {
+        let config = SamplingConfig {
+            max_new_tokens,
+            finish_sentence_within,
+            ..SamplingConfig::default()
+        };
+        let ready = prefilled(model, &prompt);
+        let mut full_stop = |reply: &str| reply.ends_with("aaa").then(|| ".".to_string());
+        continue_generation(model, ready, &config, &mut |_| {}, &mut full_stop).unwrap()
+    };
+    // The limit falls on the second sentence's first token.
+    let limit = 3 + model.encode(".").unwrap().len() + 1;
+    let cut = reply(&mut model, limit, 0);
+    assert_eq!(
+        (cut.text.as_str(), cut.stop),
+        ("aaa.a", StopReason::TokenLimit)
+    );
+    let finished = reply(&mut model, limit, 10);
+    assert_eq!(
+        finished.text, "aaa.aaa.",
+        "the sentence is finished, no other begun"
+    );
+    assert_eq!(finished.stop, StopReason::TokenLimit);
+    let too_long = reply(&mut model, limit, 1);
+    assert_eq!(
+        too_long.text, "aaa.aa",
+        "the room to finish a sentence is bounded too"
+    );
+}
+
 /// The same reply with and without guessing ahead, and how many tokens the guesses gave.
 fn with_and_without_guesses(model: &mut Model, prompt: &str, config: &SamplingConfig) -> usize {
     let plain = SamplingConfig {

@@ -564,7 +564,7 @@ pub struct Answer {
     pub quotes: Vec<Quote>,
     pub retrieved: Vec<Retrieved>,
     /// Why the model's reply ended; absent for a refusal written without it. `token_limit` means
-    /// the answer was cut short.
+    /// the answer reached its limit and may leave out what the model would have gone on with.
     pub stop: Option<StopReason>,
     pub timings: Timings,
 }
@@ -602,9 +602,11 @@ impl Default for AskOptions {
             reuse_turns: false,
             fill_quotes: true,
             // Up to three bullets, one per exchange given, each with a quotation of two passages;
-            // a longer reply is a model that has lost its way.
+            // a longer reply is a model that has lost its way. A reply that reaches the limit
+            // may finish its sentence or quotation.
             sampling: SamplingConfig {
                 max_new_tokens: 768,
+                finish_sentence_within: 128,
                 max_self_repeat: Some(MAX_SELF_REPEAT),
                 ..SamplingConfig::default()
             },

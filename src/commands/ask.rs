@@ -76,7 +76,7 @@ pub fn print_sources(answer: &Answer) {
     }
     if answer.stop == Some(StopReason::TokenLimit) {
         println!(
-            "  (the answer reached the token limit and was cut short: --max-tokens raises it)"
+            "  (the answer reached the token limit and may leave out more: --max-tokens raises it)"
         );
     }
     for quote in answer.quotes.iter().filter(|q| !q.verbatim) {

@@ -37,6 +37,11 @@ pub struct SamplingConfig {
     /// hold, and a pass of a few tokens costs little more than a pass of one: a step reads every
     /// weight from memory once either way.
     pub guess_ahead: usize,
+    /// Tokens a reply that reaches `max_new_tokens` inside a sentence may go on for, to finish
+    /// it (0: it ends at the limit). Past the limit the reply ends at the first end of a
+    /// sentence, a quotation or a line, and starts nothing new: an answer cut at its limit
+    /// stopped inside a quotation or mid-sentence (docs/measurements.md, session 49).
+    pub finish_sentence_within: usize,
 }
 
 /// [`SamplingConfig::guess_ahead`] unless told otherwise.
@@ -54,11 +59,17 @@ impl Default for SamplingConfig {
             stop_sequences: Vec::new(),
             max_self_repeat: None,
             guess_ahead: DEFAULT_GUESS_AHEAD,
+            finish_sentence_within: 0,
         }
     }
 }
 
 impl SamplingConfig {
+    /// The most tokens a reply may have: its limit and the room to finish the sentence it is in.
+    fn most_tokens(&self) -> usize {
+        self.max_new_tokens + self.finish_sentence_within
+    }
+
     fn logits_processor(&self) -> LogitsProcessor {
         let sampling = match (self.temperature, self.top_p) {
             (t, _) if t <= 0.0 => Sampling::ArgMax,
@@ -224,10 +235,10 @@ pub fn check_context(
     config: &SamplingConfig,
 ) -> Result<(), ModelError> {
     let context = model.info.context_length;
-    if prompt + config.max_new_tokens > context {
+    if prompt + config.most_tokens() > context {
         return Err(ModelError::ContextOverflow {
             prompt,
-            max_new: config.max_new_tokens,
+            max_new: config.most_tokens(),
             context,
         });
     }
@@ -251,10 +262,10 @@ pub fn continue_generation(
     let mut sampler = config.logits_processor();
     let mut stream = TextStream::default();
     let mut text = StopScan::new(&config.stop_sequences);
-    let mut generated: Vec<u32> = Vec::with_capacity(config.max_new_tokens);
+    let mut generated: Vec<u32> = Vec::with_capacity(config.most_tokens());
     // What the repeat penalty looks at: steered text is the caller's, and an answer is meant to
     // restate a quotation it was given, not be pushed away from its words.
-    let mut sampled: Vec<u32> = Vec::with_capacity(config.max_new_tokens);
+    let mut sampled: Vec<u32> = Vec::with_capacity(config.most_tokens());
 
     let mut next = sample(
         &mut sampler,
@@ -281,7 +292,7 @@ pub fn continue_generation(
     // What the reply restates, the prompt, then the reply so far: what a guess is looked up in,
     // the latest first. Refilled for each lookup, so that cuts and steered text need no
     // bookkeeping of their own.
-    let mut lookup = Vec::with_capacity(context + config.max_new_tokens);
+    let mut lookup = Vec::with_capacity(context + config.most_tokens());
     if guess_ahead > 0 {
         for text in steer.restates() {
             // On lines of their own, so that no token joins one text with the next.
@@ -349,9 +360,11 @@ pub fn continue_generation(
                 }
             }
         }
+        let past_limit = generated.len() + cut_tokens >= config.max_new_tokens;
         if ended {
-            let Some(more) = steer
-                .instead_of_end(text.so_far())
+            let Some(more) = (!past_limit)
+                .then(|| steer.instead_of_end(text.so_far()))
+                .flatten()
                 .filter(|more| !more.is_empty())
             else {
                 break if copied {
@@ -366,7 +379,12 @@ pub fn continue_generation(
                 break StopReason::StopSequence;
             }
         }
-        if step.is_empty() || generated.len() + cut_tokens >= config.max_new_tokens {
+        let spent = generated.len() + cut_tokens;
+        if step.is_empty()
+            || spent >= config.most_tokens()
+            || (spent >= config.max_new_tokens
+                && (config.finish_sentence_within == 0 || ends_sentence(text.so_far())))
+        {
             break StopReason::TokenLimit;
         }
         let step_start = Instant::now();
@@ -382,7 +400,7 @@ pub fn continue_generation(
                     Some(_) => {
                         lookup.truncate(reply_at);
                         lookup.extend_from_slice(&generated);
-                        let room = config.max_new_tokens.saturating_sub(generated.len());
+                        let room = config.most_tokens().saturating_sub(generated.len());
                         guess_after(&lookup, guesses.length().min(room))
                     }
                     None => Vec::new(),
@@ -807,6 +825,24 @@ fn line_end_after(text: &str) -> String {
     }
 }
 
+/// Whether `text` ends a line, or a sentence or quotation that its line does not leave inside
+/// a quotation (`- [T8] "` opens one; a full stop after a digit may be a decimal point).
+fn ends_sentence(text: &str) -> bool {
+    if text.ends_with('\n') {
+        return true;
+    }
+    let line = text.rsplit('\n').next().unwrap_or(text).trim_end();
+    let mut last_two = line.chars().rev();
+    let (last, before) = (last_two.next(), last_two.next());
+    let quotations_closed = line.matches('"').count().is_multiple_of(2);
+    quotations_closed
+        && match last {
+            Some('.') => !before.is_some_and(|c| c.is_ascii_digit()),
+            Some(c) => SENTENCE_ENDS.contains(&c),
+            None => false,
+        }
+}
+
 /// Characters a finished sentence, or a quotation, may end with.
 const SENTENCE_ENDS: &[char] = &[
     '.', '。', '!', '！', '?', '？', '…', '"', '”', '」', '』', ')', '）',
@@ -911,7 +947,7 @@ fn put_steered(
     on_text: &mut dyn FnMut(&str),
 ) -> Result<bool, ModelError> {
     let mut tokens = model.encode(&steered)?;
-    let room = config.max_new_tokens.saturating_sub(generated.len());
+    let room = config.most_tokens().saturating_sub(generated.len());
     let shown = if tokens.len() > room {
         tokens.truncate(room);
         model.decode(&tokens)?
@@ -1174,6 +1210,20 @@ impl<'a> StopScan<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sentences_end_outside_quotations_and_not_at_a_decimal_point() {
+        assert!(ends_sentence("- [T8] \"我们会做到。\""));
+        assert!(ends_sentence("He says it will change. "));
+        assert!(ends_sentence("- [T8] \"…\" He says so.\n"));
+        assert!(
+            !ends_sentence("- [T8] \"我们会做到。"),
+            "inside the quotation"
+        );
+        assert!(!ends_sentence("- [T8] \""), "a quotation just opened");
+        assert!(!ends_sentence("version 0."));
+        assert!(!ends_sentence("He says that"));
+    }
 
     #[test]
     fn a_begun_stop_sequence_is_completed_by_its_rest() {
