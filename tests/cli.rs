@@ -119,7 +119,8 @@ fn a_malformed_transcript_is_reported_before_the_model_loads() {
 fn question_longer_than_the_context() {
     let dir = tempfile::tempdir().unwrap();
     let model = common::tiny_model(dir.path(), Behaviour::Random(2));
-    let question = "why ".repeat(common::CONTEXT as usize);
+    // Within the length of a question, but three tokens a character for the tiny model.
+    let question = "为什么".repeat(tqa::answer::MAX_QUESTION_CHARS / 3);
     let out = tqa(&[
         "ask",
         &question,
@@ -245,7 +246,11 @@ fn ask_json_on_a_tiny_model_reports_every_field() {
     ] {
         assert!(v["timings"][field].is_number(), "timings.{field} missing");
     }
-    assert_eq!(v["timings"]["generated_tokens"], 6);
+    // Random weights end no sentence: the reply runs to its limit and the room to finish one.
+    assert_eq!(
+        v["timings"]["generated_tokens"],
+        6 + tqa::answer::room_to_finish_sentence(6)
+    );
     assert_eq!(v["stop"], "token_limit");
 }
 
@@ -302,6 +307,14 @@ fn bench_json_on_a_tiny_model_emits_every_field() {
 }
 
 #[test]
+fn a_question_too_long_to_be_one_is_refused_before_the_model_loads() {
+    let pasted = "What did he say about agents and tools? ".repeat(40);
+    let out = tqa(&["ask", &pasted, "--model", "/nonexistent/model.gguf"]);
+    assert_fails_with(&out, "1599 characters long");
+    assert!(!stderr(&out).contains("/nonexistent/model.gguf"));
+}
+
+#[test]
 fn chat_answers_each_line_with_the_model_loaded_once() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
@@ -325,12 +338,22 @@ fn chat_answers_each_line_with_the_model_loaded_once() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"What about agents?\nAnd about tasks?\n")
+        .write_all(
+            format!(
+                "What about agents?\n{}\nAnd about tasks?\n",
+                "agents ".repeat(200)
+            )
+            .as_bytes(),
+        )
         .unwrap();
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert_eq!(err.matches("loaded in").count(), 1, "{err}");
+    assert!(
+        err.contains("characters long"),
+        "a line too long to be a question is refused, and the conversation goes on: {err}"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let answers = stdout.matches("Sources:").count() + stdout.matches("(no turns cited)").count();
     assert_eq!(answers, 2, "{stdout}");

@@ -141,6 +141,31 @@ fn a_reply_at_its_limit_may_finish_its_sentence_and_starts_no_other() {
     );
 }
 
+#[test]
+fn a_quotation_cut_at_the_limit_is_closed_as_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load(&common::tiny_model(
+        dir.path(),
+        Behaviour::AlwaysEmit(u32::from(b'a')),
+    ));
+    let prompt = model.encode("hi").unwrap();
+    let ready = prefilled(&mut model, &prompt);
+    let mut streamed = String::new();
+    let mut quotation = |reply: &str| (reply == "a").then(|| format!("\"{}\"", "b".repeat(50)));
+    let cut = continue_generation(
+        &mut model,
+        ready,
+        &unpenalized(10),
+        &mut |t| streamed.push_str(t),
+        &mut quotation,
+    )
+    .unwrap();
+    assert_eq!(cut.stop, StopReason::TokenLimit);
+    assert!(cut.text.ends_with("bb…\""), "{}", cut.text);
+    assert_eq!(cut.text.matches('"').count(), 2, "{}", cut.text);
+    assert_eq!(streamed, cut.text);
+}
+
 /// The same reply with and without guessing ahead, and how many tokens the guesses gave.
 fn with_and_without_guesses(model: &mut Model, prompt: &str, config: &SamplingConfig) -> usize {
     let plain = SamplingConfig {

@@ -30,6 +30,8 @@ pub enum AnswerError {
         "the question is empty; ask something, e.g. tqa ask \"What did Altman say about agents?\""
     )]
     EmptyQuestion,
+    #[error("the question is {chars} characters long; tqa answers questions of up to {max}: ask about one thing at a time (`tqa search` finds the turns that hold a passage)")]
+    QuestionTooLong { chars: usize, max: usize },
     #[error("cannot read prompt file {path}: {source}")]
     Prompt {
         path: std::path::PathBuf,
@@ -45,6 +47,34 @@ pub enum AnswerError {
     Model(#[from] ModelError),
     #[error("retrieval failed: {0}")]
     Retrieval(#[from] DenseError),
+}
+
+/// Most characters of a question. A question is a sentence or two; text pasted by mistake, far
+/// longer, would be read once to translate it and once per judged exchange: a 60,000-character
+/// one took minutes before the first token (docs/measurements.md, session 49).
+pub const MAX_QUESTION_CHARS: usize = 1000;
+
+/// Fails on a question that is empty or too long to be one (`MAX_QUESTION_CHARS`), before any
+/// work is done on it.
+pub fn check_question(question: &str) -> Result<(), AnswerError> {
+    let chars = question.trim().chars().count();
+    if chars == 0 {
+        return Err(AnswerError::EmptyQuestion);
+    }
+    if chars > MAX_QUESTION_CHARS {
+        return Err(AnswerError::QuestionTooLong {
+            chars,
+            max: MAX_QUESTION_CHARS,
+        });
+    }
+    Ok(())
+}
+
+/// How far past its token limit an answer may go to finish the sentence or quotation the limit
+/// falls inside (a cut answer stopped mid-quotation or mid-sentence): a sixth of the limit, 128
+/// tokens past the default 768, so that a short limit stays short.
+pub fn room_to_finish_sentence(max_new_tokens: usize) -> usize {
+    max_new_tokens / 6
 }
 
 /// Longest stretch of one turn put into the prompt. Prefill time grows with every token, and the
@@ -602,11 +632,10 @@ impl Default for AskOptions {
             reuse_turns: false,
             fill_quotes: true,
             // Up to three bullets, one per exchange given, each with a quotation of two passages;
-            // a longer reply is a model that has lost its way. A reply that reaches the limit
-            // may finish its sentence or quotation.
+            // a longer reply is a model that has lost its way.
             sampling: SamplingConfig {
                 max_new_tokens: 768,
-                finish_sentence_within: 128,
+                finish_sentence_within: room_to_finish_sentence(768),
                 max_self_repeat: Some(MAX_SELF_REPEAT),
                 ..SamplingConfig::default()
             },
@@ -636,9 +665,7 @@ pub fn ask(
     options: &AskOptions,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Answer, AnswerError> {
-    if question.trim().is_empty() {
-        return Err(AnswerError::EmptyQuestion);
-    }
+    check_question(question)?;
     let start = Instant::now();
     let (search_queries, ranking) = rank_turns(index, model, prompts, question, options)?;
     let retrieved = index.select(&ranking, options.k);

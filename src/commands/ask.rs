@@ -17,10 +17,7 @@ pub struct AskArgs {
 }
 
 pub async fn run(args: AskArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !args.question.trim().is_empty(),
-        answer::AnswerError::EmptyQuestion
-    );
+    answer::check_question(&args.question)?;
     let prompts = args.pipeline.answer.prompts()?;
     let (index, mut model) = args.pipeline.load().await?;
     let options = args.pipeline.answer.options(&model.info);

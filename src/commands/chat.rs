@@ -31,6 +31,14 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         if line.trim().is_empty() {
             break;
         }
+        // One line that is not a question does not end the conversation.
+        if let Err(not_a_question) = answer::check_question(&line) {
+            eprintln!("error: {not_a_question}");
+            if interactive {
+                eprint!("> ");
+            }
+            continue;
+        }
         let question = answer::standalone_question(
             &mut model,
             &prompts,

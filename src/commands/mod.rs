@@ -365,7 +365,7 @@ pub fn prompts_from(dir: Option<&std::path::Path>) -> Result<Prompts, AnswerErro
 
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
-    /// Most tokens to generate.
+    /// The answer's token limit; a sentence or quotation it falls inside may run a sixth past it.
     #[arg(long, default_value_t = AskOptions::default().sampling.max_new_tokens)]
     pub max_tokens: usize,
     /// 0 = greedy (deterministic).
@@ -394,6 +394,7 @@ impl SamplingArgs {
             seed: self.seed,
             repeat_penalty: self.repeat_penalty,
             max_new_tokens: self.max_tokens,
+            finish_sentence_within: tqa::answer::room_to_finish_sentence(self.max_tokens),
             guess_ahead: self.guess_ahead,
             ..AskOptions::default().sampling
         }

@@ -428,6 +428,14 @@ pub fn continue_generation(
             text.push(&rest, on_text);
         }
     }
+    // A quotation the limit cut (a filled one longer than the room left) reads as cut, and
+    // what follows it is not taken for the speaker's words.
+    if stop == StopReason::TokenLimit {
+        let so_far = text.so_far();
+        if let Some(close) = left_open(so_far.rsplit('\n').next().unwrap_or(so_far)) {
+            text.push(&format!("…{close}"), on_text);
+        }
+    }
     Ok(Generation {
         text: text.finish(on_text),
         tokens: generated,
@@ -815,14 +823,19 @@ fn end_copying(copies: &mut Option<SelfRepeats>, text: &mut StopScan) {
 /// the whole of what the model meant.
 fn line_end_after(text: &str) -> String {
     let line = text.rsplit('\n').next().unwrap_or(text);
-    let first_quotation = line
-        .char_indices()
-        .find_map(|(at, c)| Some((at + c.len_utf8(), closing_mark(c)?)));
-    match first_quotation {
-        Some((inside, close)) if !line[inside..].contains(close) => format!("{close}\n"),
-        _ if line.trim_end().ends_with(SENTENCE_ENDS) => "\n".to_string(),
-        _ => "…\n".to_string(),
+    match left_open(line) {
+        Some(close) => format!("{close}\n"),
+        None if line.trim_end().ends_with(SENTENCE_ENDS) => "\n".to_string(),
+        None => "…\n".to_string(),
     }
+}
+
+/// The mark that would close `line`'s first quotation, where the line leaves it open.
+fn left_open(line: &str) -> Option<char> {
+    let (inside, close) = line
+        .char_indices()
+        .find_map(|(at, c)| Some((at + c.len_utf8(), closing_mark(c)?)))?;
+    (!line[inside..].contains(close)).then_some(close)
 }
 
 /// Whether `text` ends a line, or a sentence or quotation that its line does not leave inside
