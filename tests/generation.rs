@@ -521,6 +521,23 @@ fn a_steer_can_go_on_where_the_model_would_end() {
     let cut = go_on_twice(&mut model, 1, &mut String::new());
     assert_eq!(cut.tokens.len(), 1);
     assert_eq!(cut.stop, StopReason::TokenLimit);
+
+    // A reply past its limit, with room to finish a sentence, does not go on where it ends.
+    let ready = prefilled(&mut model, &prompt);
+    let with_room = SamplingConfig {
+        finish_sentence_within: 16,
+        ..unpenalized(ab.len())
+    };
+    let once = continue_generation(
+        &mut model,
+        ready,
+        &with_room,
+        &mut |_| {},
+        &mut GoOn { times: 2 },
+    )
+    .unwrap();
+    assert_eq!(once.text, "ab");
+    assert_eq!(once.stop, StopReason::EndOfTurn);
 }
 
 /// Would go on after every reply, with nothing to say yet.
