@@ -72,6 +72,28 @@ fn truncated_model_file() {
 }
 
 #[test]
+fn a_model_file_cut_inside_its_header_is_reported_in_one_line_even_with_backtraces_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path(), Behaviour::Random(2));
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..64]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tqa"))
+        .args([
+            "ask",
+            "What about agents?",
+            "--model",
+            model.to_str().unwrap(),
+        ])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run tqa");
+    assert_fails_with(&out, "fetch it again");
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+#[test]
 fn empty_question() {
     let out = tqa(&["ask", "   "]);
     assert_fails_with(&out, "question is empty");

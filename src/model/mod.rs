@@ -700,7 +700,7 @@ fn open_checked(path: &Path) -> Result<(File, gguf_file::Content, Arc<Mmap>), Mo
     // mapped bytes do not change while the model is loaded.
     let map = unsafe { MmapOptions::new().map(&file) }.map_err(io)?;
     let content = gguf_file::Content::read(&mut Cursor::new(&map[..])).map_err(|e| {
-        let (path, reason) = (path.to_path_buf(), e.to_string());
+        let (path, reason) = (path.to_path_buf(), message_without_backtrace(&e));
         // A file that begins as a GGUF and then fails to parse is nearly always a download that
         // stopped inside the header: asking for "a .gguf model" would send the user elsewhere.
         if map.starts_with(GGUF_MAGIC) {
@@ -711,6 +711,15 @@ fn open_checked(path: &Path) -> Result<(File, gguf_file::Content, Arc<Mmap>), Mo
     })?;
     check_complete(&content, map.len() as u64, path)?;
     Ok((file, content, Arc::new(map)))
+}
+
+/// candle's message, without the backtrace candle appends to it when `RUST_BACKTRACE` is set: a
+/// damaged file is for the user to replace, and the trace buried that advice.
+fn message_without_backtrace(error: &candle_core::Error) -> String {
+    match error {
+        candle_core::Error::WithBacktrace { inner, .. } => message_without_backtrace(inner),
+        other => other.to_string(),
+    }
 }
 
 /// Most tokens of the branches `Model::prefill_branches` runs in one pass: the quantized products
