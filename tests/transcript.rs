@@ -90,6 +90,45 @@ fn plain_speaker_colon_format() {
 }
 
 #[test]
+fn files_saved_with_a_byte_order_mark_read_as_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "Interviewer: How did it start?\n\nGuest： 从一个小实验开始。\n";
+    let plain = Transcript::parse(text, Path::new("plain.txt"))
+        .unwrap()
+        .turns;
+    let utf8 = dir.path().join("utf8-bom.txt");
+    std::fs::write(&utf8, format!("\u{feff}{text}")).unwrap();
+    let utf16 = |bytes: fn(u16) -> [u8; 2], mark: [u8; 2], name: &str| {
+        let path = dir.path().join(name);
+        let mut data = mark.to_vec();
+        data.extend(text.encode_utf16().flat_map(bytes));
+        std::fs::write(&path, data).unwrap();
+        path
+    };
+    let little = utf16(u16::to_le_bytes, [0xff, 0xfe], "utf16le.txt");
+    let big = utf16(u16::to_be_bytes, [0xfe, 0xff], "utf16be.txt");
+    for path in [&utf8, &little, &big] {
+        let turns = Transcript::load(path).unwrap().turns;
+        assert_eq!(turns, plain, "{}", path.display());
+    }
+    assert_eq!(plain[0].speaker, "Interviewer");
+    let subtitles = "WEBVTT\n\n00:00:01.000 --> 00:00:03.000\n<v Harry>What about agents?\n";
+    let marked = Transcript::parse(&format!("\u{feff}{subtitles}"), Path::new("a.vtt")).unwrap();
+    assert_eq!(marked.turns[0].speaker, "Harry");
+    assert_eq!(
+        marked.turns[0].start.map(|s| s.to_string()).as_deref(),
+        Some("00:01")
+    );
+
+    let mut cut = std::fs::read(&little).unwrap();
+    cut.pop();
+    std::fs::write(&little, cut).unwrap();
+    let err = Transcript::load(&little).unwrap_err();
+    assert!(matches!(err, TranscriptError::NotUtf16 { .. }), "{err}");
+    assert!(err.to_string().contains("save it again as UTF-8"), "{err}");
+}
+
+#[test]
 fn bad_files_give_errors_that_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty.txt");

@@ -24,11 +24,7 @@ const TURN_CHARS: usize = 600;
 /// Whether `text` is a subtitle file: it starts with `WEBVTT`, or it has a cue timing line
 /// (`00:00:01,000 --> 00:00:04,000`).
 pub(super) fn is_cue_file(text: &str) -> bool {
-    let first_line = text
-        .trim_start_matches('\u{feff}')
-        .trim_start()
-        .lines()
-        .next();
+    let first_line = text.trim_start().lines().next();
     first_line.is_some_and(|line| line.starts_with("WEBVTT"))
         || text.lines().any(|line| cue_start(line).is_some())
 }

@@ -31,10 +31,37 @@ pub enum TranscriptError {
     },
     #[error("transcript {path} is not UTF-8 text (invalid byte at offset {offset}); convert it to UTF-8, e.g. `iconv -f GB18030 -t UTF-8`")]
     NotUtf8 { path: PathBuf, offset: usize },
+    #[error("transcript {path} opens as UTF-16 text but is not valid UTF-16 (cut short, or another encoding after the byte-order mark); save it again as UTF-8")]
+    NotUtf16 { path: PathBuf },
     #[error("transcript {path} is empty; give a file with turns like `Speaker: text`, one per line or paragraph")]
     Empty { path: PathBuf },
     #[error("transcript {path} has no speaker turns; write each turn as `Speaker: text` (one per line or paragraph) or `**Speaker：** text`, or give a WebVTT or SubRip subtitle file")]
     NoTurns { path: PathBuf },
+}
+
+/// A transcript's bytes as text: UTF-8, or UTF-16 when they open with its byte-order mark, as
+/// Windows saves "Unicode" text (Notepad, Word's plain-text export).
+fn decode(bytes: Vec<u8>, path: &Path) -> Result<String, TranscriptError> {
+    let utf16 = match bytes.get(..2) {
+        Some([0xff, 0xfe]) => Some(u16::from_le_bytes as fn([u8; 2]) -> u16),
+        Some([0xfe, 0xff]) => Some(u16::from_be_bytes as fn([u8; 2]) -> u16),
+        _ => None,
+    };
+    if let Some(unit) = utf16 {
+        let body = &bytes[2..];
+        let not_utf16 = || TranscriptError::NotUtf16 {
+            path: path.to_path_buf(),
+        };
+        if !body.len().is_multiple_of(2) {
+            return Err(not_utf16());
+        }
+        let units: Vec<u16> = body.chunks_exact(2).map(|p| unit([p[0], p[1]])).collect();
+        return String::from_utf16(&units).map_err(|_| not_utf16());
+    }
+    String::from_utf8(bytes).map_err(|e| TranscriptError::NotUtf8 {
+        path: path.to_path_buf(),
+        offset: e.utf8_error().valid_up_to(),
+    })
 }
 
 /// The transcript that ships with tqa: Sam Altman at OpenAI DevDay 2024, in Chinese.
@@ -76,15 +103,15 @@ impl Transcript {
             path: path.to_path_buf(),
             source,
         })?;
-        let text = String::from_utf8(bytes).map_err(|e| TranscriptError::NotUtf8 {
-            path: path.to_path_buf(),
-            offset: e.utf8_error().valid_up_to(),
-        })?;
+        let text = decode(bytes, path)?;
         Self::parse(&text, path)
     }
 
     /// Parses text already in memory; `source` only names it in errors.
     pub fn parse(text: &str, source: &Path) -> Result<Self, TranscriptError> {
+        // A byte-order mark (Notepad writes one in UTF-8 too) would otherwise open the first
+        // speaker's name and keep questions from naming that speaker.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         if text.trim().is_empty() {
             return Err(TranscriptError::Empty {
                 path: source.to_path_buf(),
