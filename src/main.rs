@@ -18,7 +18,7 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// CPU threads for the model and the embedder.
-    #[arg(long, global = true, default_value_t = commands::default_threads())]
+    #[arg(long, global = true, default_value_t = commands::default_threads(), value_parser = commands::at_least_one)]
     threads: usize,
 }
 

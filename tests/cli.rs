@@ -94,6 +94,26 @@ fn a_model_file_cut_inside_its_header_is_reported_in_one_line_even_with_backtrac
 }
 
 #[test]
+fn numbers_that_would_run_and_measure_or_answer_nothing_are_refused() {
+    let cases: [&[&str]; 8] = [
+        &["ask", "What about agents?", "-k", "0"],
+        &["ask", "What about agents?", "--max-tokens", "0"],
+        &["ask", "What about agents?", "--repeat-penalty", "0"],
+        &["ask", "What about agents?", "--top-p", "2"],
+        &["ask", "What about agents?", "--temperature", "-1"],
+        &["search", "agents", "-k", "0", "--lexical"],
+        &["bench", "--prefill", "128,0"],
+        &["bench", "--reps", "0", "--threads", "0"],
+    ];
+    for args in cases {
+        let out = tqa(args);
+        let err = stderr(&out);
+        assert_fails_with(&out, "invalid value");
+        assert!(!err.contains("loaded in"), "{args:?} loaded a model: {err}");
+    }
+}
+
+#[test]
 fn empty_question() {
     let out = tqa(&["ask", "   "]);
     assert_fails_with(&out, "question is empty");
@@ -297,7 +317,7 @@ fn bench_json_on_a_tiny_model_emits_every_field() {
         "--prefill",
         "16,64",
         "--depths",
-        "0,32",
+        "0,32,1000000",
         "--decode-tokens",
         "8",
         "--json",
@@ -309,6 +329,11 @@ fn bench_json_on_a_tiny_model_emits_every_field() {
     assert!(v["model"]["load_time"].is_number());
     assert_eq!(v["prefill"].as_array().unwrap().len(), 2);
     assert_eq!(v["decode"].as_array().unwrap().len(), 2);
+    assert!(
+        stderr(&out).contains("decode at depth 1000000 not measured"),
+        "a depth beyond the context is skipped, and said to be: {}",
+        stderr(&out)
+    );
     for p in v["prefill"].as_array().unwrap() {
         assert!(p["tokens_per_s"]["median"].as_f64().unwrap() > 0.0);
     }

@@ -3,21 +3,21 @@ use tqa::bench::{self, BenchConfig, BenchReport, Stat};
 
 use tqa::answer::Prompts;
 
-use super::{with_english_turns, with_turn_questions, ModelArgs, TranscriptArgs};
+use super::{at_least_one, with_english_turns, with_turn_questions, ModelArgs, TranscriptArgs};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Repetitions of each measurement (median and spread are reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     pub reps: usize,
     /// Prompt lengths for prefill, in tokens.
-    #[arg(long, value_delimiter = ',', default_values_t = [128, 512, 1024])]
+    #[arg(long, value_delimiter = ',', default_values_t = [128, 512, 1024], value_parser = at_least_one)]
     pub prefill: Vec<usize>,
     /// Context depths at which decode speed is measured.
     #[arg(long, value_delimiter = ',', default_values_t = [0, 1024])]
     pub depths: Vec<usize>,
     /// Tokens decoded per decode measurement.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     pub decode_tokens: usize,
     /// Skip the time to first token of a real question (each run of it is repeated, with a warm-up, with and without --reuse-turns).
     #[arg(long)]
@@ -68,12 +68,39 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         },
     };
     let report = bench::run(&mut model, index.as_ref(), &text, &config)?;
+    report_unmeasured(&config, &report, model.info.context_length);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&report);
     }
     Ok(())
+}
+
+/// Lengths the engine skipped, said on stderr: a requested row that silently went missing from
+/// the table reads as a measurement that failed.
+fn report_unmeasured(config: &BenchConfig, report: &BenchReport, context: usize) {
+    let measured_prefill: Vec<usize> = report.prefill.iter().map(|p| p.tokens).collect();
+    let measured_depths: Vec<usize> = report.decode.iter().map(|d| d.depth).collect();
+    let skipped = config
+        .prompt_lengths
+        .iter()
+        .filter(|n| !measured_prefill.contains(n))
+        .map(|n| format!("prefill of {n} tokens"))
+        .chain(
+            config
+                .decode_depths
+                .iter()
+                .filter(|d| !measured_depths.contains(d))
+                .map(|d| format!("decode at depth {d}")),
+        );
+    for what in skipped {
+        eprintln!(
+            "note: {what} not measured: with {} decoded tokens it does not fit the model's context \
+             ({context} tokens) or the transcript's length",
+            config.decode_tokens
+        );
+    }
 }
 
 fn print_table(r: &BenchReport) {

@@ -256,6 +256,41 @@ pub struct ModelArgs {
     pub no_optimize: bool,
 }
 
+/// A count that must be at least one: `-k 0` or `--max-tokens 0` would run and answer nothing.
+pub fn at_least_one(arg: &str) -> Result<usize, String> {
+    match arg.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{arg}` is not a whole number")),
+    }
+}
+
+/// A number that is finite and not below zero (a temperature).
+fn non_negative(arg: &str) -> Result<f64, String> {
+    match arg.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("`{arg}` is not a number of 0 or more")),
+    }
+}
+
+/// A nucleus-sampling threshold: a share of the probability, more than 0 and at most 1.
+fn share(arg: &str) -> Result<f64, String> {
+    match arg.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 1.0 => Ok(x),
+        _ => Err(format!("`{arg}` is not a number above 0 and at most 1")),
+    }
+}
+
+/// A repeat penalty divides the logits of tokens already seen: 0 would make them infinite.
+fn penalty(arg: &str) -> Result<f32, String> {
+    match arg.parse::<f32>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(format!(
+            "`{arg}` is not a number above 0 (1.0 disables the penalty)"
+        )),
+    }
+}
+
 /// One thread per CPU the process may use.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -286,7 +321,7 @@ impl ModelArgs {
 #[derive(Args, Debug, Clone)]
 pub struct AnswerArgs {
     /// How many best-matching turns to give the model (each brings its question/answer partner).
-    #[arg(short, default_value_t = AskOptions::default().k)]
+    #[arg(short, default_value_t = AskOptions::default().k, value_parser = at_least_one)]
     pub k: usize,
     /// Retrieve with the question as asked, without its translation into the transcript's
     /// language (or into English, for a question in the transcript's language).
@@ -366,18 +401,18 @@ pub fn prompts_from(dir: Option<&std::path::Path>) -> Result<Prompts, AnswerErro
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
     /// The answer's token limit; a sentence or quotation it falls inside may run a sixth past it.
-    #[arg(long, default_value_t = AskOptions::default().sampling.max_new_tokens)]
+    #[arg(long, default_value_t = AskOptions::default().sampling.max_new_tokens, value_parser = at_least_one)]
     pub max_tokens: usize,
     /// 0 = greedy (deterministic).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative, allow_negative_numbers = true)]
     pub temperature: f64,
     /// Nucleus sampling threshold (with --temperature > 0).
-    #[arg(long)]
+    #[arg(long, value_parser = share)]
     pub top_p: Option<f64>,
     #[arg(long, default_value_t = 299_792_458)]
     pub seed: u64,
     /// 1.0 disables the penalty.
-    #[arg(long, default_value_t = 1.1)]
+    #[arg(long, default_value_t = 1.1, value_parser = penalty, allow_negative_numbers = true)]
     pub repeat_penalty: f32,
     /// Greedy decoding: most tokens to guess ahead (from the prompt and the reply) and check in
     /// the pass of each sampled token; 0 turns guessing off. A pass of several tokens rounds its

@@ -6,7 +6,7 @@ use super::TranscriptArgs;
 pub struct SearchArgs {
     pub query: String,
     /// How many best-matching turns (each brings its question/answer partner).
-    #[arg(short, default_value_t = 5)]
+    #[arg(short, default_value_t = 5, value_parser = super::at_least_one)]
     pub k: usize,
     #[arg(long)]
     pub json: bool,
