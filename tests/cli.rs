@@ -132,11 +132,20 @@ fn missing_transcript() {
     assert_eq!(err.matches("No such file").count(), 1, "{err}");
 }
 
+/// "主持人：你好" in GBK, as a Chinese Windows editor may save a transcript: not UTF-8.
+fn gbk_transcript(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("bad.md");
+    let bytes = [
+        0xD6u8, 0xF7, 0xB3, 0xD6, 0xC8, 0xCB, 0xA3, 0xBA, 0xC4, 0xE3, 0xBA, 0xC3,
+    ];
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
 #[test]
 fn malformed_transcript() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.md");
-    std::fs::write(&path, [0xFFu8, 0xFE, 0x00, 0x41]).unwrap();
+    let path = gbk_transcript(dir.path());
     let out = tqa(&["search", "agents", "--transcript", path.to_str().unwrap()]);
     assert_fails_with(&out, "not UTF-8");
 }
@@ -144,8 +153,7 @@ fn malformed_transcript() {
 #[test]
 fn a_malformed_transcript_is_reported_before_the_model_loads() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.md");
-    std::fs::write(&path, [0xFFu8, 0xFE, 0x00, 0x41]).unwrap();
+    let path = gbk_transcript(dir.path());
     let out = tqa(&[
         "ask",
         "What about agents?",
