@@ -174,6 +174,30 @@ fn instructions_inside_a_turn_are_not_obeyed() {
     );
 }
 
+#[test]
+fn a_question_about_what_the_host_asked_is_answered_by_quoting_it_without_a_note() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("lisbon.txt");
+    std::fs::write(
+        &path,
+        "Host: Welcome to the show. You just raised a new round. What will you spend it on?\n\n\
+         Maria Chen: Mostly on hiring engineers in Lisbon. We want to double the team to forty people by next summer, and keep the office small.\n\n\
+         Host: Why Lisbon and not Berlin?\n\n\
+         Maria Chen: The talent pool is strong, salaries are lower, and three of our founders already live there. Berlin was our second choice.\n\n\
+         Host: What is the biggest risk for the company right now?\n\n\
+         Maria Chen: Honestly, it's battery supply. Our scooters need cells from one supplier in Korea, and if they slip a quarter, we slip a quarter.\n",
+    )
+    .expect("write transcript");
+    // The answer is the host's question, quoted; its explanation can only restate the question,
+    // which for other questions is the sign of an answer that found nothing.
+    let v = ask("What did the host ask about Berlin?", &path);
+    let answer = v["answer"].as_str().expect("answer");
+    assert!(answer.contains("[T3]"), "{answer}");
+    assert_eq!(v["restates_question"], false, "{answer}");
+    let note = include_str!("../prompts/restated-en.txt").trim();
+    assert!(!answer.contains(note), "{answer}");
+}
+
 /// Each judged turn with the model's log-odds that it answers, in the order the prompt got them.
 fn judged(v: &serde_json::Value) -> Vec<(String, f64)> {
     v["retrieved"]

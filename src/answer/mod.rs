@@ -581,9 +581,9 @@ pub struct Answer {
     /// With reranking: the model's log-odds that the best turn it judged answers the question;
     /// below even odds tqa refuses.
     pub best_relevance: Option<f32>,
-    /// The answer's own words only restate the question (see [`only_restates`]). For a model
-    /// that judges (`ModelInfo::judges`), `answer` then ends with a line saying that the
-    /// transcript does not say it.
+    /// The answer's own words only restate the question (see [`only_restates`]; not asked of a
+    /// question about what the host said). For a model that judges (`ModelInfo::judges`),
+    /// `answer` then ends with a line saying that the transcript does not say it.
     pub restates_question: bool,
     pub answer: String,
     /// Cited turns that were given to the model, in order of first citation.
@@ -690,9 +690,10 @@ pub fn ask(
         .stop_sequences
         .extend(prompts.reply_stops());
     let queries: Vec<&str> = search_queries.iter().map(String::as_str).collect();
+    let named_speaker = index.named_speaker(&queries);
     let mut steer = AnswerSteer::new(
         &retrieved,
-        index.named_speaker(&queries),
+        named_speaker,
         model.info.min_owed_relevance,
         options.fill_quotes,
     )
@@ -718,7 +719,11 @@ pub fn ask(
         .map_or(judged.verdict_time, |g| g.prefill_time);
 
     let generated = judged.generation.as_ref().map(|g| g.text.trim());
-    let restates_question = generated.is_some_and(|text| only_restates(text, question, index));
+    // A question about what the host asked is answered by quoting the host's question, and an
+    // explanation of a question can only restate it ("Host asks about Berlin.").
+    let asks_for_the_hosts_words = named_speaker.is_some() && named_speaker == index.host();
+    let restates_question = !asks_for_the_hosts_words
+        && generated.is_some_and(|text| only_restates(text, question, index));
     let mut text = generated
         .unwrap_or(prompts.refusal.get(language))
         .to_string();
