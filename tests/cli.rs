@@ -262,6 +262,29 @@ fn ask_tiny_model(extra: &[&str]) -> Output {
 }
 
 #[test]
+fn a_question_no_turn_matches_is_refused_without_asking_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path(), Behaviour::Random(4));
+    let transcript = small_transcript(dir.path());
+    let ask = |extra: &[&str]| {
+        let mut args = vec!["ask", "???", "--lexical", "--no-judge", "--transcript"];
+        args.extend([transcript.as_str(), "--model", model.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        let out = tqa(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        out
+    };
+    let shown = String::from_utf8_lossy(&ask(&[]).stdout).into_owned();
+    assert!(
+        shown.contains("no turn of the transcript matches"),
+        "{shown}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&ask(&["--json"]).stdout).unwrap();
+    assert_eq!(v["answered"], false);
+    assert_eq!(v["timings"]["generated_tokens"], 0);
+}
+
+#[test]
 fn ask_json_on_a_tiny_model_reports_every_field() {
     let out = ask_tiny_model(&["--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

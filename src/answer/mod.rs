@@ -705,11 +705,13 @@ pub fn ask(
             .collect(),
     )
     .in_language(language);
-    let judged = if options.judge && judged_to_answer_nowhere(&ranking.hits) {
-        Judged::refused_unread()
-    } else {
-        judge_and_generate(model, &prompt, &options, prefill_start, on_text, &mut steer)?
-    };
+    // With no turn to answer from, the model could only answer from what it knows.
+    let judged =
+        if retrieved.is_empty() || (options.judge && judged_to_answer_nowhere(&ranking.hits)) {
+            Judged::refused_unread()
+        } else {
+            judge_and_generate(model, &prompt, &options, prefill_start, on_text, &mut steer)?
+        };
     if judged.generation.is_none() {
         on_text(prompts.refusal.get(language));
     }

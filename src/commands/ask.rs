@@ -49,7 +49,9 @@ const SOURCE_CHARS: usize = 240;
 
 pub fn print_sources(answer: &Answer) {
     println!("\n");
-    if !answer.answered {
+    if !answer.answered && answer.retrieved.is_empty() {
+        println!("(no turn of the transcript matches the question's words)");
+    } else if !answer.answered {
         // A refusal is a claim about the transcript too: show where it looked.
         let searched: Vec<String> = answer.retrieved.iter().map(|r| r.turn.heading()).collect();
         println!(
