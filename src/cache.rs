@@ -3,11 +3,34 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 
-/// `$TQA_CACHE_DIR`, else `$XDG_CACHE_HOME/tqa`, else `~/.cache/tqa`.
+/// The cache folder, `$TQA_CACHE_DIR`, else `$XDG_CACHE_HOME/tqa`, else `~/.cache/tqa`, made
+/// if missing; `None` when there is none or it cannot be written, said once: every cache would
+/// otherwise warn about every file it failed to keep.
 pub fn default_cache_dir() -> Option<PathBuf> {
+    static USABLE: OnceLock<Option<PathBuf>> = OnceLock::new();
+    USABLE
+        .get_or_init(|| {
+            let dir = configured_cache_dir()?;
+            match check_writable(&dir) {
+                Ok(()) => Some(dir),
+                Err(e) => {
+                    eprintln!(
+                        "warning: cannot write to the cache folder {}: {e}; nothing computed is \
+                         kept for later runs (TQA_CACHE_DIR sets another folder)",
+                        dir.display()
+                    );
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+fn configured_cache_dir() -> Option<PathBuf> {
     let env = |k| {
         std::env::var_os(k)
             .filter(|v| !v.is_empty())
@@ -16,6 +39,13 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     env("TQA_CACHE_DIR")
         .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("tqa")))
         .or_else(|| env("HOME").map(|d| d.join(".cache/tqa")))
+}
+
+fn check_writable(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = unique_temp_sibling(&dir.join("write-check"));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
 }
 
 /// Layout: `magic`, the dimensions (u32 LE), the f32 LE values, then the CRC-32 of the values.

@@ -285,6 +285,38 @@ fn a_question_no_turn_matches_is_refused_without_asking_the_model() {
 }
 
 #[test]
+fn a_cache_folder_that_cannot_be_written_is_said_once_and_the_answer_still_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path(), Behaviour::Random(4));
+    let transcript = small_transcript(dir.path());
+    // A folder inside a file: not even root can make it.
+    let cache = Path::new(&transcript).join("cache");
+    let out = Command::new(env!("CARGO_BIN_EXE_tqa"))
+        .args([
+            "ask",
+            "What about agents?",
+            "--lexical",
+            "--max-tokens",
+            "4",
+        ])
+        .args([
+            "--transcript",
+            &transcript,
+            "--model",
+            model.to_str().unwrap(),
+        ])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TQA_CACHE_DIR", &cache)
+        .output()
+        .expect("run tqa");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(warnings[0].contains("TQA_CACHE_DIR"), "{err}");
+}
+
+#[test]
 fn ask_json_on_a_tiny_model_reports_every_field() {
     let out = ask_tiny_model(&["--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
