@@ -114,6 +114,28 @@ fn numbers_that_would_run_and_measure_or_answer_nothing_are_refused() {
 }
 
 #[test]
+fn a_tokenizer_file_that_cannot_be_used_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path(), Behaviour::Random(2));
+    let not_a_tokenizer = dir.path().join("tokenizer.json");
+    std::fs::write(&not_a_tokenizer, "{}").unwrap();
+    for tokenizer in [Path::new("/nonexistent/tokenizer.json"), &not_a_tokenizer] {
+        let out = tqa(&[
+            "ask",
+            "What about agents?",
+            "--lexical",
+            "--transcript",
+            &small_transcript(dir.path()),
+            "--model",
+            model.to_str().unwrap(),
+            "--tokenizer",
+            tokenizer.to_str().unwrap(),
+        ]);
+        assert_fails_with(&out, tokenizer.to_str().unwrap());
+    }
+}
+
+#[test]
 fn empty_question() {
     let out = tqa(&["ask", "   "]);
     assert_fails_with(&out, "question is empty");

@@ -213,9 +213,13 @@ impl Model {
         // default model's load took 1.2–1.3 s with the tokenizer first, 0.8–0.9 s beside it.
         let (tokenizer, decoder) = std::thread::scope(|scope| {
             let tokenizer = scope.spawn(|| match &source.tokenizer_json {
-                Some(p) => {
-                    Tokenizer::from_file(p).map_err(|e| ModelError::Tokenizer(e.to_string()))
-                }
+                Some(p) => Tokenizer::from_file(p).map_err(|e| {
+                    ModelError::Tokenizer(format!(
+                        "cannot use {} as the tokenizer ({e}); give a Hugging Face \
+                         tokenizer.json, or leave out --tokenizer to use the model's own",
+                        p.display()
+                    ))
+                }),
                 None => {
                     Tokenizer::from_gguf(&content).map_err(|e| ModelError::Tokenizer(e.to_string()))
                 }
