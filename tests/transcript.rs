@@ -149,6 +149,21 @@ fn bad_files_give_errors_that_name_the_problem() {
         Transcript::load(&prose),
         Err(TranscriptError::NoTurns { .. })
     ));
+    for (name, bytes, tool) in [
+        (
+            "talk.pdf",
+            &b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n"[..],
+            "pdftotext",
+        ),
+        ("talk.docx", &b"PK\x03\x04\x14\x00\x06\x00"[..], "pandoc"),
+    ] {
+        let document = dir.path().join(name);
+        std::fs::write(&document, bytes).unwrap();
+        let err = Transcript::load(&document).unwrap_err();
+        assert!(matches!(err, TranscriptError::NotText { .. }), "{err}");
+        assert!(err.to_string().contains(tool), "{err}");
+        assert!(err.to_string().contains("talk.txt"), "{err}");
+    }
     let missing = Transcript::load(Path::new("/nonexistent/t.md")).unwrap_err();
     assert!(missing.to_string().contains("/nonexistent/t.md"));
 }

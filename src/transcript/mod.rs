@@ -33,6 +33,14 @@ pub enum TranscriptError {
     NotUtf8 { path: PathBuf, offset: usize },
     #[error("transcript {path} opens as UTF-16 text but is not valid UTF-16 (cut short, or another encoding after the byte-order mark); save it again as UTF-8")]
     NotUtf16 { path: PathBuf },
+    #[error(
+        "transcript {path} is {kind}, not text; tqa reads plain text and subtitle files: {how}"
+    )]
+    NotText {
+        path: PathBuf,
+        kind: &'static str,
+        how: String,
+    },
     #[error("transcript {path} is empty; give a file with turns like `Speaker: text`, one per line or paragraph")]
     Empty { path: PathBuf },
     #[error("transcript {path} has no speaker turns; write each turn as `Speaker: text` (one per line or paragraph) or `**Speaker：** text`, or give a WebVTT or SubRip subtitle file")]
@@ -42,6 +50,13 @@ pub enum TranscriptError {
 /// A transcript's bytes as text: UTF-8, or UTF-16 when they open with its byte-order mark, as
 /// Windows saves "Unicode" text (Notepad, Word's plain-text export).
 fn decode(bytes: Vec<u8>, path: &Path) -> Result<String, TranscriptError> {
+    if let Some((kind, how)) = document_format(&bytes, path) {
+        return Err(TranscriptError::NotText {
+            path: path.to_path_buf(),
+            kind,
+            how,
+        });
+    }
     let utf16 = match bytes.get(..2) {
         Some([0xff, 0xfe]) => Some(u16::from_le_bytes as fn([u8; 2]) -> u16),
         Some([0xfe, 0xff]) => Some(u16::from_be_bytes as fn([u8; 2]) -> u16),
@@ -62,6 +77,26 @@ fn decode(bytes: Vec<u8>, path: &Path) -> Result<String, TranscriptError> {
         path: path.to_path_buf(),
         offset: e.utf8_error().valid_up_to(),
     })
+}
+
+/// Documents that transcripts often come as, by their first bytes, with how to get their text:
+/// read as text they would only be reported as not UTF-8, with advice about encodings.
+fn document_format(bytes: &[u8], path: &Path) -> Option<(&'static str, String)> {
+    let text = path.with_extension("txt");
+    let (file, text) = (path.display(), text.display());
+    if bytes.starts_with(b"%PDF") {
+        Some((
+            "a PDF",
+            format!("extract its text first, e.g. `pdftotext -layout {file} {text}`"),
+        ))
+    } else if bytes.starts_with(b"PK\x03\x04") {
+        Some((
+            "a zip archive (a Word .docx, an OpenDocument .odt)",
+            format!("save it as plain text first, e.g. `pandoc {file} -t plain -o {text}`"),
+        ))
+    } else {
+        None
+    }
 }
 
 /// The transcript that ships with tqa: Sam Altman at OpenAI DevDay 2024, in Chinese.
