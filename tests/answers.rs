@@ -179,7 +179,7 @@ fn instructions_inside_a_turn_are_not_obeyed() {
 }
 
 #[test]
-fn a_question_about_what_the_host_asked_is_answered_by_quoting_it_without_a_note() {
+fn the_hosts_questions_are_quoted_when_asked_for_and_not_cited_otherwise() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = transcript_file(dir.path(), "lisbon.txt",
         "Host: Welcome to the show. You just raised a new round. What will you spend it on?\n\n\
@@ -197,6 +197,13 @@ fn a_question_about_what_the_host_asked_is_answered_by_quoting_it_without_a_note
     assert_eq!(v["restates_question"], false, "{answer}");
     let note = include_str!("../prompts/restated-en.txt").trim();
     assert!(!answer.contains(note), "{answer}");
+
+    // Asked about the topic alone, the answer is the guest's: the host's question on it was
+    // cited first, and its quotation was the question.
+    let v = ask("What is the biggest risk?", &path);
+    let answer = v["answer"].as_str().expect("answer");
+    assert!(answer.contains("[T6]"), "{answer}");
+    assert!(!answer.contains("[T5]"), "{answer}");
 }
 
 /// Each judged turn with the model's log-odds that it answers, in the order the prompt got them.

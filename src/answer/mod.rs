@@ -22,7 +22,7 @@ use crate::model::{
 use crate::retrieval::{DenseError, Index, Ranking, Retrieved};
 pub use crate::transcript::Language;
 use crate::transcript::Turn;
-use steer::AnswerSteer;
+use steer::{AnswerSteer, Whose};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnswerError {
@@ -691,9 +691,14 @@ pub fn ask(
         .extend(prompts.reply_stops());
     let queries: Vec<&str> = search_queries.iter().map(String::as_str).collect();
     let named_speaker = index.named_speaker(&queries);
+    let whose = match (named_speaker, index.host()) {
+        (Some(speaker), _) => Whose::Named(speaker),
+        (None, Some(host)) if !index.names_host(&queries) => Whose::AllButHost(host),
+        _ => Whose::Anyone,
+    };
     let mut steer = AnswerSteer::new(
         &retrieved,
-        named_speaker,
+        whose,
         model.info.min_owed_relevance,
         options.fill_quotes,
     )

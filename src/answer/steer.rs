@@ -28,17 +28,17 @@ pub(super) struct AnswerSteer<'a> {
 }
 
 impl<'a> AnswerSteer<'a> {
-    /// `speaker` is the one speaker the question names, if any; `min_relevance` is the model's
-    /// judgement from which a given exchange is owed a bullet (see [`CitationGuard`]).
+    /// `whose` turns the answer may cite, from what the question names; `min_relevance` is the
+    /// model's judgement from which a given exchange is owed a bullet (see [`CitationGuard`]).
     pub(super) fn new(
         given: &'a [Retrieved],
-        speaker: Option<&str>,
+        whose: Whose,
         min_relevance: f32,
         fill_quotes: bool,
     ) -> Self {
         Self {
             quotes: fill_quotes.then(|| QuoteFiller::new(given)),
-            citations: CitationGuard::new(given, speaker, min_relevance),
+            citations: CitationGuard::new(given, whose, min_relevance),
             last_filled: None,
             restated: Vec::new(),
             english: false,
@@ -182,11 +182,34 @@ fn may_open_quotation_after(before: Option<char>) -> bool {
     before.is_none_or(|c| c.is_whitespace() || matches!(c, '[' | ']' | '(' | '（' | ':' | '：'))
 }
 
-/// The turns an answer may cite: those given to the model and, when the question names one
-/// speaker ("what did Altman say…"), that speaker's among them. The prompt asks for a speaker's
-/// views from their own turns only, yet a small model often cites the host's question that it
-/// read just before the answer, and the quotation filled in after the citation is then the
-/// question. A citation is held to these turns as the model writes it, digit by digit.
+/// Whose turns an answer may cite, from what the question names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whose<'s> {
+    /// The one speaker the question names ("what did Altman say…").
+    Named(&'s str),
+    /// Everyone but the host, whom the question does not name: the host asks the questions.
+    AllButHost(&'s str),
+    Anyone,
+}
+
+impl Whose<'_> {
+    fn may_cite(self, turn: &Retrieved) -> bool {
+        match self {
+            Whose::Named(speaker) => turn.turn.speaker == speaker,
+            Whose::AllButHost(host) => turn.turn.speaker != host,
+            Whose::Anyone => true,
+        }
+    }
+}
+
+/// The turns an answer may cite: those given to the model and, among them, those of the speaker
+/// the question names ("what did Altman say…"), or, when it names nobody, not the host's. The
+/// prompt asks for a speaker's views from their own turns only, yet a small model often cites
+/// the host's question that it read just before the answer, and the quotation filled in after
+/// the citation is then the question ("What is the biggest risk?" answered first by "- [T5]
+/// "What is the biggest risk for the company right now?" Host asks about the biggest risk").
+/// When no given turn is such, any given turn is. A citation is held to these turns as the model
+/// writes it, digit by digit.
 ///
 /// The answer's first citation is held to the lead: the citable turns of the best-ranked exchange
 /// (a matched turn and its partner), or the best-ranked citable turn when that exchange has none.
@@ -212,10 +235,9 @@ struct CitationGuard {
 }
 
 impl CitationGuard {
-    fn new(given: &[Retrieved], speaker: Option<&str>, min_relevance: f32) -> Self {
-        let by_speaker = |r: &&Retrieved| speaker.is_none_or(|s| r.turn.speaker == s);
-        let citable: Vec<&Retrieved> = if given.iter().any(|r| by_speaker(&r)) {
-            given.iter().filter(by_speaker).collect()
+    fn new(given: &[Retrieved], whose: Whose, min_relevance: f32) -> Self {
+        let citable: Vec<&Retrieved> = if given.iter().any(|r| whose.may_cite(r)) {
+            given.iter().filter(|r| whose.may_cite(r)).collect()
         } else {
             given.iter().collect()
         };
@@ -463,7 +485,7 @@ mod tests {
             given("T13", "Harry", "下一个问题？"),
             given("T2", "Sam", "另一个回答。"),
         ];
-        let guard = CitationGuard::new(&turns, Some("Sam"), 0.0);
+        let guard = CitationGuard::new(&turns, Whose::Named("Sam"), 0.0);
         assert_eq!(
             guard.continuations("Answered: yes\n- [T", Vec::new),
             Some(vec!["12]".to_string(), "2]".to_string()])
@@ -480,14 +502,18 @@ mod tests {
         assert_eq!(guard.continuations("- [T12] \"", Vec::new), None);
         assert_eq!(guard.continuations("- [T9", Vec::new), None);
 
-        let anyone = CitationGuard::new(&turns, None, 0.0);
+        let anyone = CitationGuard::new(&turns, Whose::Anyone, 0.0);
         assert_eq!(
             anyone.continuations("[T1", Vec::new).map(|c| c.len()),
             Some(3),
             "T1 itself, T12 and T13"
         );
-        let nobody_named_is_given = CitationGuard::new(&turns, Some("Li"), 0.0);
+        let nobody_named_is_given = CitationGuard::new(&turns, Whose::Named("Li"), 0.0);
         assert_eq!(nobody_named_is_given.numbers, anyone.numbers);
+        let not_the_host = CitationGuard::new(&turns, Whose::AllButHost("Harry"), 0.0);
+        assert_eq!(not_the_host.numbers, guard.numbers);
+        let only_the_host_given = CitationGuard::new(&turns[..1], Whose::AllButHost("Harry"), 0.0);
+        assert_eq!(only_the_host_given.numbers, ["1"]);
     }
 
     /// Two judged exchanges as ranking gives them: T15's question (judged 2.0) with T16's
@@ -509,7 +535,7 @@ mod tests {
     #[test]
     fn a_judged_rankings_first_citation_is_in_its_best_exchange() {
         let mut turns = two_judged_exchanges();
-        let guard = CitationGuard::new(&turns, None, 0.0);
+        let guard = CitationGuard::new(&turns, Whose::Anyone, 0.0);
         let first = guard.continuations("Answered: yes\n- [T", Vec::new);
         assert_eq!(first, Some(vec!["15]".to_string(), "16]".to_string()]));
         assert_eq!(
@@ -520,7 +546,7 @@ mod tests {
         let second = guard.continuations("- [T16] \"回答。\" ok\n- [T", Vec::new);
         assert_eq!(second.map(|c| c.len()), Some(4), "then any given turn");
         // A named speaker's turns only; the best-ranked of them when the best exchange has none.
-        let named = CitationGuard::new(&turns, Some("Sam"), 0.0);
+        let named = CitationGuard::new(&turns, Whose::Named("Sam"), 0.0);
         assert_eq!(
             named.continuations("- [T", Vec::new),
             Some(vec!["16]".to_string()])
@@ -531,7 +557,7 @@ mod tests {
             given("T14", "Harry", "下一个问题？"),
         ];
         hosts_elsewhere[0].relevance = Some(1.0);
-        let host_named = CitationGuard::new(&hosts_elsewhere, Some("Harry"), 0.0);
+        let host_named = CitationGuard::new(&hosts_elsewhere, Whose::Named("Harry"), 0.0);
         assert_eq!(
             host_named.continuations("- [T", Vec::new),
             Some(vec!["12]".to_string()])
@@ -539,7 +565,7 @@ mod tests {
 
         // The index's order alone does not lead.
         turns[0].relevance = None;
-        let unjudged = CitationGuard::new(&turns, None, 0.0);
+        let unjudged = CitationGuard::new(&turns, Whose::Anyone, 0.0);
         assert_eq!(
             unjudged.continuations("- [T", Vec::new).map(|c| c.len()),
             Some(4)
@@ -552,7 +578,7 @@ mod tests {
         let mut unrelated = given("T30", "Sam", "无关的回答。");
         unrelated.relevance = Some(0.1);
         turns.push(unrelated);
-        let mut guard = CitationGuard::new(&turns, Some("Sam"), 0.25);
+        let mut guard = CitationGuard::new(&turns, Whose::Named("Sam"), 0.25);
         assert_eq!(guard.next_owed_bullet("No citation."), None);
         let reply = "- [T16] \"回答。\" ok";
         assert_eq!(
@@ -581,14 +607,16 @@ mod tests {
             "every owed exchange is cited"
         );
 
-        let mut one_exchange = CitationGuard::new(&turns[..2], None, 0.25);
+        let mut one_exchange = CitationGuard::new(&turns[..2], Whose::Anyone, 0.25);
         one_exchange
             .owed
             .iter()
             .for_each(|o| assert_eq!(o, &["15", "16"]));
         assert_eq!(one_exchange.next_owed_bullet("- [T15] ok"), None);
         turns[0].relevance = None;
-        assert!(CitationGuard::new(&turns[..2], None, 0.0).owed.is_empty());
+        assert!(CitationGuard::new(&turns[..2], Whose::Anyone, 0.0)
+            .owed
+            .is_empty());
     }
 
     #[test]
@@ -599,7 +627,7 @@ mod tests {
             similarity: 0.9,
         }];
         let turns = [turn];
-        let mut steer = AnswerSteer::new(&turns, None, 0.0, true);
+        let mut steer = AnswerSteer::new(&turns, Whose::Anyone, 0.0, true);
         let opened = "Answered: yes\n- [T4] \"";
         let filled = steer.insert(opened).expect("a quotation");
         let reply = format!("{opened}{filled}");
@@ -614,7 +642,7 @@ mod tests {
     #[test]
     fn an_english_answer_bars_chinese_outside_its_quotations() {
         let turns = [given("T4", "Sam", "大约两百万美元。")];
-        let english = AnswerSteer::new(&turns, None, 0.0, true).in_language(Language::En);
+        let english = AnswerSteer::new(&turns, Whose::Anyone, 0.0, true).in_language(Language::En);
         assert!(!english.bars_chinese(""), "the first token is free");
         for (reply, inside) in [
             ("- [T4] ", false),
@@ -630,11 +658,11 @@ mod tests {
         ] {
             assert_eq!(english.bars_chinese(reply), !inside, "{reply}");
         }
-        let chinese = AnswerSteer::new(&turns, None, 0.0, true).in_language(Language::Zh);
+        let chinese = AnswerSteer::new(&turns, Whose::Anyone, 0.0, true).in_language(Language::Zh);
         assert!(!chinese.bars_chinese("- [T4] \"大约两百万美元。\" 他说"));
         // English turns: nothing to bar, and no vocabulary to look through.
         let english_turns = [given("T4", "Sam", "About two million dollars.")];
-        let about_english = AnswerSteer::new(&english_turns, None, 0.0, true);
+        let about_english = AnswerSteer::new(&english_turns, Whose::Anyone, 0.0, true);
         assert!(!about_english
             .in_language(Language::En)
             .bars_chinese("- [T4] He"));
@@ -661,7 +689,7 @@ mod tests {
         }
         assert_eq!(explanation_sentences("- [T4] \"One. Two. Three."), 0);
         let turns = [given("T4", "Sam", "大约两百万美元。")];
-        let steer = AnswerSteer::new(&turns, None, 0.0, false);
+        let steer = AnswerSteer::new(&turns, Whose::Anyone, 0.0, false);
         let long = format!("{quoted} It cost two million. Mostly servers. And four hires.");
         assert!(matches!(steer.next(&long), Some(Next::OneOfOrEnd(t)) if t == ["\n"]));
         assert!(
@@ -689,7 +717,7 @@ mod tests {
             with_passage("T4", "大约两百万美元。"),
             with_passage("T7", "四名工程师。"),
         ];
-        let steer = AnswerSteer::new(&turns, None, 0.0, true);
+        let steer = AnswerSteer::new(&turns, Whose::Anyone, 0.0, true);
         let one = "- [T4] \"大约两百万美元。\" 他说两百万。\n";
         assert!(steer.next(one).is_none());
         match steer.next(&format!("{one}- [T")) {
@@ -703,18 +731,18 @@ mod tests {
         assert!(matches!(steer.next(&both), Some(Next::End)));
         assert!(steer.next(&both[..both.len() - 1]).is_none(), "mid-line");
         // The model writes its own quotations: nothing is spent.
-        let unfilled = AnswerSteer::new(&turns, None, 0.0, false);
+        let unfilled = AnswerSteer::new(&turns, Whose::Anyone, 0.0, false);
         assert!(unfilled.next(&both).is_none());
         // Without passages (no embedder) nothing is filled, so nothing is spent either.
         let bare = [given("T4", "Sam", "大约两百万美元。")];
-        let steer = AnswerSteer::new(&bare, None, 0.0, true);
+        let steer = AnswerSteer::new(&bare, Whose::Anyone, 0.0, true);
         assert!(steer.next("- [T4] \"大约两百万美元。\" ok\n").is_none());
     }
 
     #[test]
     fn a_bullets_leading_citation_goes_on_with_a_quotation() {
         let turns = [given("T4", "Sam", "一句话。")];
-        let steer = AnswerSteer::new(&turns, None, 0.0, true);
+        let steer = AnswerSteer::new(&turns, Whose::Anyone, 0.0, true);
         let marks = |reply: &str| match steer.next(reply) {
             Some(Next::OneOf(marks)) => Some(marks),
             _ => None,
@@ -730,7 +758,7 @@ mod tests {
         assert_eq!(marks("- He said so [T4]"), None);
         assert_eq!(marks("- [T4] He"), None);
         // Where the model writes its own quotations, it may write anything after the citation.
-        let unfilled = AnswerSteer::new(&turns, None, 0.0, false);
+        let unfilled = AnswerSteer::new(&turns, Whose::Anyone, 0.0, false);
         assert!(unfilled.next("- [T4]").is_none());
     }
 

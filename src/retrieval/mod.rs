@@ -448,6 +448,16 @@ impl Index {
     }
 
     /// Speakers the query names, by a part of their name or, for the host, by role.
+    /// Whether a wording of the question names the host, alone or beside another speaker ("what
+    /// did the host ask Altman…").
+    pub fn names_host(&self, queries: &[&str]) -> bool {
+        self.host().is_some_and(|host| {
+            queries
+                .iter()
+                .any(|q| self.named_speakers(&self.lexical.terms(q)).contains(&host))
+        })
+    }
+
     fn named_speakers(&self, terms: &[String]) -> Vec<&str> {
         let mentions_host = terms.iter().any(|t| HOST_WORDS.contains(&t.as_str()));
         self.speaker_terms
@@ -671,6 +681,21 @@ mod tests {
                 ..turn.clone()
             })
             .collect()
+    }
+
+    #[test]
+    fn a_question_names_the_host_by_name_or_by_role_beside_another_speaker() {
+        let t = transcript(
+            "Harry Stebbings: 你怎么看代理？\n\nSam Altman: 代理会做很多事。\n\n\
+             Harry Stebbings: 还有呢？\n\nSam Altman: 没有了。",
+        );
+        let index = Index::build(&t);
+        assert_eq!(index.host(), Some("Harry Stebbings"));
+        assert!(index.names_host(&["What did the host ask Altman about agents?"]));
+        assert!(index.names_host(&["Harry 问了 Altman 什么？"]));
+        assert!(index.names_host(&["About agents", "主持人问了什么？"]));
+        assert!(!index.names_host(&["What did Altman say about agents?"]));
+        assert!(!index.names_host(&["What about agents?"]));
     }
 
     #[test]
