@@ -447,7 +447,6 @@ impl Index {
             .collect()
     }
 
-    /// Speakers the query names, by a part of their name or, for the host, by role.
     /// Whether a wording of the question names the host, alone or beside another speaker ("what
     /// did the host ask Altman…").
     pub fn names_host(&self, queries: &[&str]) -> bool {
@@ -458,6 +457,7 @@ impl Index {
         })
     }
 
+    /// Speakers the query names, by a part of their name or, for the host, by role.
     fn named_speakers(&self, terms: &[String]) -> Vec<&str> {
         let mentions_host = terms.iter().any(|t| HOST_WORDS.contains(&t.as_str()));
         self.speaker_terms
