@@ -9,6 +9,15 @@ fn load(path: &std::path::Path) -> Model {
     common::load_model(path)
 }
 
+/// A tiny model that writes "a" whatever it reads: replies whose length and ends tests can
+/// count.
+fn always_a(dir: &std::path::Path) -> Model {
+    load(&common::tiny_model(
+        dir,
+        Behaviour::AlwaysEmit(u32::from(b'a')),
+    ))
+}
+
 /// Greedy decoding without the repeat penalty, so that what follows a steer can be compared with
 /// what follows the same tokens as a prompt.
 fn unpenalized(max_new_tokens: usize) -> SamplingConfig {
@@ -89,10 +98,7 @@ fn stops_at_the_end_of_turn_token() {
 #[test]
 fn stops_at_the_token_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let mut model = load(&common::tiny_model(
-        dir.path(),
-        Behaviour::AlwaysEmit(u32::from(b'a')),
-    ));
+    let mut model = always_a(dir.path());
     let config = SamplingConfig {
         max_new_tokens: 9,
         ..SamplingConfig::default()
@@ -105,10 +111,7 @@ fn stops_at_the_token_limit() {
 #[test]
 fn a_reply_at_its_limit_may_finish_its_sentence_and_starts_no_other() {
     let dir = tempfile::tempdir().unwrap();
-    let mut model = load(&common::tiny_model(
-        dir.path(),
-        Behaviour::AlwaysEmit(u32::from(b'a')),
-    ));
+    let mut model = always_a(dir.path());
     let prompt = model.encode("hi").unwrap();
     // Sentences of three tokens: "aaa" then a steered full stop.
     let reply = |model: &mut Model, max_new_tokens: usize, finish_sentence_within: usize| {
@@ -144,10 +147,7 @@ fn a_reply_at_its_limit_may_finish_its_sentence_and_starts_no_other() {
 #[test]
 fn a_quotation_cut_at_the_limit_is_closed_as_cut() {
     let dir = tempfile::tempdir().unwrap();
-    let mut model = load(&common::tiny_model(
-        dir.path(),
-        Behaviour::AlwaysEmit(u32::from(b'a')),
-    ));
+    let mut model = always_a(dir.path());
     let prompt = model.encode("hi").unwrap();
     let ready = prefilled(&mut model, &prompt);
     let mut streamed = String::new();
@@ -187,10 +187,7 @@ fn with_and_without_guesses(model: &mut Model, prompt: &str, config: &SamplingCo
 #[test]
 fn guessed_tokens_the_model_would_choose_save_their_passes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut model = load(&common::tiny_model(
-        dir.path(),
-        Behaviour::AlwaysEmit(u32::from(b'a')),
-    ));
+    let mut model = always_a(dir.path());
     let config = unpenalized(30);
     // Once the reply has repeated itself, every guess ("a" again) holds: only the first tokens
     // and the one sampled in each guessing pass need passes of their own.
@@ -594,10 +591,7 @@ fn a_steer_that_would_go_on_keeps_a_stop_sequence_from_ending_the_reply() {
 #[test]
 fn a_reply_copying_itself_is_cut_where_the_copy_began() {
     let dir = tempfile::tempdir().unwrap();
-    let mut model = load(&common::tiny_model(
-        dir.path(),
-        Behaviour::AlwaysEmit(u32::from(b'a')),
-    ));
+    let mut model = always_a(dir.path());
     let limited = |max_self_repeat| SamplingConfig {
         max_self_repeat,
         ..unpenalized(32)

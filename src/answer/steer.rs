@@ -183,7 +183,7 @@ fn may_open_quotation_after(before: Option<char>) -> bool {
 }
 
 /// Whose turns an answer may cite, from what the question names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum Whose<'s> {
     /// The one speaker the question names ("what did Altman say…").
     Named(&'s str),
